@@ -1,0 +1,212 @@
+"""The four driver interfaces and how pish finds their implementations.
+
+A container's resources are split into four slots, each filled by a driver found by name through a
+Python entry point (groups ``pish.storage``, ``pish.limits``, ``pish.network``, ``pish.isolation``), so a
+third-party package can add one with no change to pish. Every driver is used as a context manager:
+what it acquires on enter it releases on exit. Before acquiring anything it writes a record of it into the
+container's journal, and ``release(record)`` can undo that record alone, later, from another process:
+that is how ``pish gc`` cleans up after a run that was killed.
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, ContextManager, Iterator, Mapping
+
+from pish_core.errors import DriverError, SpecError
+
+if TYPE_CHECKING:
+    from pish_core.spec import ContainerSpec
+    from pish_core.state import Journal
+
+KINDS = ("storage", "limits", "network", "isolation")
+
+
+@dataclass
+class RunContext:
+    """What a driver gets to work with: the validated spec and the journal of the container's resources."""
+
+    spec: ContainerSpec
+    journal: Journal
+
+    @property
+    def id(self) -> str:
+        return self.spec.id
+
+
+class Driver(abc.ABC):
+    """What every driver has: a kind, a name, a description, options, and a host check."""
+
+    kind: ClassVar[str]
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    #: option name -> one-line help; options not listed here are refused.
+    known_options: ClassVar[Mapping[str, str]] = {}
+
+    def __init__(self, options: Mapping[str, str] | None = None) -> None:
+        self.options = dict(options or {})
+        unknown = sorted(set(self.options) - set(self.known_options))
+        if unknown:
+            raise SpecError(f"{self.kind} driver {self.name!r} has no option {unknown[0]!r}")
+
+    @classmethod
+    def check(cls) -> str | None:
+        """None when the driver can work on this host, else the reason it cannot (shown by `drivers list`)."""
+        return None
+
+    def validate(self, spec: ContainerSpec) -> None:
+        """Refuse a spec this driver cannot honour, before anything is created. Raise SpecError."""
+
+    @abc.abstractmethod
+    def release(self, record: dict[str, Any]) -> None:
+        """Undo one journaled resource. Idempotent: a thing already gone counts as released."""
+
+
+class Storage(Driver):
+    kind = "storage"
+
+    @abc.abstractmethod
+    def mount(self, ctx: RunContext) -> ContextManager[Path]:
+        """Yield the container's root filesystem, ready to pivot into; unmount and remove it on exit."""
+
+
+class Group(abc.ABC):
+    """A container's cgroup, as the limits driver made it."""
+
+    @abc.abstractmethod
+    def stats(self) -> dict[str, int]:
+        """Current figures, such as memory_bytes, cpu_ns, pids."""
+
+    def oom_killed(self) -> bool:
+        """True when the kernel's OOM killer killed a process of this group."""
+        return False
+
+
+class Limits(Driver):
+    kind = "limits"
+
+    @abc.abstractmethod
+    def apply(self, ctx: RunContext, pid: int) -> ContextManager[Group]:
+        """Create the group, set the limits, put ``pid`` in it; kill what is left and delete it on exit."""
+
+
+@dataclass
+class Attachment:
+    """What the network driver set up for one container."""
+
+    ifname: str | None = None
+    address: str | None = None
+    network: str | None = None
+
+
+class Network(Driver):
+    kind = "network"
+    #: True for a driver that keeps the host's network namespace (``host``): isolation makes none then.
+    shares_host_netns: ClassVar[bool] = False
+
+    @abc.abstractmethod
+    def attach(self, ctx: RunContext, pid: int) -> ContextManager[Attachment]:
+        """Wire the network namespace of ``pid``; undo it on exit."""
+
+
+class Child(abc.ABC):
+    """The container's first process, held at its start until ``release`` lets it exec the command."""
+
+    pid: int
+
+    @abc.abstractmethod
+    def release(self) -> None:
+        """Let the child exec the command. Raises ExecError if the command cannot start."""
+
+    @abc.abstractmethod
+    def wait(self) -> int:
+        """Wait for the child; return the raw wait status."""
+
+    @abc.abstractmethod
+    def kill(self, sig: int) -> None:
+        """Send ``sig`` to the child; no error if it is already gone."""
+
+
+class Isolation(Driver):
+    kind = "isolation"
+
+    @abc.abstractmethod
+    def spawn(self, ctx: RunContext, rootfs: Path, *, netns: bool = True) -> ContextManager[Child]:
+        """Start the child in new namespaces on ``rootfs``, blocked; kill and reap it on exit."""
+
+
+# -- finding drivers ---------------------------------------------------------------------------------
+
+
+def group(kind: str) -> str:
+    return f"pish.{kind}"
+
+
+def load_class(kind: str, name: str) -> type[Driver]:
+    """The driver class registered as ``name`` in the entry-point group of ``kind``."""
+    from stevedore import driver as sd_driver  # lazy: ~60 ms of imports
+    from stevedore.exception import NoMatches
+
+    try:
+        mgr = sd_driver.DriverManager(namespace=group(kind), name=name, invoke_on_load=False)
+    except NoMatches:
+        raise DriverError(
+            f"unknown {kind} driver {name!r} (available: {', '.join(available_names(kind)) or 'none'})"
+        ) from None
+    except Exception as exc:  # a broken third-party package must not give a traceback
+        raise DriverError(f"{kind} driver {name!r} failed to load: {exc}") from None
+    cls = mgr.driver
+    if not (isinstance(cls, type) and issubclass(cls, Driver) and cls.kind == kind):
+        raise DriverError(f"{kind} driver {name!r} is not a pish {kind} driver")
+    return cls
+
+
+def load(kind: str, name: str, options: Mapping[str, str] | None = None) -> Driver:
+    """Load, check and instantiate a driver; raise DriverError if it cannot work here."""
+    cls = load_class(kind, name)
+    why = cls.check()
+    if why:
+        raise DriverError(f"{kind} driver {name!r} cannot work on this host: {why}")
+    return cls(options)
+
+
+def available_names(kind: str) -> list[str]:
+    from stevedore import _cache
+
+    return sorted({ep.name for ep in _cache.get_group_all(group(kind))})
+
+
+@dataclass
+class DriverInfo:
+    kind: str
+    name: str
+    package: str
+    version: str
+    description: str
+    available: bool
+    reason: str | None
+
+
+def describe_all() -> Iterator[DriverInfo]:
+    """Every registered driver of every kind, loaded and checked: what `pish drivers list` prints."""
+    import importlib.metadata as md
+
+    from stevedore import _cache
+
+    dists = md.packages_distributions()
+    for kind in KINDS:
+        for ep in sorted(_cache.get_group_all(group(kind)), key=lambda e: e.name):
+            top = ep.value.split(":")[0].split(".")[0]
+            package = (dists.get(top) or ["?"])[0]
+            try:
+                version = md.version(package)
+            except md.PackageNotFoundError:
+                version = "?"
+            try:
+                cls = load_class(kind, ep.name)
+                reason = cls.check()
+                description = cls.description
+            except DriverError as exc:
+                reason, description = str(exc), ""
+            yield DriverInfo(kind, ep.name, package, version, description, reason is None, reason)

@@ -1,0 +1,32 @@
+"""The error types of pish. The CLI prints any PishError as one line and exits with its code."""
+from __future__ import annotations
+
+
+class PishError(Exception):
+    """Something pish itself could not do. ``exit_code`` follows docker: 125 for the runtime's own errors."""
+
+    exit_code = 125
+
+
+class SpecError(PishError):
+    """Bad input: a name, an address, a limit, an option. Raised before anything is created."""
+
+
+class DriverError(PishError):
+    """A driver is unknown, cannot load, or cannot work on this host."""
+
+
+class ImageError(PishError):
+    """An image is missing, unreadable or hostile."""
+
+
+class StateError(PishError):
+    """The container state store disagrees with the request (unknown name, name in use, ...)."""
+
+
+class ExecError(PishError):
+    """The container's command could not be started. 127: not found; 126: found but not runnable."""
+
+    def __init__(self, message: str, exit_code: int = 127) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

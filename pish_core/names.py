@@ -1,0 +1,62 @@
+"""Names and identifiers: container names, ids, and the host names derived from them.
+
+Every host-visible name (interface, cgroup, directory) comes from a function here, never assembled
+inline, so a newcomer can see what pish will create on the host and where it comes from.
+"""
+from __future__ import annotations
+
+import re
+import secrets
+
+from pish_core.errors import SpecError
+
+# docker's rule: [a-zA-Z0-9][a-zA-Z0-9_.-]*; we add a length cap so derived names stay sane.
+_NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}")
+_HOSTNAME_RE = re.compile(r"[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?(\.[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)*")
+_IFNAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,14}")
+IFNAMSIZ = 15  # Linux interface names hold at most 15 bytes
+
+
+def new_id() -> str:
+    """A container id: 64 hex characters, as docker and the OCI runtimes use."""
+    return secrets.token_hex(32)
+
+
+def short_id(cid: str) -> str:
+    return cid[:12]
+
+
+def check_name(name: str, what: str = "container name") -> str:
+    """Refuse names that could escape a directory or break a derived name (``../x``, ``a/b``, spaces)."""
+    if not _NAME_RE.fullmatch(name) or ".." in name:
+        raise SpecError(
+            f"invalid {what} {name!r}: use 1-64 characters of a-z A-Z 0-9 _ . -, starting with a letter or digit"
+        )
+    return name
+
+
+def check_hostname(name: str) -> str:
+    if len(name) > 64 or not _HOSTNAME_RE.fullmatch(name):
+        raise SpecError(f"invalid hostname {name!r}")
+    return name
+
+
+def check_ifname(name: str, what: str = "interface name") -> str:
+    if not _IFNAME_RE.fullmatch(name):
+        raise SpecError(f"invalid {what} {name!r}: 1-15 characters of a-z A-Z 0-9 _ . -")
+    return name
+
+
+def hostname_for(name: str) -> str:
+    """The default hostname: the container name when it is a valid hostname, else the short id."""
+    return name.replace("_", "-").replace(".", "-")[:63].strip("-") or "pish"
+
+
+def veth_host(cid: str) -> str:
+    """The host end of a container's veth pair: ``pv`` + 11 hex digits of the id (13 bytes < 15)."""
+    return "pv" + cid[:11]
+
+
+def cgroup_name(cid: str) -> str:
+    """The cgroup of a container, relative to each hierarchy's root."""
+    return f"pish/{cid}"

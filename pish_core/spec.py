@@ -1,0 +1,197 @@
+"""ContainerSpec: everything a run needs, validated once, here, before anything is created.
+
+Field names follow the OCI runtime spec where one exists (``process.args``, ``process.env``,
+``process.cwd``, ``hostname``, ``root``, ``linux.resources``), so an OCI bundle maps onto it later.
+The CLI turns strings into a spec with the ``parse_*`` helpers; Python callers build one directly.
+"""
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Mapping
+
+from pish_core import names
+from pish_core.errors import SpecError
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([bkmgt]?)i?b?", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+_CPUSET_RE = re.compile(r"\d+(-\d+)?(,\d+(-\d+)?)*")
+_LIMIT_KEY_RE = re.compile(r"([a-z_]+)\.([a-z0-9_.]+)")
+_ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+@dataclass(frozen=True)
+class DriverChoice:
+    """Which implementation fills a slot, and its options (validated by the driver itself)."""
+
+    name: str
+    options: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Process:
+    args: tuple[str, ...]
+    env: tuple[str, ...] = ()
+    cwd: str = "/"
+    terminal: bool = False
+    interactive: bool = False
+
+
+@dataclass(frozen=True)
+class Resources:
+    """linux.resources: None means "no limit". ``extra`` holds ``--limit controller.key=value``."""
+
+    memory: int | None = None
+    cpus: float | None = None
+    cpuset_cpus: str | None = None
+    pids_limit: int | None = None
+    extra: tuple[tuple[str, str, str], ...] = ()
+
+    def empty(self) -> bool:
+        return self == Resources()
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """Which network the container joins and with which address (None: the driver decides)."""
+
+    network: str = "pish0"
+    ip: ipaddress.IPv4Interface | None = None
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    id: str
+    name: str
+    image: str
+    process: Process
+    hostname: str
+    storage: DriverChoice = DriverChoice("overlay")
+    limits: DriverChoice = DriverChoice("cgroupv1")
+    net: DriverChoice = DriverChoice("none")
+    isolation: DriverChoice = DriverChoice("unshare")
+    resources: Resources = Resources()
+    network: NetworkSpec = NetworkSpec()
+    stop_timeout: float = 10.0
+
+    def __post_init__(self) -> None:
+        names.check_name(self.name)
+        names.check_hostname(self.hostname)
+        if not re.fullmatch(r"[0-9a-f]{64}", self.id):
+            raise SpecError(f"invalid container id {self.id!r}")
+        if not self.process.args:
+            raise SpecError("no command given and the image has none")
+        if not self.process.cwd.startswith("/"):
+            raise SpecError(f"working directory {self.process.cwd!r} must be absolute")
+        for kind in ("storage", "limits", "net", "isolation"):
+            names.check_name(getattr(self, kind).name, f"{kind} driver name")
+        names.check_ifname(self.network.network, "network name")
+
+    def with_changes(self, **changes: object) -> ContainerSpec:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+# -- parsing strings from the edge (CLI, options) ---------------------------------------------------
+
+
+def parse_size(text: str, what: str = "size") -> int:
+    """``64m``, ``1g``, ``512k``, ``1048576`` -> bytes, as docker's ``--memory`` reads them."""
+    m = _SIZE_RE.fullmatch(text.strip())
+    if not m:
+        raise SpecError(f"invalid {what} {text!r}: use a number with an optional unit b, k, m or g (e.g. 64m)")
+    value = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    if value <= 0:
+        raise SpecError(f"invalid {what} {text!r}: must be more than 0")
+    return value
+
+
+def parse_cpus(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise SpecError(f"invalid --cpus {text!r}: use a number of CPUs such as 0.5") from None
+    if not 0.01 <= value <= 1024:
+        raise SpecError(f"invalid --cpus {text!r}: must be between 0.01 and 1024")
+    return value
+
+
+def parse_cpuset(text: str) -> str:
+    if not _CPUSET_RE.fullmatch(text):
+        raise SpecError(f"invalid --cpuset-cpus {text!r}: use a list such as 0-1 or 0,2")
+    return text
+
+
+def parse_positive_int(text: str, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise SpecError(f"invalid {what} {text!r}: use a whole number") from None
+    if value <= 0:
+        raise SpecError(f"invalid {what} {text!r}: must be more than 0")
+    return value
+
+
+def parse_limit(text: str) -> tuple[str, str, str]:
+    """``memory.swappiness=0`` -> ("memory", "memory.swappiness", "0"); the driver checks the key exists."""
+    key, sep, value = text.partition("=")
+    m = _LIMIT_KEY_RE.fullmatch(key)
+    if not sep or not m or "\n" in value:
+        raise SpecError(f"invalid --limit {text!r}: use controller.key=value, e.g. memory.swappiness=0")
+    return m.group(1), key, value
+
+
+def parse_ip(text: str) -> ipaddress.IPv4Interface:
+    """An address in CIDR form, ``10.0.4.6/24``; a bare address is refused (which network would it be?)."""
+    if "/" not in text:
+        raise SpecError(f"invalid --ip {text!r}: use CIDR form, e.g. 10.0.4.6/24")
+    try:
+        iface = ipaddress.IPv4Interface(text)
+    except ValueError:
+        raise SpecError(f"invalid --ip {text!r}: not an IPv4 address in CIDR form") from None
+    net = iface.network
+    if net.prefixlen < 31 and iface.ip in (net.network_address, net.broadcast_address):
+        raise SpecError(f"invalid --ip {text!r}: that is the network's own or broadcast address")
+    return iface
+
+
+def parse_env(items: tuple[str, ...]) -> tuple[str, ...]:
+    out = []
+    for item in items:
+        key, sep, _ = item.partition("=")
+        if not _ENV_KEY_RE.fullmatch(key) or "\0" in item:
+            raise SpecError(f"invalid environment variable {item!r}: use KEY=VALUE")
+        out.append(item if sep else f"{key}=")
+    return tuple(out)
+
+
+def parse_options(items: tuple[str, ...], flag: str) -> dict[str, str]:
+    opts: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SpecError(f"invalid {flag} {item!r}: use key=value")
+        opts[key] = value
+    return opts
+
+
+def container_env(spec: ContainerSpec) -> dict[str, str]:
+    """The environment the command starts with: a clean one, as docker gives, plus ``-e``."""
+    env = {"PATH": DEFAULT_PATH, "HOSTNAME": spec.hostname, "HOME": "/root"}
+    if spec.process.terminal:
+        env["TERM"] = "xterm"
+    for item in spec.process.env:
+        key, _, value = item.partition("=")
+        env[key] = value
+    return env
+
+
+def check_image(image: str) -> Path:
+    path = Path(image)
+    if not path.exists():
+        raise SpecError(f"image {image!r} not found: give a rootfs tar or directory")
+    if not (path.is_dir() or path.is_file()):
+        raise SpecError(f"image {image!r} is neither a file nor a directory")
+    return path

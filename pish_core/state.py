@@ -1,0 +1,142 @@
+"""The state store: one record per container under ``/run/pish/containers/<id>/state.json``.
+
+The record is also the container's journal: a driver writes what it is about to acquire into
+``resources`` *before* acquiring it and drops the entry after releasing it. Whatever a killed run leaves
+behind is therefore listed here, and ``pish gc`` can undo it. Writes are atomic (write, fsync, rename);
+anything that reads-then-writes shared state holds an ``flock``.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+from pish_core import paths
+from pish_core.errors import StateError
+
+STATUSES = ("creating", "created", "running", "stopped")
+
+
+@contextlib.contextmanager
+def flocked(path: Path, shared: bool = False) -> Iterator[None]:
+    """Hold an flock on ``path`` (created if missing) for the duration of the block."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+@dataclasses.dataclass
+class ContainerState:
+    id: str
+    name: str
+    image: str
+    command: list[str]
+    status: str = "creating"
+    created: float = dataclasses.field(default_factory=time.time)
+    pid: int | None = None
+    supervisor_pid: int | None = None
+    exit_code: int | None = None
+    address: str | None = None
+    spec: dict[str, Any] = dataclasses.field(default_factory=dict)
+    resources: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+    def save(self) -> None:
+        write_json_atomic(paths.state_file(self.id), dataclasses.asdict(self))
+
+    @classmethod
+    def load(cls, cid: str) -> ContainerState:
+        try:
+            data = json.loads(paths.state_file(cid).read_text())
+        except FileNotFoundError:
+            raise StateError(f"no such container: {cid[:12]}") from None
+        fields = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in fields})
+
+
+class Journal:
+    """The list of resources a container holds, persisted in its state record on every change."""
+
+    def __init__(self, state: ContainerState) -> None:
+        self.state = state
+
+    def add(self, kind: str, driver: str, what: str, **data: Any) -> dict[str, Any]:
+        """Record a resource about to be acquired; return the record to pass to ``drop`` later."""
+        record = {"kind": kind, "driver": driver, "what": what, **data}
+        self.state.resources.append(record)
+        self.state.save()
+        return record
+
+    def update(self, record: dict[str, Any], **data: Any) -> None:
+        record.update(data)
+        self.state.save()
+
+    def drop(self, record: dict[str, Any]) -> None:
+        """Forget a resource after it is released."""
+        with contextlib.suppress(ValueError):
+            self.state.resources.remove(record)
+        if paths.container_dir(self.state.id).exists():
+            self.state.save()
+
+
+def _names_lock() -> Path:
+    return paths.locks_dir() / "names.lock"
+
+
+def create(state: ContainerState) -> Journal:
+    """Write a new container's record; refuse a name already in use. Nothing else is created yet."""
+    with flocked(_names_lock()):
+        for other in list_all():
+            if other.name == state.name:
+                raise StateError(f"the container name {state.name!r} is already in use by {other.id[:12]}")
+        paths.container_dir(state.id).mkdir(parents=True, mode=0o700)
+        state.save()
+    return Journal(state)
+
+
+def remove(cid: str) -> None:
+    shutil.rmtree(paths.container_dir(cid), ignore_errors=True)
+
+
+def list_all() -> list[ContainerState]:
+    try:
+        ids = os.listdir(paths.containers_dir())
+    except FileNotFoundError:
+        return []
+    out = []
+    for cid in ids:
+        with contextlib.suppress(StateError, json.JSONDecodeError, TypeError):
+            out.append(ContainerState.load(cid))
+    return sorted(out, key=lambda s: s.created)
+
+
+def resolve(ref: str) -> ContainerState:
+    """A container by name, full id, or unique id prefix, as docker accepts them."""
+    states = list_all()
+    for s in states:
+        if s.name == ref or s.id == ref:
+            return s
+    matches = [s for s in states if s.id.startswith(ref)] if len(ref) >= 1 else []
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise StateError(f"container id prefix {ref!r} is ambiguous ({len(matches)} match)")
+    raise StateError(f"no such container: {ref}")
