@@ -132,8 +132,13 @@ class Isolation(Driver):
     kind = "isolation"
 
     @abc.abstractmethod
-    def spawn(self, ctx: RunContext, rootfs: Path, *, netns: bool = True) -> ContextManager[Child]:
-        """Start the child in new namespaces on ``rootfs``, blocked; kill and reap it on exit."""
+    def spawn(self, ctx: RunContext, rootfs: Path, *, netns: bool = True,
+              stdio: tuple[int, int, int] = (0, 1, 2), tty: bool = False) -> ContextManager[Child]:
+        """Start the child in new namespaces on ``rootfs``, blocked; kill and reap it on exit.
+
+        ``netns`` False keeps the host's network namespace; ``stdio`` are the fds the command gets as
+        0, 1 and 2, and ``tty`` says stdin is a terminal to make the controlling one.
+        """
 
 
 # -- finding drivers ---------------------------------------------------------------------------------

@@ -30,3 +30,13 @@ class ExecError(PishError):
     def __init__(self, message: str, exit_code: int = 127) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class Interrupted(PishError):
+    """pish got SIGINT/SIGTERM/SIGHUP before the container ran; everything made so far is undone."""
+
+    def __init__(self, signum: int) -> None:
+        import signal
+
+        super().__init__(f"interrupted by {signal.Signals(signum).name} during set-up; cleaned up")
+        self.exit_code = 128 + signum

@@ -60,3 +60,14 @@ def veth_host(cid: str) -> str:
 def cgroup_name(cid: str) -> str:
     """The cgroup of a container, relative to each hierarchy's root."""
     return f"pish/{cid}"
+
+
+_ADJECTIVES = ("agile", "brave", "calm", "clever", "eager", "fond", "gentle", "happy", "jolly", "keen",
+               "lucid", "merry", "nifty", "proud", "quiet", "silly", "sleepy", "swift", "tender", "witty")
+_NOUNS = ("albatross", "badger", "beaver", "bison", "crane", "dingo", "falcon", "gecko", "heron", "ibis",
+          "koala", "lemur", "marmot", "newt", "otter", "panda", "quokka", "raven", "tapir", "walrus")
+
+
+def random_name() -> str:
+    """A docker-style ``adjective_noun_NNNN`` name (the number keeps collisions rare with 20x20 words)."""
+    return f"{secrets.choice(_ADJECTIVES)}_{secrets.choice(_NOUNS)}_{secrets.randbelow(10000):04d}"

@@ -1,0 +1,41 @@
+"""Entry point of the ``pish`` command: the click group and the one place errors become one-line messages."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from pish_core.cli.drivers import drivers
+from pish_core.cli.image import demo_image
+from pish_core.cli.run import run
+from pish_core.errors import PishError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """pish: a small Linux container runtime with pluggable drivers."""
+
+
+cli.add_command(run)
+cli.add_command(drivers)
+cli.add_command(demo_image)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; pish's own errors exit 125 (126/127 when the command cannot start), as docker's do."""
+    try:
+        code = cli.main(args=argv, prog_name="pish", standalone_mode=False)
+    except PishError as exc:
+        print(f"pish: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        print("pish: aborted", file=sys.stderr)
+        sys.exit(130)
+    except click.ClickException as exc:  # bad flags: one line, like every other error
+        print(f"pish: {exc.format_message()}", file=sys.stderr)
+        sys.exit(125)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""``pish run``: parse docker-style flags into a ContainerSpec and run it in the foreground."""
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from pish_core import log
+
+
+def container_options(f: Any) -> Any:
+    """The flags that describe a container; shared by every command that makes one."""
+    options = [
+        click.option("--name", help="Container name (default: a generated adjective_noun)."),
+        click.option("--hostname", help="Hostname inside the container (default: the name)."),
+        click.option("--storage", default="overlay", show_default=True, help="Storage driver."),
+        click.option("--storage-opt", multiple=True, help="Storage driver option key=value."),
+        click.option("--limits", "limits_driver", default="cgroupv1", show_default=True, help="Limits driver."),
+        click.option("--net", default="none", show_default=True, help="Network driver: bridge, none, host, ..."),
+        click.option("--net-opt", multiple=True, help="Network driver option key=value."),
+        click.option("--network", default="pish0", show_default=True, help="Bridge (network) to join."),
+        click.option("--ip", help="Address in CIDR form, e.g. 10.0.4.6/24."),
+        click.option("--isolation", default="unshare", show_default=True, help="Isolation driver."),
+        click.option("--memory", "-m", help="Memory limit, e.g. 64m."),
+        click.option("--cpus", help="CPU quota in CPUs, e.g. 0.5."),
+        click.option("--cpuset-cpus", help="CPUs the container may use, e.g. 0-1."),
+        click.option("--pids-limit", help="Maximum number of processes."),
+        click.option("--limit", "limit", multiple=True, help="Raw cgroup setting controller.key=value."),
+        click.option("-e", "--env", multiple=True, help="Environment variable KEY=VALUE."),
+        click.option("-w", "--workdir", default="/", show_default=True, help="Working directory inside."),
+        click.option("-t", "--tty", is_flag=True, help="Allocate a pseudo-terminal."),
+        click.option("-i", "--interactive", is_flag=True, help="Keep stdin open."),
+        click.option("--stop-timeout", default="10", show_default=True,
+                     help="Seconds between a forwarded SIGTERM/SIGINT and SIGKILL."),
+        click.argument("image"),
+        click.argument("command", nargs=-1, type=click.UNPROCESSED),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def build_spec(opts: dict[str, Any]) -> Any:
+    """Turn the flags into a validated ContainerSpec: the one place input from the edge is checked."""
+    from pish_core import names
+    from pish_core.spec import (ContainerSpec, DriverChoice, NetworkSpec, Process, Resources, check_image,
+                                parse_cpus, parse_cpuset, parse_env, parse_ip, parse_limit, parse_options,
+                                parse_positive_int, parse_size)
+
+    name = names.check_name(opts["name"]) if opts["name"] is not None else names.random_name()
+    resources = Resources(
+        memory=parse_size(opts["memory"], "--memory") if opts["memory"] else None,
+        cpus=parse_cpus(opts["cpus"]) if opts["cpus"] else None,
+        cpuset_cpus=parse_cpuset(opts["cpuset_cpus"]) if opts["cpuset_cpus"] else None,
+        pids_limit=parse_positive_int(opts["pids_limit"], "--pids-limit") if opts["pids_limit"] else None,
+        extra=tuple(parse_limit(item) for item in opts["limit"]),
+    )
+    check_image(opts["image"])
+    try:
+        stop_timeout = float(opts["stop_timeout"])
+    except ValueError:
+        stop_timeout = -1
+    if not 0 <= stop_timeout <= 3600:
+        from pish_core.errors import SpecError
+
+        raise SpecError(f"invalid --stop-timeout {opts['stop_timeout']!r}: use seconds from 0 to 3600")
+    return ContainerSpec(
+        id=names.new_id(),
+        name=name,
+        image=opts["image"],
+        hostname=names.check_hostname(opts["hostname"]) if opts["hostname"] else names.hostname_for(name),
+        process=Process(args=tuple(opts["command"]), env=parse_env(opts["env"]), cwd=opts["workdir"],
+                        terminal=opts["tty"], interactive=opts["interactive"]),
+        storage=DriverChoice(opts["storage"], parse_options(opts["storage_opt"], "--storage-opt")),
+        limits=DriverChoice(opts["limits_driver"]),
+        net=DriverChoice(opts["net"], parse_options(opts["net_opt"], "--net-opt")),
+        isolation=DriverChoice(opts["isolation"]),
+        resources=resources,
+        network=NetworkSpec(network=opts["network"], ip=parse_ip(opts["ip"]) if opts["ip"] else None),
+        stop_timeout=stop_timeout,
+    )
+
+
+@click.command(context_settings={"allow_interspersed_args": False})
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(log.LEVELS, case_sensitive=False), help="How much pish says on stderr.")
+@container_options
+def run(log_level: str, **opts: Any) -> None:
+    """Run COMMAND in a new container on IMAGE (a rootfs tar or directory) and exit with its status."""
+    log.setup(log_level)
+    spec = build_spec(opts)
+    from pish_core.runtime import run as run_container
+
+    sys.exit(run_container(spec))

@@ -1,0 +1,122 @@
+"""What runs inside the container, as its PID 1, between fork and exec.
+
+The parent has already put this process in its cgroup and wired its network; we block until it says go,
+then build the container's view of the world and exec the command, which stays PID 1 (see
+docs/architecture.md for why there is no separate init process). Any failure before exec travels back to
+the parent on a close-on-exec pipe as ``CODE message`` and this process exits; a successful exec closes
+the pipe, which the parent reads as "started".
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import signal
+import sys
+import termios
+from pathlib import Path
+from typing import NoReturn
+
+from pish_core import native
+from pish_core.spec import ContainerSpec, container_env
+
+# The devices a container gets, as docker and runc give them: (name, major, minor).
+DEVICES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0))
+_NOSUID_NODEV_NOEXEC = native.MS_NOSUID | native.MS_NODEV | native.MS_NOEXEC
+
+
+class InitError(Exception):
+    def __init__(self, message: str, code: int = 125) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def setup_stdio(stdio: tuple[int, int, int], tty: bool) -> None:
+    """Give the command its stdin/stdout/stderr; with a terminal, make it the controlling one."""
+    os.setsid()
+    for target, fd in enumerate(stdio):
+        if fd != target:
+            os.dup2(fd, target)
+    if tty:
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+def mount_dev(root: Path) -> None:
+    """A small /dev: a tmpfs with the usual nodes, a private devpts, /dev/shm; nothing of the host's."""
+    dev = root / "dev"
+    dev.mkdir(exist_ok=True)
+    native.mount("tmpfs", str(dev), "tmpfs", native.MS_NOSUID, "mode=755,size=65536k")
+    for name, major, minor in DEVICES:
+        os.mknod(dev / name, 0o666 | 0o020000, os.makedev(major, minor))  # S_IFCHR
+        os.chmod(dev / name, 0o666)  # mknod obeys the umask
+    (dev / "pts").mkdir()
+    native.mount("devpts", str(dev / "pts"), "devpts", native.MS_NOSUID | native.MS_NOEXEC,
+                 "newinstance,ptmxmode=0666,mode=0620")
+    (dev / "shm").mkdir()
+    native.mount("shm", str(dev / "shm"), "tmpfs", _NOSUID_NODEV_NOEXEC, "mode=1777,size=65536k")
+    os.symlink("pts/ptmx", dev / "ptmx")
+    for i, name in enumerate(("stdin", "stdout", "stderr")):
+        os.symlink(f"/proc/self/fd/{i}", dev / name)
+    os.symlink("/proc/self/fd", dev / "fd")
+
+
+def mount_rootfs(root: Path) -> None:
+    """Make our mount namespace private, then mount /proc, /dev and a read-only /sys inside ``root``."""
+    native.mount(None, "/", None, native.MS_REC | native.MS_PRIVATE)
+    native.mount(str(root), str(root), None, native.MS_BIND | native.MS_REC)  # pivot_root needs a mount point
+    (root / "proc").mkdir(exist_ok=True)
+    native.mount("proc", str(root / "proc"), "proc", _NOSUID_NODEV_NOEXEC)
+    mount_dev(root)
+    (root / "sys").mkdir(exist_ok=True)
+    native.mount("sysfs", str(root / "sys"), "sysfs", _NOSUID_NODEV_NOEXEC | native.MS_RDONLY)
+
+
+def pivot_into(root: Path) -> None:
+    """Make ``root`` the new / and detach the old one, so no host path stays reachable."""
+    os.chdir(root)
+    native.pivot_root(".", ".")  # stacks the old root under the new one...
+    native.umount2(".", native.MNT_DETACH)  # ...and this lazily detaches it
+    os.chdir("/")
+
+
+def exec_command(spec: ContainerSpec) -> NoReturn:
+    args = list(spec.process.args)
+    try:
+        os.makedirs(spec.process.cwd, exist_ok=True)
+        os.chdir(spec.process.cwd)
+    except OSError as exc:
+        raise InitError(f"cannot use working directory {spec.process.cwd}: {exc.strerror.lower()}", 126) from None
+    try:
+        os.execvpe(args[0], args, container_env(spec))
+    except OSError as exc:
+        code = 127 if exc.errno in (errno.ENOENT, errno.ENOTDIR) else 126
+        raise InitError(f"exec {args[0]}: {os.strerror(exc.errno or 0).lower()}", code) from None
+
+
+def container_main(spec: ContainerSpec, root: Path, go_fd: int, err_fd: int,
+                   stdio: tuple[int, int, int], tty: bool) -> NoReturn:
+    """The child's whole life: wait for go, set up, exec. Never returns."""
+    try:
+        if os.read(go_fd, 1) != b"g":  # the parent died or gave up before releasing us
+            os._exit(1)
+        os.close(go_fd)
+        native.prctl(native.PR_SET_PDEATHSIG, signal.SIGKILL)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE, signal.SIGCHLD):
+            signal.signal(sig, signal.SIG_DFL)
+        setup_stdio(stdio, tty)
+        native.sethostname(spec.hostname)
+        mount_rootfs(root)
+        pivot_into(root)
+        exec_command(spec)
+    except InitError as exc:
+        _report(err_fd, exc.code, str(exc))
+    except BaseException as exc:  # noqa: BLE001 - anything here must reach the parent, not a traceback
+        _report(err_fd, 125, f"container init failed: {exc}")
+
+
+def _report(err_fd: int, code: int, message: str) -> NoReturn:
+    try:
+        os.write(err_fd, f"{code} {message}".encode())
+    finally:
+        sys.stderr.flush()
+        os._exit(code)

@@ -1,0 +1,1 @@
+"""Isolation drivers: each starts the container's process in its own namespaces."""

@@ -1,0 +1,139 @@
+"""The ``unshare`` isolation driver: new mount, uts, ipc, pid and net namespaces, like runc's nsexec.
+
+A new PID namespace only applies to the children of the process that unshares it, so the start takes two
+forks. pish forks an intermediate process, which unshares the namespaces and forks the container's
+PID 1, reports that pid and exits. pish is a child subreaper, so PID 1 becomes pish's child and pish can
+wait for it. PID 1 then blocks on a pipe until pish has put it in its cgroup and network.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from pathlib import Path
+from typing import Any, Iterator
+
+from pish_core import log, native
+from pish_core.drivers import Child, Isolation, RunContext
+from pish_core.errors import ExecError, PishError
+from pish_core.init import container_main
+
+_log = log.get("isolation")
+
+NAMESPACES = {"mount": native.CLONE_NEWNS, "uts": native.CLONE_NEWUTS, "ipc": native.CLONE_NEWIPC,
+              "pid": native.CLONE_NEWPID, "net": native.CLONE_NEWNET}
+
+
+class ForkedChild(Child):
+    def __init__(self, pid: int, go_fd: int, err_fd: int) -> None:
+        self.pid = pid
+        self._go_fd = go_fd
+        self._err_fd = err_fd
+        self.status: int | None = None
+
+    def release(self) -> None:
+        os.write(self._go_fd, b"g")
+        os.close(self._go_fd)
+        self._go_fd = -1
+        report = _read_all(self._err_fd)  # EOF without data: the exec succeeded (close-on-exec)
+        if report:
+            code, _, message = report.decode(errors="replace").partition(" ")
+            self.wait()
+            raise ExecError(message, int(code) if code.isdigit() else 125)
+
+    def wait(self) -> int:
+        if self.status is None:
+            _, self.status = os.waitpid(self.pid, 0)
+        return self.status
+
+    def kill(self, sig: int) -> None:
+        if self.status is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
+
+    def close(self) -> None:
+        """Kill the child if it still runs, reap it, close our pipe ends."""
+        if self.status is None:
+            self.kill(signal.SIGKILL)
+            self.wait()
+        for fd in (self._go_fd, self._err_fd):
+            if fd >= 0:
+                os.close(fd)
+        self._go_fd = self._err_fd = -1
+
+
+class UnshareIsolation(Isolation):
+    name = "unshare"
+    description = "new mount, uts, ipc, pid and net namespaces via unshare(2), two forks like runc's nsexec"
+
+    @contextlib.contextmanager
+    def spawn(self, ctx: RunContext, rootfs: Path, *, netns: bool = True,
+              stdio: tuple[int, int, int] = (0, 1, 2), tty: bool = False) -> Iterator[Child]:
+        flags = 0
+        for ns, flag in NAMESPACES.items():
+            if ns != "net" or netns:
+                flags |= flag
+        native.prctl(native.PR_SET_CHILD_SUBREAPER, 1)
+        go_r, go_w = os.pipe()
+        pid_r, pid_w = os.pipe()
+        err_r, err_w = os.pipe()  # all close-on-exec (PEP 446)
+        middle = os.fork()
+        if middle == 0:  # the intermediate process
+            try:
+                os.close(go_w)
+                os.close(pid_r)
+                os.close(err_r)
+                native.unshare(flags)
+                pid1 = os.fork()
+                if pid1 == 0:
+                    os.close(pid_w)
+                    container_main(ctx.spec, rootfs, go_r, err_w, stdio, tty)
+                os.write(pid_w, str(pid1).encode())
+                os._exit(0)
+            except BaseException as exc:  # noqa: BLE001
+                with contextlib.suppress(OSError):
+                    os.write(err_w, f"125 cannot create namespaces: {exc}".encode())
+                os._exit(125)
+        for fd in (go_r, pid_w, err_w):
+            os.close(fd)
+        os.waitpid(middle, 0)
+        raw = _read_all(pid_r)
+        os.close(pid_r)
+        if not raw:
+            report = _read_all(err_r).decode(errors="replace")
+            os.close(err_r)
+            os.close(go_w)
+            raise PishError(report.partition(" ")[2] or "cannot start the container process")
+        child = ForkedChild(int(raw), go_w, err_r)
+        record = ctx.journal.add("isolation", self.name, "process", pid=child.pid, start=_start_time(child.pid))
+        _log.info("started container process %d in new namespaces (%s)", child.pid,
+                  ", ".join(ns for ns in NAMESPACES if ns != "net" or netns))
+        try:
+            yield child
+        finally:
+            child.close()
+            ctx.journal.drop(record)
+
+    def release(self, record: dict[str, Any]) -> None:
+        """Kill a process left by a dead run, if it is still the same process (pids get reused)."""
+        pid = int(record["pid"])
+        if _start_time(pid) == record.get("start"):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+                _log.info("killed container process %d", pid)
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 4096):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _start_time(pid: int) -> str | None:
+    """Field 22 of /proc/PID/stat: with the pid, it names one process for good."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rpartition(")")[2].split()[19]

@@ -1,0 +1,1 @@
+"""Storage drivers: each gives a container its root filesystem."""
