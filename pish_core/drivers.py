@@ -10,9 +10,11 @@ that is how ``pish gc`` cleans up after a run that was killed.
 from __future__ import annotations
 
 import abc
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager as ContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, ContextManager, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pish_core.errors import DriverError, SpecError
 
@@ -90,6 +92,10 @@ class Limits(Driver):
     def apply(self, ctx: RunContext, pid: int) -> ContextManager[Group]:
         """Create the group, set the limits, put ``pid`` in it; kill what is left and delete it on exit."""
 
+    def join(self, record: dict[str, Any], pid: int) -> None:
+        """Put ``pid`` in the existing group described by ``record`` (its journal entry): ``pish exec``."""
+        raise DriverError(f"limits driver {self.name!r} cannot add a process to a running container")
+
 
 @dataclass
 class Attachment:
@@ -140,6 +146,12 @@ class Isolation(Driver):
         0, 1 and 2, and ``tty`` says stdin is a terminal to make the controlling one.
         """
 
+    def enter(self, pid: int, args: tuple[str, ...], cwd: str, env: dict[str, str], *,
+              stdio: tuple[int, int, int] = (0, 1, 2), tty: bool = False) -> ContextManager[Child]:
+        """Start ``args`` inside the running container whose first process is ``pid`` (``pish exec``),
+        blocked until released like ``spawn``'s child; kill and reap it on exit."""
+        raise DriverError(f"isolation driver {self.name!r} cannot run a process in a running container")
+
 
 # -- finding drivers ---------------------------------------------------------------------------------
 
@@ -154,14 +166,14 @@ def load_class(kind: str, name: str) -> type[Driver]:
     from stevedore.exception import NoMatches
 
     try:
-        mgr = sd_driver.DriverManager(namespace=group(kind), name=name, invoke_on_load=False)
+        mgr: Any = sd_driver.DriverManager(namespace=group(kind), name=name, invoke_on_load=False)
     except NoMatches:
         raise DriverError(
             f"unknown {kind} driver {name!r} (available: {', '.join(available_names(kind)) or 'none'})"
         ) from None
-    except Exception as exc:  # a broken third-party package must not give a traceback
+    except Exception as exc:  # noqa: BLE001 - a broken third-party package must not give a traceback
         raise DriverError(f"{kind} driver {name!r} failed to load: {exc}") from None
-    cls = mgr.driver
+    cls: Any = mgr.driver
     if not (isinstance(cls, type) and issubclass(cls, Driver) and cls.kind == kind):
         raise DriverError(f"{kind} driver {name!r} is not a pish {kind} driver")
     return cls

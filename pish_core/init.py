@@ -79,39 +79,57 @@ def pivot_into(root: Path) -> None:
     os.chdir("/")
 
 
-def exec_command(spec: ContainerSpec) -> NoReturn:
-    args = list(spec.process.args)
+def exec_command(args: tuple[str, ...], cwd: str, env: dict[str, str]) -> NoReturn:
     try:
-        os.makedirs(spec.process.cwd, exist_ok=True)
-        os.chdir(spec.process.cwd)
+        os.makedirs(cwd, exist_ok=True)  # docker creates a missing working directory too
+        os.chdir(cwd)
     except OSError as exc:
-        raise InitError(f"cannot use working directory {spec.process.cwd}: {exc.strerror.lower()}", 126) from None
+        raise InitError(f"cannot use working directory {cwd}: {(exc.strerror or '').lower()}", 126) from None
     try:
-        os.execvpe(args[0], args, container_env(spec))
+        os.execvpe(args[0], list(args), env)
     except OSError as exc:
         code = 127 if exc.errno in (errno.ENOENT, errno.ENOTDIR) else 126
         raise InitError(f"exec {args[0]}: {os.strerror(exc.errno or 0).lower()}", code) from None
 
 
+def _await_go(go_fd: int) -> None:
+    """Block until the parent says go; exit quietly if it died or gave up first."""
+    if os.read(go_fd, 1) != b"g":
+        os._exit(1)
+    os.close(go_fd)
+    native.prctl(native.PR_SET_PDEATHSIG, signal.SIGKILL)  # die with the supervisor, never run unwatched
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE, signal.SIGCHLD,
+                signal.SIGALRM, signal.SIGWINCH):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 def container_main(spec: ContainerSpec, root: Path, go_fd: int, err_fd: int,
                    stdio: tuple[int, int, int], tty: bool) -> NoReturn:
-    """The child's whole life: wait for go, set up, exec. Never returns."""
+    """The container's first process: wait for go, build its world, exec the command. Never returns."""
     try:
-        if os.read(go_fd, 1) != b"g":  # the parent died or gave up before releasing us
-            os._exit(1)
-        os.close(go_fd)
-        native.prctl(native.PR_SET_PDEATHSIG, signal.SIGKILL)
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE, signal.SIGCHLD):
-            signal.signal(sig, signal.SIG_DFL)
+        _await_go(go_fd)
         setup_stdio(stdio, tty)
         native.sethostname(spec.hostname)
         mount_rootfs(root)
         pivot_into(root)
-        exec_command(spec)
+        exec_command(spec.process.args, spec.process.cwd, container_env(spec))
     except InitError as exc:
         _report(err_fd, exc.code, str(exc))
     except BaseException as exc:  # noqa: BLE001 - anything here must reach the parent, not a traceback
         _report(err_fd, 125, f"container init failed: {exc}")
+
+
+def joined_main(args: tuple[str, ...], cwd: str, env: dict[str, str], go_fd: int, err_fd: int,
+                stdio: tuple[int, int, int], tty: bool) -> NoReturn:
+    """A process joining a running container (`pish exec`): its namespaces are already entered."""
+    try:
+        _await_go(go_fd)
+        setup_stdio(stdio, tty)
+        exec_command(args, cwd, env)
+    except InitError as exc:
+        _report(err_fd, exc.code, str(exc))
+    except BaseException as exc:  # noqa: BLE001
+        _report(err_fd, 125, f"exec failed: {exc}")
 
 
 def _report(err_fd: int, code: int, message: str) -> NoReturn:

@@ -31,6 +31,26 @@ def state_file(cid: str) -> Path:
     return container_dir(cid) / "state.json"
 
 
+def supervisor_lock(cid: str) -> Path:
+    """Held (flock) by the container's supervisor for its whole life: free means the supervisor is gone."""
+    return container_dir(cid) / "supervisor.lock"
+
+
+def log_file(cid: str) -> Path:
+    """The detached container's stdout and stderr."""
+    return container_dir(cid) / "container.log"
+
+
+def supervisor_log(cid: str) -> Path:
+    """What a detached supervisor itself says (pish's own [INFO] lines)."""
+    return container_dir(cid) / "supervisor.log"
+
+
+def start_fifo(cid: str) -> Path:
+    """A created container's supervisor waits on this FIFO until `pish start` writes to it."""
+    return container_dir(cid) / "start.fifo"
+
+
 def layer_dir(cid: str) -> Path:
     """The container's writable layer (overlay upper/work, mount point)."""
     return lib_root() / "containers" / cid

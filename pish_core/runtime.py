@@ -1,10 +1,13 @@
 """How a container is run, top to bottom: declare, start, join, wait, clean up.
 
 Every resource is owned by a driver that acquires it when its context is entered and releases it when
-the context exits, and the whole run is one ExitStack: whatever goes wrong, and wherever, the stack
-unwinds in reverse order and leaves the host as it was. Before each resource is acquired the driver
-writes it into the container's state record (the journal), so even a run killed with SIGKILL leaves a
-list that ``pish gc`` can undo.
+the context exits, and the whole run is one ExitStack (``supervise``): whatever goes wrong, and wherever,
+the stack unwinds in reverse order and leaves the host as it was. Before each resource is acquired the
+driver writes it into the container's state record (the journal), so even a supervisor killed with
+SIGKILL leaves a list that ``pish gc`` can undo.
+
+The process running ``supervise`` is the container's supervisor: ``pish run`` itself in the foreground,
+or a background process for ``pish run -d`` and ``pish create`` (see ``pish_core/detach.py``).
 """
 from __future__ import annotations
 
@@ -13,17 +16,22 @@ import math
 import os
 import signal
 import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager as ContextManager
 from dataclasses import dataclass
 from types import FrameType
-from typing import Iterator
 
-from pish_core import log, state
+from pish_core import log, paths, proc, state
 from pish_core.drivers import Child, Isolation, Limits, Network, RunContext, Storage, load
-from pish_core.errors import Interrupted
+from pish_core.errors import Interrupted, PishError
 from pish_core.spec import ContainerSpec, check_image
 from pish_core.terminal import ProcessIO, open_io
 
 _log = log.get("runtime")
+
+#: Called once the container has reached the state its starter waits for (None), or with the error.
+Notify = Callable[[PishError | None], None]
 
 
 @dataclass
@@ -48,6 +56,86 @@ class Drivers:
         return drivers
 
 
+@dataclass
+class Prepared:
+    """A container that is validated and recorded, with nothing acquired yet."""
+
+    spec: ContainerSpec
+    drivers: Drivers
+    journal: state.Journal
+
+    @property
+    def record(self) -> state.ContainerState:
+        return self.journal.state
+
+
+def prepare(spec: ContainerSpec, *, auto_remove: bool = False) -> Prepared:
+    """1. Validate everything, then write the state record (status ``creating``). Nothing else exists yet."""
+    check_image(spec.image)
+    drivers = Drivers.for_spec(spec)
+    record = state.ContainerState(id=spec.id, name=spec.name, image=spec.image, command=list(spec.process.args),
+                                  supervisor_pid=os.getpid(), spec=spec.to_dict(), auto_remove=auto_remove)
+    return Prepared(spec, drivers, state.create(record))
+
+
+def supervise(p: Prepared, io_cm: ContextManager[ProcessIO], *, wait_for_start: bool = False,
+              notify: Notify = lambda error: None) -> int:
+    """Acquire everything, run the command, wait for it, release everything; return its exit status."""
+    spec, record, ctx = p.spec, p.record, RunContext(p.spec, p.journal)
+    oom = False
+    with _signals_handled() as signals, contextlib.ExitStack() as stack:
+        try:
+            rootfs = stack.enter_context(p.drivers.storage.mount(ctx))  # 2. the root filesystem
+            _stage("storage")
+            io = stack.enter_context(io_cm)
+            child = stack.enter_context(  # 3. the process, in new namespaces, blocked
+                p.drivers.isolation.spawn(ctx, rootfs, netns=not p.drivers.network.shares_host_netns,
+                                          stdio=io.child_fds, tty=io.tty))
+            _stage("isolation")
+            group = stack.enter_context(p.drivers.limits.apply(ctx, child.pid))  # 4. its cgroup...
+            _stage("limits")
+            attachment = stack.enter_context(p.drivers.network.attach(ctx, child.pid))  # ...and network
+            _stage("network")
+            record.status, record.pid, record.address = "created", child.pid, attachment.address
+            record.pid_start = proc.start_time(child.pid)
+            record.save()
+            if wait_for_start:  # `pish create`: hold here until `pish start`
+                notify(None)
+                _wait_for_start(spec.id)
+            child.release()  # 5. let it exec the command
+            signals.forward_to(child, io, spec.stop_timeout)
+            io.started()
+            record.status, record.started = "running", time.time()
+            record.save()
+            _stage("running")
+            if not wait_for_start:
+                notify(None)
+            io.pump()
+            status = exit_status(child.wait())  # 6. wait
+            signals.done()
+            oom = group.oom_killed()
+        except BaseException:
+            signals.done()  # from here on a signal must not cut the clean-up short
+            raise
+    # The stack has released everything, in reverse order.
+    record.status, record.exit_code, record.finished = "stopped", status, time.time()
+    record.save()
+    if oom:
+        print(f"pish: container {spec.name} was killed by the OOM killer "
+              f"(memory limit {_mib(spec.resources.memory)})", file=sys.stderr)
+    return status
+
+
+def run(spec: ContainerSpec) -> int:
+    """Run one container in the foreground (this process supervises it); leave nothing behind."""
+    p = prepare(spec, auto_remove=True)
+    try:
+        return supervise(p, open_io(spec))
+    finally:
+        state.finish(p.record)
+        p.journal.close()
+
+
 def exit_status(raw: int) -> int:
     """A wait status as a shell reports it: the exit code, or 128 + N when killed by signal N."""
     if os.WIFSIGNALED(raw):
@@ -55,43 +143,22 @@ def exit_status(raw: int) -> int:
     return os.WEXITSTATUS(raw)
 
 
-def run(spec: ContainerSpec) -> int:
-    """Run one container in the foreground and return its exit status."""
-    check_image(spec.image)
-    drivers = Drivers.for_spec(spec)  # 1. validate everything before creating anything
-    record = state.ContainerState(id=spec.id, name=spec.name, image=spec.image,
-                                  command=list(spec.process.args), supervisor_pid=os.getpid())
-    with _signals_handled() as signals:
-        journal = state.create(record)
-        ctx = RunContext(spec, journal)
-        try:
-            with contextlib.ExitStack() as stack:
-                try:
-                    rootfs = stack.enter_context(drivers.storage.mount(ctx))  # 2. the root filesystem
-                    io: ProcessIO = stack.enter_context(open_io(spec))
-                    child = stack.enter_context(  # 3. the process, in new namespaces, blocked
-                        drivers.isolation.spawn(ctx, rootfs, netns=not drivers.network.shares_host_netns,
-                                                stdio=io.child_fds, tty=io.tty))
-                    group = stack.enter_context(drivers.limits.apply(ctx, child.pid))  # 4. join its cgroup
-                    attachment = stack.enter_context(drivers.network.attach(ctx, child.pid))  # ...and network
-                    child.release()  # 5. let it exec the command
-                    signals.forward_to(child, io, spec.stop_timeout)
-                    io.started()
-                    record.status, record.pid, record.address = "running", child.pid, attachment.address
-                    record.save()
-                    io.pump()
-                    status = exit_status(child.wait())  # 6. wait
-                    signals.done()
-                    if group.oom_killed():
-                        print(f"pish: container {spec.name} was killed by the OOM killer "
-                              f"(memory limit {_mib(spec.resources.memory)})", file=sys.stderr)
-                    _log.debug("container %s exited with %d", spec.name, status)
-                except BaseException:
-                    signals.done()  # from here on a signal must not cut the clean-up short
-                    raise
-            return status  # the stack has released everything, in reverse order
-        finally:
-            state.remove(spec.id)
+def _wait_for_start(cid: str) -> None:
+    fd = os.open(paths.start_fifo(cid), os.O_RDONLY | os.O_CLOEXEC)  # blocks until `pish start` opens it
+    try:
+        os.read(fd, 1)
+    finally:
+        os.close(fd)
+
+
+def _stage(name: str) -> None:
+    """Test hook for fault injection: PISH_TEST_STAGES names a file each stage reached is appended to,
+    PISH_TEST_STAGE_DELAY seconds to sleep after each, so a test can kill the supervisor mid-way."""
+    stages = os.environ.get("PISH_TEST_STAGES")
+    if stages:
+        with open(stages, "a") as f:
+            f.write(f"{name}\n")
+        time.sleep(float(os.environ.get("PISH_TEST_STAGE_DELAY", "0")))
 
 
 def _mib(value: int | None) -> str:

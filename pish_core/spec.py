@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Mapping
+from typing import Any
 
 from pish_core import names
 from pish_core.errors import SpecError
@@ -92,6 +93,26 @@ class ContainerSpec:
 
     def with_changes(self, **changes: object) -> ContainerSpec:
         return replace(self, **changes)  # type: ignore[arg-type]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready form, kept in the state record (``pish inspect`` shows it, ``pish exec`` reads it)."""
+        data = asdict(self)
+        data["network"]["ip"] = str(self.network.ip) if self.network.ip else None
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ContainerSpec:
+        d = dict(data)
+        proc = dict(d.pop("process"))
+        for key in ("args", "env"):
+            proc[key] = tuple(proc[key])
+        res = dict(d.pop("resources"))
+        res["extra"] = tuple(tuple(x) for x in res["extra"])
+        net = dict(d.pop("network"))
+        net["ip"] = ipaddress.IPv4Interface(net["ip"]) if net["ip"] else None
+        drivers = {k: DriverChoice(d[k]["name"], d[k]["options"]) for k in ("storage", "limits", "net", "isolation")}
+        d.update(drivers)
+        return cls(process=Process(**proc), resources=Resources(**res), network=NetworkSpec(**net), **d)
 
 
 # -- parsing strings from the edge (CLI, options) ---------------------------------------------------

@@ -14,8 +14,9 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from pish_core import paths
 from pish_core.errors import StateError
@@ -53,9 +54,14 @@ class ContainerState:
     status: str = "creating"
     created: float = dataclasses.field(default_factory=time.time)
     pid: int | None = None
+    pid_start: str | None = None
     supervisor_pid: int | None = None
+    started: float | None = None
+    finished: float | None = None
     exit_code: int | None = None
+    error: str | None = None
     address: str | None = None
+    auto_remove: bool = False
     spec: dict[str, Any] = dataclasses.field(default_factory=dict)
     resources: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
@@ -73,10 +79,19 @@ class ContainerState:
 
 
 class Journal:
-    """The list of resources a container holds, persisted in its state record on every change."""
+    """The list of resources a container holds, persisted in its state record on every change.
 
-    def __init__(self, state: ContainerState) -> None:
+    It also holds the supervisor lock: while the lock is held, the container has a live supervisor.
+    """
+
+    def __init__(self, state: ContainerState, lock_fd: int) -> None:
         self.state = state
+        self.lock_fd = lock_fd
+
+    def close(self) -> None:
+        if self.lock_fd >= 0:
+            os.close(self.lock_fd)
+            self.lock_fd = -1
 
     def add(self, kind: str, driver: str, what: str, **data: Any) -> dict[str, Any]:
         """Record a resource about to be acquired; return the record to pass to ``drop`` later."""
@@ -102,18 +117,65 @@ def _names_lock() -> Path:
 
 
 def create(state: ContainerState) -> Journal:
-    """Write a new container's record; refuse a name already in use. Nothing else is created yet."""
+    """Write a new container's record, its supervisor lock already held; refuse a name in use.
+
+    The lock is taken before the record becomes visible, so ``pish gc`` can never mistake a container
+    being created for one whose supervisor died.
+    """
     with flocked(_names_lock()):
         for other in list_all():
             if other.name == state.name:
                 raise StateError(f"the container name {state.name!r} is already in use by {other.id[:12]}")
         paths.container_dir(state.id).mkdir(parents=True, mode=0o700)
+        lock_fd = try_lock(state.id)
+        assert lock_fd is not None, "a new container's lock cannot be held by anyone else"
         state.save()
-    return Journal(state)
+    return Journal(state, lock_fd)
+
+
+def try_lock(cid: str) -> int | None:
+    """Take the supervisor lock of ``cid`` if it is free; return its fd (close it to let go), else None."""
+    try:
+        fd = os.open(paths.supervisor_lock(cid), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except FileNotFoundError:  # the container directory is gone
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def supervisor_alive(cid: str) -> bool:
+    fd = try_lock(cid)
+    if fd is None:
+        return paths.container_dir(cid).exists()
+    os.close(fd)
+    return False
+
+
+def wait_supervisor_gone(cid: str, timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds for the supervisor of ``cid`` to finish; True if it did."""
+    deadline = time.monotonic() + timeout
+    while supervisor_alive(cid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
 
 
 def remove(cid: str) -> None:
     shutil.rmtree(paths.container_dir(cid), ignore_errors=True)
+
+
+def finish(record: ContainerState) -> None:
+    """Remove a container's record, unless its journal still lists resources: then keep it for `pish gc`."""
+    if record.resources:
+        record.error = record.error or "clean-up incomplete: run `pish gc`"
+        record.save()
+    else:
+        remove(record.id)
 
 
 def list_all() -> list[ContainerState]:

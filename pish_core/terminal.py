@@ -14,7 +14,7 @@ import os
 import select
 import termios
 import tty
-from typing import Iterator
+from collections.abc import Iterator
 
 from pish_core.spec import ContainerSpec
 
@@ -40,9 +40,9 @@ class ProcessIO:
 class PtyIO(ProcessIO):
     tty = True
 
-    def __init__(self, master: int, slave: int, interactive: bool) -> None:
+    def __init__(self, master: int, slave: int, interactive: bool, output: int = 1) -> None:
         super().__init__((slave, slave, slave))
-        self.master, self.slave, self.interactive = master, slave, interactive
+        self.master, self.slave, self.interactive, self.output = master, slave, interactive, output
 
     def started(self) -> None:
         if self.slave >= 0:
@@ -67,7 +67,7 @@ class PtyIO(ProcessIO):
                     raise
                 if not data:
                     return
-                _write_all(1, data)
+                _write_all(self.output, data)
             if 0 in ready:
                 data = os.read(0, 65536)
                 if data:
@@ -84,21 +84,24 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 @contextlib.contextmanager
-def open_io(spec: ContainerSpec) -> Iterator[ProcessIO]:
+def open_io(spec: ContainerSpec, output: int | None = None) -> Iterator[ProcessIO]:
+    """The container's stdio for a foreground run, or with ``output`` (a detached run's log file)
+    stdin from /dev/null and everything written to ``output``."""
+    interactive = spec.process.interactive and output is None
     if not spec.process.terminal:
-        if spec.process.interactive:
+        if interactive:
             yield ProcessIO((0, 1, 2))
             return
         devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            yield ProcessIO((devnull, 1, 2))
+            yield ProcessIO((devnull, 1, 2) if output is None else (devnull, output, output))
         finally:
             os.close(devnull)
         return
     master, slave = os.openpty()
-    io = PtyIO(master, slave, spec.process.interactive)
+    io = PtyIO(master, slave, interactive, 1 if output is None else output)
     saved = None
-    if spec.process.interactive and os.isatty(0):
+    if interactive and os.isatty(0):
         saved = termios.tcgetattr(0)
         tty.setraw(0)
     io.resize()

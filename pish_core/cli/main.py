@@ -1,24 +1,31 @@
 """Entry point of the ``pish`` command: the click group and the one place errors become one-line messages."""
 from __future__ import annotations
 
+import os
 import sys
 
 import click
 
+from pish_core.cli import containers
 from pish_core.cli.drivers import drivers
 from pish_core.cli.image import demo_image
-from pish_core.cli.run import run
+from pish_core.cli.run import create, run
 from pish_core.errors import PishError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def cli() -> None:
+@click.option("--root", type=click.Path(file_okay=False), envvar="PISH_ROOT",
+              help="State directory (default /run/pish; env PISH_ROOT).")
+def cli(root: str | None) -> None:
     """pish: a small Linux container runtime with pluggable drivers."""
+    if root:
+        os.environ["PISH_ROOT"] = root
 
 
-cli.add_command(run)
-cli.add_command(drivers)
-cli.add_command(demo_image)
+for command in (run, create, containers.start, containers.exec_, containers.ps, containers.logs,
+                containers.stop, containers.kill, containers.rm, containers.inspect, containers.gc,
+                drivers, demo_image):
+    cli.add_command(command)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -44,9 +44,22 @@ def container_options(f: Any) -> Any:
 def build_spec(opts: dict[str, Any]) -> Any:
     """Turn the flags into a validated ContainerSpec: the one place input from the edge is checked."""
     from pish_core import names
-    from pish_core.spec import (ContainerSpec, DriverChoice, NetworkSpec, Process, Resources, check_image,
-                                parse_cpus, parse_cpuset, parse_env, parse_ip, parse_limit, parse_options,
-                                parse_positive_int, parse_size)
+    from pish_core.spec import (
+        ContainerSpec,
+        DriverChoice,
+        NetworkSpec,
+        Process,
+        Resources,
+        check_image,
+        parse_cpus,
+        parse_cpuset,
+        parse_env,
+        parse_ip,
+        parse_limit,
+        parse_options,
+        parse_positive_int,
+        parse_size,
+    )
 
     name = names.check_name(opts["name"]) if opts["name"] is not None else names.random_name()
     resources = Resources(
@@ -82,14 +95,38 @@ def build_spec(opts: dict[str, Any]) -> Any:
     )
 
 
+log_level_option = click.option("--log-level", default="info", show_default=True,
+                                type=click.Choice(log.LEVELS, case_sensitive=False),
+                                help="How much pish says on stderr.")
+
+
 @click.command(context_settings={"allow_interspersed_args": False})
-@click.option("--log-level", default="info", show_default=True,
-              type=click.Choice(log.LEVELS, case_sensitive=False), help="How much pish says on stderr.")
+@log_level_option
+@click.option("-d", "--detach", is_flag=True, help="Run in the background and print the container id.")
+@click.option("--rm", "auto_remove", is_flag=True,
+              help="Remove the container when it exits (a foreground run always leaves nothing).")
 @container_options
-def run(log_level: str, **opts: Any) -> None:
+def run(log_level: str, detach: bool, auto_remove: bool, **opts: Any) -> None:
     """Run COMMAND in a new container on IMAGE (a rootfs tar or directory) and exit with its status."""
     log.setup(log_level)
     spec = build_spec(opts)
+    if detach:
+        from pish_core.detach import start_detached
+
+        click.echo(start_detached(spec, start=True, auto_remove=auto_remove))
+        return
     from pish_core.runtime import run as run_container
 
     sys.exit(run_container(spec))
+
+
+@click.command(context_settings={"allow_interspersed_args": False})
+@log_level_option
+@click.option("--rm", "auto_remove", is_flag=True, help="Remove the container when it exits.")
+@container_options
+def create(log_level: str, auto_remove: bool, **opts: Any) -> None:
+    """Create a container whose command waits for `pish start`; print its id."""
+    log.setup(log_level)
+    from pish_core.detach import start_detached
+
+    click.echo(start_detached(build_spec(opts), start=False, auto_remove=auto_remove))

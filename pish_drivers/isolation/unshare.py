@@ -10,13 +10,14 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, NoReturn
 
-from pish_core import log, native
+from pish_core import log, native, proc
 from pish_core.drivers import Child, Isolation, RunContext
 from pish_core.errors import ExecError, PishError
-from pish_core.init import container_main
+from pish_core.init import container_main, joined_main
 
 _log = log.get("isolation")
 
@@ -69,58 +70,96 @@ class UnshareIsolation(Isolation):
     @contextlib.contextmanager
     def spawn(self, ctx: RunContext, rootfs: Path, *, netns: bool = True,
               stdio: tuple[int, int, int] = (0, 1, 2), tty: bool = False) -> Iterator[Child]:
+        namespaces = [ns for ns in NAMESPACES if ns != "net" or netns]
         flags = 0
-        for ns, flag in NAMESPACES.items():
-            if ns != "net" or netns:
-                flags |= flag
-        native.prctl(native.PR_SET_CHILD_SUBREAPER, 1)
-        go_r, go_w = os.pipe()
-        pid_r, pid_w = os.pipe()
-        err_r, err_w = os.pipe()  # all close-on-exec (PEP 446)
-        middle = os.fork()
-        if middle == 0:  # the intermediate process
-            try:
-                os.close(go_w)
-                os.close(pid_r)
-                os.close(err_r)
-                native.unshare(flags)
-                pid1 = os.fork()
-                if pid1 == 0:
-                    os.close(pid_w)
-                    container_main(ctx.spec, rootfs, go_r, err_w, stdio, tty)
-                os.write(pid_w, str(pid1).encode())
-                os._exit(0)
-            except BaseException as exc:  # noqa: BLE001
-                with contextlib.suppress(OSError):
-                    os.write(err_w, f"125 cannot create namespaces: {exc}".encode())
-                os._exit(125)
-        for fd in (go_r, pid_w, err_w):
-            os.close(fd)
-        os.waitpid(middle, 0)
-        raw = _read_all(pid_r)
-        os.close(pid_r)
-        if not raw:
-            report = _read_all(err_r).decode(errors="replace")
-            os.close(err_r)
-            os.close(go_w)
-            raise PishError(report.partition(" ")[2] or "cannot start the container process")
-        child = ForkedChild(int(raw), go_w, err_r)
-        record = ctx.journal.add("isolation", self.name, "process", pid=child.pid, start=_start_time(child.pid))
-        _log.info("started container process %d in new namespaces (%s)", child.pid,
-                  ", ".join(ns for ns in NAMESPACES if ns != "net" or netns))
+        for ns in namespaces:
+            flags |= NAMESPACES[ns]
+
+        def in_child(go_fd: int, err_fd: int) -> NoReturn:
+            container_main(ctx.spec, rootfs, go_fd, err_fd, stdio, tty)
+
+        child = _fork_twice(lambda: native.unshare(flags), in_child, "cannot create namespaces")
+        record = ctx.journal.add("isolation", self.name, "process", pid=child.pid, start=proc.start_time(child.pid))
+        _log.info("started container process %d in new namespaces (%s)", child.pid, ", ".join(namespaces))
         try:
             yield child
         finally:
             child.close()
             ctx.journal.drop(record)
 
+    @contextlib.contextmanager
+    def enter(self, pid: int, args: tuple[str, ...], cwd: str, env: dict[str, str], *,
+              stdio: tuple[int, int, int] = (0, 1, 2), tty: bool = False) -> Iterator[Child]:
+        # Open every namespace first: once we are in the container's mount namespace, /proc/PID may differ.
+        fds = [os.open(f"/proc/{pid}/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC) for ns in JOIN_ORDER]
+
+        def join() -> None:
+            for fd in fds:
+                native.setns(fd, 0)
+
+        def in_child(go_fd: int, err_fd: int) -> NoReturn:
+            joined_main(args, cwd, env, go_fd, err_fd, stdio, tty)
+
+        try:
+            child = _fork_twice(join, in_child, "cannot join the container's namespaces")
+        finally:
+            for fd in fds:
+                os.close(fd)
+        try:
+            yield child
+        finally:
+            child.close()
+
     def release(self, record: dict[str, Any]) -> None:
         """Kill a process left by a dead run, if it is still the same process (pids get reused)."""
         pid = int(record["pid"])
-        if _start_time(pid) == record.get("start"):
+        if proc.is_same(pid, record.get("start")):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
                 _log.info("killed container process %d", pid)
+
+
+#: setns order for `pish exec`: mnt last, since it changes what paths mean; pid applies to our child.
+JOIN_ORDER = ("ipc", "uts", "net", "pid", "mnt")
+
+
+def _fork_twice(in_middle: Callable[[], None], in_child: Callable[[int, int], NoReturn],
+                failure: str) -> ForkedChild:
+    """Fork an intermediate process that runs ``in_middle`` (enter namespaces), then forks the real child
+    (which runs ``in_child(go_fd, err_fd)``), reports its pid and exits. We are a subreaper, so the child
+    becomes ours to wait for."""
+    native.prctl(native.PR_SET_CHILD_SUBREAPER, 1)
+    go_r, go_w = os.pipe()
+    pid_r, pid_w = os.pipe()
+    err_r, err_w = os.pipe()  # all close-on-exec (PEP 446): a successful exec closes err_w
+    middle = os.fork()
+    if middle == 0:
+        try:
+            os.close(go_w)
+            os.close(pid_r)
+            os.close(err_r)
+            in_middle()
+            child = os.fork()
+            if child == 0:
+                os.close(pid_w)
+                in_child(go_r, err_w)
+            os.write(pid_w, str(child).encode())
+            os._exit(0)
+        except BaseException as exc:  # noqa: BLE001
+            with contextlib.suppress(OSError):
+                os.write(err_w, f"125 {failure}: {exc}".encode())
+            os._exit(125)
+    for fd in (go_r, pid_w, err_w):
+        os.close(fd)
+    os.waitpid(middle, 0)
+    raw = _read_all(pid_r)
+    os.close(pid_r)
+    if not raw:
+        report = _read_all(err_r).decode(errors="replace")
+        os.close(err_r)
+        os.close(go_w)
+        raise PishError(report.partition(" ")[2] or failure)
+    return ForkedChild(int(raw), go_w, err_r)
 
 
 def _read_all(fd: int) -> bytes:
@@ -128,12 +167,3 @@ def _read_all(fd: int) -> bytes:
     while chunk := os.read(fd, 4096):
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-def _start_time(pid: int) -> str | None:
-    """Field 22 of /proc/PID/stat: with the pid, it names one process for good."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rpartition(")")[2].split()[19]

@@ -8,8 +8,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from pish_core import log, native, paths
 from pish_core.drivers import RunContext, Storage

@@ -1,0 +1,200 @@
+"""Commands on existing containers: ps, inspect, logs, start, stop, kill, rm, exec, gc."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from datetime import datetime
+from typing import Any
+
+import click
+
+from pish_core import log
+
+
+def _each(refs: tuple[str, ...], action: object) -> None:
+    """Apply ``action`` to each container and print its name, as docker does; fail at the end if any failed."""
+    from pish_core.errors import PishError
+
+    failed: PishError | None = None
+    for ref in refs:
+        try:
+            action(ref)  # type: ignore[operator]
+            click.echo(ref)
+        except PishError as exc:
+            print(f"pish: {exc}", file=sys.stderr)
+            failed = exc
+    if failed is not None:
+        sys.exit(failed.exit_code)
+
+
+def _ago(ts: float | None) -> str:
+    if ts is None:
+        return ""
+    secs = int(time.time() - ts)
+    for unit, size in (("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if secs >= size:
+            return f"{secs // size} {unit} ago"
+    return f"{secs} seconds ago"
+
+
+@click.command()
+@click.option("-a", "--all", "show_all", is_flag=True, help="Show every container, not only running ones.")
+@click.option("-q", "--quiet", is_flag=True, help="Only print ids.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def ps(show_all: bool, quiet: bool, as_json: bool) -> None:
+    """List containers."""
+    from pish_core import state
+    from pish_core.lifecycle import status_text
+
+    rows: list[dict[str, Any]] = []
+    for s in state.list_all():
+        status = status_text(s)
+        if not show_all and status != "running":
+            continue
+        rows.append({"id": s.id, "name": s.name, "image": s.image, "command": " ".join(s.command),
+                     "status": status, "created": s.created, "address": s.address})
+    if quiet:
+        for r in rows:
+            click.echo(r["id"][:12])
+    elif as_json:
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        table = [("CONTAINER ID", "NAME", "IMAGE", "COMMAND", "STATUS", "CREATED", "ADDRESS")]
+        table += [(r["id"][:12], r["name"], os.path.basename(r["image"]), _clip(r["command"]), r["status"],
+                   _ago(r["created"]), r["address"] or "") for r in rows]
+        widths = [max(len(row[c]) for row in table) for c in range(len(table[0]))]
+        for row in table:
+            click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+def _clip(text: str, width: int = 24) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+@click.command()
+@click.argument("refs", nargs=-1, required=True)
+def inspect(refs: tuple[str, ...]) -> None:
+    """Print containers as JSON: spec, state, processes and the resources they hold."""
+    import dataclasses
+
+    from pish_core import proc, state
+    from pish_core.lifecycle import status_text
+
+    out = []
+    for ref in refs:
+        s = state.resolve(ref)
+        data = dataclasses.asdict(s)
+        data["state"] = status_text(s)
+        data["pids"] = proc.pids_in_pidns_of(s.pid) if s.pid and proc.is_same(s.pid, s.pid_start) else []
+        data["created_at"] = datetime.fromtimestamp(s.created).isoformat()
+        out.append(data)
+    click.echo(json.dumps(out, indent=2))
+
+
+@click.command()
+@click.option("-f", "--follow", is_flag=True, help="Keep printing output as it comes, until the container ends.")
+@click.argument("ref")
+def logs(follow: bool, ref: str) -> None:
+    """Print what a detached container wrote to stdout and stderr."""
+    from pish_core import paths, state
+
+    s = state.resolve(ref)
+    out = sys.stdout.buffer
+    if not paths.log_file(s.id).exists():
+        return
+    with open(paths.log_file(s.id), "rb") as f:
+        while True:
+            chunk = f.read(65536)
+            if chunk:
+                out.write(chunk)
+                out.flush()
+                continue
+            if not follow or not state.supervisor_alive(s.id):
+                if not (chunk := f.read()):
+                    return
+                out.write(chunk)
+                continue
+            time.sleep(0.1)
+
+
+@click.command()
+@click.option("--log-level", default="warning", type=click.Choice(log.LEVELS), show_default=True)
+@click.argument("refs", nargs=-1, required=True)
+def start(log_level: str, refs: tuple[str, ...]) -> None:
+    """Start created containers."""
+    from pish_core.lifecycle import start as start_one
+
+    log.setup(log_level)
+    _each(refs, start_one)
+
+
+@click.command()
+@click.option("-t", "--time", "timeout", default=10.0, show_default=True, help="Seconds to wait before SIGKILL.")
+@click.argument("refs", nargs=-1, required=True)
+def stop(timeout: float, refs: tuple[str, ...]) -> None:
+    """Stop running containers: SIGTERM, then SIGKILL after the timeout."""
+    from pish_core.lifecycle import stop as stop_one
+
+    log.setup("warning")
+    _each(refs, lambda ref: stop_one(ref, timeout))
+
+
+@click.command()
+@click.option("-s", "--signal", "sig", default="KILL", show_default=True, help="Signal name or number.")
+@click.argument("refs", nargs=-1, required=True)
+def kill(sig: str, refs: tuple[str, ...]) -> None:
+    """Send a signal to running containers."""
+    from pish_core.errors import SpecError
+    from pish_core.lifecycle import kill as kill_one
+
+    name = sig.upper().removeprefix("SIG")
+    try:
+        signum = int(name) if name.isdigit() else int(signal.Signals[f"SIG{name}"])
+    except KeyError:
+        raise SpecError(f"invalid signal {sig!r}") from None
+    _each(refs, lambda ref: kill_one(ref, signum))
+
+
+@click.command()
+@click.option("-f", "--force", is_flag=True, help="Kill a running container first.")
+@click.argument("refs", nargs=-1, required=True)
+def rm(force: bool, refs: tuple[str, ...]) -> None:
+    """Remove containers."""
+    from pish_core.lifecycle import remove
+
+    log.setup("warning")
+    _each(refs, lambda ref: remove(ref, force))
+
+
+@click.command()
+@click.option("--log-level", default="info", type=click.Choice(log.LEVELS), show_default=True)
+def gc(log_level: str) -> None:
+    """Release everything held by containers whose supervisor died (after a crash or a SIGKILL)."""
+    from pish_core.lifecycle import gc as collect_all
+
+    log.setup(log_level)
+    for cid in collect_all():
+        click.echo(cid[:12])
+
+
+@click.command("exec", context_settings={"allow_interspersed_args": False})
+@click.option("-i", "--interactive", is_flag=True, help="Keep stdin open.")
+@click.option("-t", "--tty", is_flag=True, help="Allocate a pseudo-terminal.")
+@click.option("-e", "--env", multiple=True, help="Environment variable KEY=VALUE.")
+@click.option("-w", "--workdir", help="Working directory inside the container.")
+@click.argument("ref")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def exec_(interactive: bool, tty: bool, env: tuple[str, ...], workdir: str | None, ref: str,
+          command: tuple[str, ...]) -> None:
+    """Run COMMAND in a running container and exit with its status."""
+    from pish_core import state
+    from pish_core.lifecycle import exec_in
+    from pish_core.spec import ContainerSpec, Process, parse_env
+
+    s = state.resolve(ref)
+    cwd = workdir or ContainerSpec.from_dict(s.spec).process.cwd if s.spec else "/"
+    process = Process(args=command, env=parse_env(env), cwd=cwd or "/", terminal=tty, interactive=interactive)
+    sys.exit(exec_in(s.id, process))

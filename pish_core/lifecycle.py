@@ -1,0 +1,194 @@
+"""What you do to a container that outlives its command: start, exec, stop, kill, rm, gc.
+
+Each operation finds the container by name, id or unique id prefix (``state.resolve``) and talks to it
+through the host: signals to its process, the start FIFO, the supervisor lock. ``gc`` undoes the journal
+of any container whose supervisor is gone, so a supervisor killed at any moment leaves nothing for good.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import signal
+import time
+from collections.abc import Iterator
+from typing import cast
+
+from pish_core import log, paths, proc, state
+from pish_core.drivers import Child, Isolation, Limits, load
+from pish_core.errors import PishError, StateError
+from pish_core.spec import ContainerSpec, Process, container_env
+
+_log = log.get("lifecycle")
+_SPEC_KEY = {"storage": "storage", "limits": "limits", "network": "net", "isolation": "isolation"}
+
+
+def status_text(s: state.ContainerState, alive: bool | None = None) -> str:
+    """``created``, ``running``, ``exited (N)`` as ``pish ps`` shows them; ``dead`` when the supervisor
+    vanished without finishing (``pish gc`` cleans those)."""
+    if s.status == "stopped":
+        return f"exited ({s.exit_code})"
+    if alive is None:
+        alive = state.supervisor_alive(s.id)
+    return s.status if alive else "dead"
+
+
+def _running(ref: str) -> state.ContainerState:
+    s = state.resolve(ref)
+    if s.status != "running" or not proc.is_same(s.pid, s.pid_start):
+        raise StateError(f"container {s.name} is not running")
+    return s
+
+
+def start(ref: str, timeout: float = 30) -> state.ContainerState:
+    """Let a created container run its command (`pish create` then `pish start`)."""
+    s = state.resolve(ref)
+    if s.status != "created":
+        raise StateError(f"container {s.name} is {status_text(s)}: only a created container can be started")
+    try:
+        fd = os.open(paths.start_fifo(s.id), os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno in (errno.ENXIO, errno.ENOENT):  # nobody is reading: the supervisor is gone
+            raise StateError(f"container {s.name} has no supervisor any more: remove it with pish rm -f") from None
+        raise
+    try:
+        os.write(fd, b"s")
+    finally:
+        os.close(fd)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            s = state.ContainerState.load(s.id)
+        except StateError:
+            raise StateError(f"container {s.name} failed to start") from None
+        if s.status != "created":
+            if s.error and s.status == "stopped":
+                err = PishError(s.error)
+                err.exit_code = s.exit_code or 125
+                raise err
+            return s
+        time.sleep(0.01)
+    raise StateError(f"container {s.name} did not start within {timeout:g} s")
+
+
+def kill(ref: str, sig: int = signal.SIGKILL) -> state.ContainerState:
+    s = _running(ref)
+    assert s.pid is not None
+    os.kill(s.pid, sig)
+    return s
+
+
+def stop(ref: str, timeout: float = 10) -> state.ContainerState:
+    """SIGTERM, then SIGKILL after ``timeout`` seconds, as ``docker stop``; return once all is released."""
+    s = state.resolve(ref)
+    if s.status != "running" or not proc.is_same(s.pid, s.pid_start):
+        return s  # stopping a stopped container is not an error, as with docker
+    assert s.pid is not None
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(s.pid, signal.SIGTERM)
+    if not state.wait_supervisor_gone(s.id, timeout):
+        _log.info("container %s ignored SIGTERM for %g s: sending SIGKILL", s.name, timeout)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(s.pid, signal.SIGKILL)
+        state.wait_supervisor_gone(s.id, 30)
+    return s
+
+
+def remove(ref: str, force: bool = False) -> state.ContainerState:
+    """Remove a container; a live one only with ``force`` (killed first), as ``docker rm -f``."""
+    s = state.resolve(ref)
+    if state.supervisor_alive(s.id):
+        if not force:
+            raise StateError(f"container {s.name} is {status_text(s, True)}: stop it first or use pish rm -f")
+        if s.status == "running" and proc.is_same(s.pid, s.pid_start):
+            assert s.pid is not None
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(s.pid, signal.SIGKILL)
+        elif s.supervisor_pid:  # creating or created: the supervisor unwinds on SIGTERM
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(s.supervisor_pid, signal.SIGTERM)
+        if not state.wait_supervisor_gone(s.id, 30):
+            raise StateError(f"container {s.name}: its supervisor did not finish within 30 s")
+    collect(s.id)
+    state.remove(s.id)
+    return s
+
+
+def collect(cid: str) -> bool:
+    """Undo what the journal of ``cid`` still lists, if its supervisor is gone; True if it did."""
+    fd = state.try_lock(cid)
+    if fd is None:
+        return False
+    try:
+        try:
+            s = state.ContainerState.load(cid)
+        except (StateError, ValueError):  # a record half-written by a killed `pish run`
+            state.remove(cid)
+            return True
+        for record in reversed(list(s.resources)):
+            kind = record["kind"]
+            options = s.spec.get(_SPEC_KEY.get(kind, kind), {}).get("options", {})
+            load(kind, record["driver"], options).release(record)
+            s.resources.remove(record)
+            s.save()
+        if s.status != "stopped" or s.auto_remove:
+            state.remove(cid)
+        return True
+    finally:
+        os.close(fd)
+
+
+def gc() -> list[str]:
+    """Clean up after every container whose supervisor died; return the ids cleaned."""
+    cleaned = []
+    with contextlib.suppress(FileNotFoundError):
+        for cid in os.listdir(paths.containers_dir()):
+            s = None
+            with contextlib.suppress(StateError, ValueError):
+                s = state.ContainerState.load(cid)
+            if s is not None and s.status == "stopped" and not s.resources and not s.auto_remove:
+                continue  # an exited container: kept until `pish rm`, as docker keeps it
+            if collect(cid):
+                _log.info("cleaned up container %s", cid[:12])
+                cleaned.append(cid)
+    return cleaned
+
+
+def exec_in(ref: str, process: Process) -> int:
+    """Run a process in a running container (`pish exec`) and return its exit status."""
+    from pish_core.runtime import exit_status
+    from pish_core.terminal import open_io
+
+    s = _running(ref)
+    assert s.pid is not None
+    spec = ContainerSpec.from_dict(s.spec)
+    env = container_env(spec)
+    if process.terminal:
+        env["TERM"] = "xterm"
+    env.update(item.partition("=")[::2] for item in process.env)
+    isolation = cast(Isolation, load("isolation", spec.isolation.name, spec.isolation.options))
+    limits = cast(Limits, load("limits", spec.limits.name, spec.limits.options))
+    group = next((r for r in s.resources if r["kind"] == "limits"), None)
+    with open_io(spec.with_changes(process=process)) as io, \
+            isolation.enter(s.pid, process.args, process.cwd, env, stdio=io.child_fds, tty=io.tty) as child:
+        if group is not None:
+            limits.join(group, child.pid)
+        child.release()
+        io.started()
+        with _forwarding(child):
+            io.pump()
+            return exit_status(child.wait())
+
+
+@contextlib.contextmanager
+def _forwarding(child: Child) -> Iterator[None]:
+    """Forward SIGINT/SIGTERM/SIGHUP to an exec'd process while we wait for it."""
+    def forward(signum: int, frame: object) -> None:
+        child.kill(signum)
+
+    saved = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, h in saved.items():
+            signal.signal(s, h)

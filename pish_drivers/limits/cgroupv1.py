@@ -1,0 +1,225 @@
+"""cgroupv1: a container's limits through the cgroup v1 hierarchies.
+
+How cgroup v1 works:
+
+- Each controller is a filesystem of its own, mounted at ``/sys/fs/cgroup/<controller>``: ``memory``
+  counts and caps memory, ``cpu`` shares out CPU time, ``cpuacct`` counts it, ``cpuset`` pins CPUs,
+  ``pids`` caps the number of processes, ``freezer`` stops and resumes them.
+- A cgroup is a directory in such a filesystem. So a container's "cgroup" is really one directory per
+  controller, each named ``pish/<id>``.
+- A limit is a file in that directory: ``memory.limit_in_bytes``, ``cpu.cfs_quota_us``, ``pids.max``...
+- A process joins by writing its pid to ``cgroup.procs``; what it forks is born in the same cgroups.
+- ``rmdir`` deletes a cgroup once no process is left in it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pish_core import names
+from pish_core.drivers import Group, Limits, RunContext
+from pish_core.errors import SpecError
+from pish_drivers.limits import (
+    CPU_PERIOD_US,
+    RELEASE_TIMEOUT,
+    cgroup_mounts,
+    check_cpus,
+    ensure_dir,
+    human_size,
+    join,
+    kill_all,
+    kill_once,
+    label,
+    log,
+    owned,
+    read,
+    remove_dirs,
+    subtree,
+    write,
+)
+
+if TYPE_CHECKING:
+    from pish_core.spec import ContainerSpec, Resources
+
+NAME = "cgroupv1"
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+#: The controllers every container gets a directory in; ``--limit`` may add others (blkio, devices...).
+CONTROLLERS = ("memory", "cpu", "cpuacct", "cpuset", "pids", "freezer")
+
+
+def hierarchies() -> dict[str, Path]:
+    """controller -> where its v1 hierarchy is mounted (``/sys/fs/cgroup/memory``...).
+
+    Two controllers may share one hierarchy (``cpu,cpuacct`` on many distributions); both then map to
+    the same directory, and the container gets one directory there, not two.
+    """
+    with open("/proc/cgroups") as f:  # every controller this kernel has, one per line after a header
+        known = {line.split()[0] for line in f if not line.startswith("#")}
+    found: dict[str, Path] = {}
+    for mount_point, fstype, options in cgroup_mounts():
+        if fstype == "cgroup" and mount_point.parent == CGROUP_ROOT:
+            for controller in options & known:
+                found.setdefault(controller, mount_point)
+    return found
+
+
+class CgroupV1Group(Group):
+    """A container's directories in the v1 hierarchies, keyed by controller."""
+
+    def __init__(self, dirs: dict[str, Path], memory_limited: bool) -> None:
+        self.dirs = dirs
+        self.memory_limited = memory_limited
+
+    def stats(self) -> dict[str, int]:
+        figures = {
+            "memory_bytes": ("memory", "memory.usage_in_bytes"),
+            "cpu_ns": ("cpuacct", "cpuacct.usage"),
+            "pids": ("pids", "pids.current"),
+        }
+        out = {}
+        for key, (controller, file) in figures.items():
+            with contextlib.suppress(OSError, ValueError):
+                out[key] = int(read(self.dirs[controller] / file))
+        return out
+
+    def oom_killed(self) -> bool:
+        memory = self.dirs["memory"]
+        try:
+            # "oom_kill_disable 0\nunder_oom 0\noom_kill 1": the kill count appeared in Linux 4.13.
+            fields = dict(line.split() for line in read(memory / "memory.oom_control").splitlines())
+            if "oom_kill" in fields:
+                return int(fields["oom_kill"]) > 0
+            # Older kernels: failcnt counts the times usage hit the limit. That is not proof of a kill
+            # (reclaim may have made room), but it is the best sign they give.
+            return self.memory_limited and int(read(memory / "memory.failcnt")) > 0
+        except (OSError, ValueError):
+            return False
+
+
+class CgroupV1Limits(Limits):
+    name = NAME
+    description = "cgroup v1 hierarchies: memory, cpu, cpuset, pids limits; freezer to stop a container"
+
+    @classmethod
+    def check(cls) -> str | None:
+        try:
+            mounted = hierarchies()
+        except OSError as exc:
+            return f"cannot read /proc/cgroups: {exc.strerror}"
+        missing = [c for c in CONTROLLERS if c not in mounted]
+        if len(missing) == len(CONTROLLERS):
+            return f"no cgroup v1 hierarchies under {CGROUP_ROOT} (a cgroup v2 host? try --limits cgroupv2)"
+        if missing:
+            return f"cgroup v1 controllers not mounted under {CGROUP_ROOT}: {', '.join(missing)}"
+        return None
+
+    def validate(self, spec: ContainerSpec) -> None:
+        res = spec.resources
+        mounted = hierarchies()
+        for controller, key, value in res.extra:
+            where = mounted.get(controller)
+            if where is None:
+                raise SpecError(f"{NAME}: controller {controller} is not mounted (--limit {key}={value})")
+            # Some files (pids.max, freezer.state) exist only below the root: look in pish/ too.
+            file = next((d / key for d in (where, where / "pish") if (d / key).is_file()), None)
+            if file is None:
+                raise SpecError(f"{NAME}: {controller} has no setting {key} (see the files in {where})")
+            if not file.stat().st_mode & 0o200:
+                raise SpecError(f"{NAME}: {key} is read-only")
+        if res.cpuset_cpus is not None or res.cpus is not None:
+            cpuset = mounted["cpuset"]
+            host = cpuset / "cpuset.effective_cpus"
+            check_cpus(
+                NAME, res.cpus, res.cpuset_cpus, read(host if host.exists() else cpuset / "cpuset.cpus")
+            )
+
+    @contextlib.contextmanager
+    def apply(self, ctx: RunContext, pid: int) -> Iterator[Group]:
+        res = ctx.spec.resources
+        mounted = hierarchies()
+        controllers = dict.fromkeys([*CONTROLLERS, *(c for c, _, _ in res.extra)])  # ordered, no repeats
+        dirs = {c: mounted[c] / names.cgroup_name(ctx.id) for c in controllers}
+        unique = list(dict.fromkeys(dirs.values()))
+        # Journal first: if we die half-way, `pish gc` finds the record and removes what was made.
+        record = ctx.journal.add("limits", NAME, "cgroup", paths=[str(d) for d in unique])
+        try:
+            log.info("creating cgroup %s", label(unique[0]))
+            for controller, cgroup in dirs.items():
+                ensure_dir(cgroup.parent, f"cgroup pish in {cgroup.parent.parent} (shared by all containers)")
+                if controller == "cpuset":
+                    _inherit_cpuset(cgroup.parent)
+                cgroup.mkdir(exist_ok=True)
+                if controller == "cpuset":
+                    _inherit_cpuset(cgroup)
+            _set_limits(dirs, res)
+            log.debug("adding pid %d to cgroup %s", pid, label(unique[0]))
+            for cgroup in unique:
+                write(cgroup / "cgroup.procs", pid, NAME)
+            yield CgroupV1Group(dirs, memory_limited=res.memory is not None)
+        finally:
+            self.release(record)
+            ctx.journal.drop(record)
+
+    def join(self, record: dict[str, Any], pid: int) -> None:
+        join(record, pid, NAME)
+
+    def release(self, record: dict[str, Any]) -> None:
+        cgroups = [owned(Path(p), NAME) for p in record.get("paths", [])]
+        cgroups = [cg for cg in cgroups if cg.is_dir()]
+        if not cgroups:
+            return  # already released
+        log.info("removing cgroup %s", label(cgroups[0]))
+        deadline = time.monotonic() + RELEASE_TIMEOUT
+        everything = [sub for cg in cgroups for sub in subtree(cg)]
+        # Freeze first, so nothing can fork between our reading cgroup.procs and our SIGKILLs; the
+        # frozen processes die as soon as they are thawed. Then kill whatever is left until none is.
+        freezer = next((cg for cg in cgroups if (cg / "freezer.state").exists()), None)
+        if freezer is not None:
+            _freeze(freezer, "FROZEN", deadline)
+            try:
+                kill_once(everything)
+            finally:
+                _freeze(freezer, "THAWED", deadline)
+        kill_all(everything, deadline, NAME)
+        remove_dirs(everything, deadline, NAME)
+
+
+def _set_limits(dirs: dict[str, Path], res: Resources) -> None:
+    if res.memory is not None:
+        log.info("setting memory limit %s", human_size(res.memory))
+        write(dirs["memory"] / "memory.limit_in_bytes", res.memory, NAME)
+    if res.cpus is not None:
+        # CFS bandwidth: the group may run `quota` microseconds in every `period` microseconds.
+        quota = int(res.cpus * CPU_PERIOD_US)
+        log.info("setting cpu limit %g CPUs (%d us every %d us)", res.cpus, quota, CPU_PERIOD_US)
+        write(dirs["cpu"] / "cpu.cfs_period_us", CPU_PERIOD_US, NAME)
+        write(dirs["cpu"] / "cpu.cfs_quota_us", quota, NAME)
+    if res.cpuset_cpus is not None:
+        log.info("setting cpuset to CPUs %s", res.cpuset_cpus)
+        write(dirs["cpuset"] / "cpuset.cpus", res.cpuset_cpus, NAME)
+    if res.pids_limit is not None:
+        log.info("setting pids limit %d", res.pids_limit)
+        write(dirs["pids"] / "pids.max", res.pids_limit, NAME)
+    for controller, key, value in res.extra:
+        log.info("setting %s to %s", key, value)
+        write(dirs[controller] / key, value, NAME)
+
+
+def _inherit_cpuset(cgroup: Path) -> None:
+    """A new v1 cpuset starts with no CPUs and no memory nodes, and a process cannot join it until it
+    has some: give it its parent's."""
+    for file in ("cpuset.cpus", "cpuset.mems"):
+        if not read(cgroup / file):
+            write(cgroup / file, read(cgroup.parent / file), NAME)
+
+
+def _freeze(freezer: Path, state: str, deadline: float) -> None:
+    """Write FROZEN or THAWED to freezer.state; wait (a little) while it says FREEZING."""
+    write(freezer / "freezer.state", state, NAME)
+    stop = min(deadline, time.monotonic() + 1.0)  # a task stuck in the kernel may keep it FREEZING
+    while read(freezer / "freezer.state") != state and time.monotonic() < stop:
+        time.sleep(0.005)

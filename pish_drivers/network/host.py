@@ -1,0 +1,33 @@
+"""The ``host`` network: the container keeps the host's network namespace, so there is nothing to wire.
+
+The isolation driver sees ``shares_host_netns`` and makes no network namespace for the container; the
+container then sees, and can change, the host's interfaces. Use it when that is what you want.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from pish_core.drivers import Attachment, Network, RunContext
+from pish_core.errors import SpecError
+
+if TYPE_CHECKING:
+    from pish_core.spec import ContainerSpec
+
+
+class HostNetwork(Network):
+    name = "host"
+    description = "the host's own network namespace, shared (no isolation)"
+    shares_host_netns = True
+
+    def validate(self, spec: ContainerSpec) -> None:
+        if spec.network.ip is not None:
+            raise SpecError("--ip needs --net bridge: a container on --net host uses the host's addresses")
+
+    @contextlib.contextmanager
+    def attach(self, ctx: RunContext, pid: int) -> Iterator[Attachment]:
+        yield Attachment()
+
+    def release(self, record: dict[str, Any]) -> None:
+        """Nothing to undo: nothing was created."""
