@@ -10,16 +10,16 @@ that is how ``pish gc`` cleans up after a run that was killed.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager as ContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pish_core.errors import DriverError, SpecError
 
 if TYPE_CHECKING:
-    from pish_core.spec import ContainerSpec
+    from pish_core.spec import ContainerSpec, Mount
     from pish_core.state import Journal
 
 KINDS = ("storage", "limits", "network", "isolation")
@@ -104,6 +104,8 @@ class Attachment:
     ifname: str | None = None
     address: str | None = None
     network: str | None = None
+    #: extra mounts the container needs from this driver (say a shared /etc/hosts), applied by its init
+    mounts: list[Mount] = field(default_factory=list)
 
 
 class Network(Driver):
@@ -122,8 +124,9 @@ class Child(abc.ABC):
     pid: int
 
     @abc.abstractmethod
-    def release(self) -> None:
-        """Let the child exec the command. Raises ExecError if the command cannot start."""
+    def release(self, mounts: Sequence[Mount] = ()) -> None:
+        """Let the child exec the command, after applying ``mounts`` (from the drivers that ran after it
+        was forked). Raises ExecError if the command cannot start."""
 
     @abc.abstractmethod
     def wait(self) -> int:

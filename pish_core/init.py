@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import os
 import signal
 import sys
@@ -17,8 +18,8 @@ import termios
 from pathlib import Path
 from typing import NoReturn
 
-from pish_core import native
-from pish_core.spec import ContainerSpec, container_env
+from pish_core import mounts, native
+from pish_core.spec import ContainerSpec, Mount, container_env
 
 # The devices a container gets, as docker and runc give them: (name, major, minor).
 DEVICES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0))
@@ -92,25 +93,32 @@ def exec_command(args: tuple[str, ...], cwd: str, env: dict[str, str]) -> NoRetu
         raise InitError(f"exec {args[0]}: {os.strerror(exc.errno or 0).lower()}", code) from None
 
 
-def _await_go(go_fd: int) -> None:
-    """Block until the parent says go; exit quietly if it died or gave up first."""
-    if os.read(go_fd, 1) != b"g":
+def _await_go(go_fd: int) -> list[Mount]:
+    """Block until the parent says go (``g`` + the extra mounts as JSON); exit quietly if it died first."""
+    chunks = []
+    while chunk := os.read(go_fd, 65536):
+        chunks.append(chunk)
+    message = b"".join(chunks)
+    if not message.startswith(b"g"):
         os._exit(1)
     os.close(go_fd)
     native.prctl(native.PR_SET_PDEATHSIG, signal.SIGKILL)  # die with the supervisor, never run unwatched
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE, signal.SIGCHLD,
                 signal.SIGALRM, signal.SIGWINCH):
         signal.signal(sig, signal.SIG_DFL)
+    return [Mount(m["destination"], m["source"], m["type"], tuple(m["options"]))
+            for m in json.loads(message[1:] or b"[]")]
 
 
 def container_main(spec: ContainerSpec, root: Path, go_fd: int, err_fd: int,
                    stdio: tuple[int, int, int], tty: bool) -> NoReturn:
     """The container's first process: wait for go, build its world, exec the command. Never returns."""
     try:
-        _await_go(go_fd)
+        extra_mounts = _await_go(go_fd)
         setup_stdio(stdio, tty)
         native.sethostname(spec.hostname)
         mount_rootfs(root)
+        mounts.apply(root, [*spec.mounts, *extra_mounts])
         pivot_into(root)
         exec_command(spec.process.args, spec.process.cwd, container_env(spec))
     except InitError as exc:

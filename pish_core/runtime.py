@@ -102,7 +102,7 @@ def supervise(p: Prepared, io_cm: ContextManager[ProcessIO], *, wait_for_start: 
             if wait_for_start:  # `pish create`: hold here until `pish start`
                 notify(None)
                 _wait_for_start(spec.id)
-            child.release()  # 5. let it exec the command
+            child.release(attachment.mounts)  # 5. let it exec the command
             signals.forward_to(child, io, spec.stop_timeout)
             io.started()
             record.status, record.started = "running", time.time()

@@ -7,6 +7,8 @@ The CLI turns strings into a spec with the ``parse_*`` helpers; Python callers b
 from __future__ import annotations
 
 import ipaddress
+import os
+import posixpath
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -56,6 +58,20 @@ class Resources:
 
 
 @dataclass(frozen=True)
+class Mount:
+    """An OCI-style mount: ``bind`` a host path, or a fresh ``tmpfs``, at ``destination`` in the container."""
+
+    destination: str
+    source: str = ""
+    type: str = "bind"
+    options: tuple[str, ...] = ()
+
+    @property
+    def readonly(self) -> bool:
+        return "ro" in self.options
+
+
+@dataclass(frozen=True)
 class NetworkSpec:
     """Which network the container joins and with which address (None: the driver decides)."""
 
@@ -76,6 +92,7 @@ class ContainerSpec:
     isolation: DriverChoice = DriverChoice("unshare")
     resources: Resources = Resources()
     network: NetworkSpec = NetworkSpec()
+    mounts: tuple[Mount, ...] = ()
     stop_timeout: float = 10.0
 
     def __post_init__(self) -> None:
@@ -112,6 +129,8 @@ class ContainerSpec:
         net["ip"] = ipaddress.IPv4Interface(net["ip"]) if net["ip"] else None
         drivers = {k: DriverChoice(d[k]["name"], d[k]["options"]) for k in ("storage", "limits", "net", "isolation")}
         d.update(drivers)
+        d["mounts"] = tuple(Mount(m["destination"], m["source"], m["type"], tuple(m["options"]))
+                            for m in d.get("mounts", ()))
         return cls(process=Process(**proc), resources=Resources(**res), network=NetworkSpec(**net), **d)
 
 
@@ -176,6 +195,44 @@ def parse_ip(text: str) -> ipaddress.IPv4Interface:
     if net.prefixlen < 31 and iface.ip in (net.network_address, net.broadcast_address):
         raise SpecError(f"invalid --ip {text!r}: that is the network's own or broadcast address")
     return iface
+
+
+def _container_path(path: str, flag: str, item: str) -> str:
+    norm = posixpath.normpath(path)
+    if not path.startswith("/") or norm == "/" or ".." in path.split("/"):
+        raise SpecError(f"invalid {flag} {item!r}: the container path must be absolute, not /, without ..")
+    return norm
+
+
+def parse_volume(item: str) -> Mount:
+    """``-v HOSTPATH:CPATH[:ro|rw]``: bind an existing host path into the container, as docker does."""
+    parts = item.split(":")
+    if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] not in ("ro", "rw")):
+        raise SpecError(f"invalid -v {item!r}: use HOSTPATH:CONTAINERPATH[:ro]")
+    host = parts[0]
+    if not host.startswith("/"):
+        raise SpecError(f"invalid -v {item!r}: the host path must be absolute (named volumes are not supported)")
+    if not os.path.exists(host):
+        raise SpecError(f"invalid -v {item!r}: host path {host} does not exist")
+    options = ("rbind", "ro") if len(parts) == 3 and parts[2] == "ro" else ("rbind",)
+    return Mount(_container_path(parts[1], "-v", item), os.path.realpath(host), "bind", options)
+
+
+def parse_tmpfs(item: str) -> Mount:
+    """``--tmpfs CPATH[:size=N]``: a fresh tmpfs, nosuid and nodev as docker makes it."""
+    path, _, opts = item.partition(":")
+    options = ["nosuid", "nodev", "mode=1777"]
+    for opt in filter(None, opts.split(",")):
+        key, _, value = opt.partition("=")
+        if key == "size":
+            options.append(f"size={parse_size(value, '--tmpfs size')}")
+        elif key == "mode" and re.fullmatch(r"[0-7]{3,4}", value):
+            options[2] = f"mode={value}"
+        elif opt in ("ro", "noexec", "exec"):
+            options.append(opt)
+        else:
+            raise SpecError(f"invalid --tmpfs {item!r}: options are size=N, mode=OCTAL, ro, noexec")
+    return Mount(_container_path(path, "--tmpfs", item), "tmpfs", "tmpfs", tuple(options))
 
 
 def parse_env(items: tuple[str, ...]) -> tuple[str, ...]:

@@ -41,6 +41,11 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as exc:  # bad flags: one line, like every other error
         print(f"pish: {exc.format_message()}", file=sys.stderr)
         sys.exit(125)
+    except OSError as exc:  # the host refused something pish did not foresee: still one line
+        if os.environ.get("PISH_DEBUG"):
+            raise
+        print(f"pish: {exc} (PISH_DEBUG=1 shows where)", file=sys.stderr)
+        sys.exit(125)
     sys.exit(code if isinstance(code, int) else 0)
 
 

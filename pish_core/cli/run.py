@@ -28,6 +28,8 @@ def container_options(f: Any) -> Any:
         click.option("--pids-limit", help="Maximum number of processes."),
         click.option("--limit", "limit", multiple=True, help="Raw cgroup setting controller.key=value."),
         click.option("-e", "--env", multiple=True, help="Environment variable KEY=VALUE."),
+        click.option("-v", "--volume", multiple=True, help="Bind mount HOSTPATH:CONTAINERPATH[:ro]."),
+        click.option("--tmpfs", multiple=True, help="Mount a tmpfs at CONTAINERPATH[:size=64m]."),
         click.option("-w", "--workdir", default="/", show_default=True, help="Working directory inside."),
         click.option("-t", "--tty", is_flag=True, help="Allocate a pseudo-terminal."),
         click.option("-i", "--interactive", is_flag=True, help="Keep stdin open."),
@@ -59,6 +61,8 @@ def build_spec(opts: dict[str, Any]) -> Any:
         parse_options,
         parse_positive_int,
         parse_size,
+        parse_tmpfs,
+        parse_volume,
     )
 
     name = names.check_name(opts["name"]) if opts["name"] is not None else names.random_name()
@@ -91,6 +95,7 @@ def build_spec(opts: dict[str, Any]) -> Any:
         isolation=DriverChoice(opts["isolation"]),
         resources=resources,
         network=NetworkSpec(network=opts["network"], ip=parse_ip(opts["ip"]) if opts["ip"] else None),
+        mounts=tuple(parse_volume(v) for v in opts["volume"]) + tuple(parse_tmpfs(t) for t in opts["tmpfs"]),
         stop_timeout=stop_timeout,
     )
 

@@ -8,9 +8,11 @@ wait for it. PID 1 then blocks on a pipe until pish has put it in its cgroup and
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import os
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -18,6 +20,7 @@ from pish_core import log, native, proc
 from pish_core.drivers import Child, Isolation, RunContext
 from pish_core.errors import ExecError, PishError
 from pish_core.init import container_main, joined_main
+from pish_core.spec import Mount
 
 _log = log.get("isolation")
 
@@ -32,8 +35,8 @@ class ForkedChild(Child):
         self._err_fd = err_fd
         self.status: int | None = None
 
-    def release(self) -> None:
-        os.write(self._go_fd, b"g")
+    def release(self, mounts: Sequence[Mount] = ()) -> None:
+        os.write(self._go_fd, b"g" + json.dumps([dataclasses.asdict(m) for m in mounts]).encode())
         os.close(self._go_fd)
         self._go_fd = -1
         report = _read_all(self._err_fd)  # EOF without data: the exec succeeded (close-on-exec)
