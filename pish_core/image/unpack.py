@@ -55,10 +55,12 @@ def unpack_tar(archive: Path, dest: Path) -> None:
                 target = dest / rel
                 if rel == "." or (member.isdir() and target.is_dir() and not target.is_symlink()):
                     continue
-                if not member.isdir() and os.path.lexists(target):
+                if os.path.lexists(target):
                     if target.is_dir() and not target.is_symlink():
                         raise ImageError(f"refusing tar member {member.name!r}: it would replace a directory")
-                    os.unlink(target)  # a later member replaces an earlier one; never write through it
+                    # A later member replaces an earlier one (a directory replacing a symlink too): never
+                    # write, chmod or chown through what the archive planted before.
+                    os.unlink(target)
                 tar.extract(member, dest, set_attrs=True, numeric_owner=True, filter="fully_trusted")
     except (tarfile.TarError, OSError) as exc:
         raise ImageError(f"cannot unpack image {archive}: {exc}") from None

@@ -244,7 +244,7 @@ def test_none_brings_lo_up_without_importing_pyroute2(
         spec = ContainerSpec(id={ctx.id!r}, name={ctx.spec.name!r}, image="none",
                              process=Process(args=("sleep",)), hostname="nettest",
                              net=DriverChoice("none"), network=NetworkSpec(network={BRIDGE!r}))
-        ctx = RunContext(spec, state.Journal(state.ContainerState.load(spec.id)))
+        ctx = RunContext(spec, state.Journal(state.ContainerState.load(spec.id), -1))
         with NoNetwork().attach(ctx, {pid}) as attachment:
             assert attachment.address is None
         print("pyroute2" in sys.modules)
