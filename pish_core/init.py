@@ -94,7 +94,8 @@ def exec_command(args: tuple[str, ...], cwd: str, env: dict[str, str]) -> NoRetu
 
 
 def _await_go(go_fd: int) -> list[Mount]:
-    """Block until the parent says go (``g`` + the extra mounts as JSON); exit quietly if it died first."""
+    """Block until the supervisor says go: ``g`` + JSON with its pid and extra mounts. Exit quietly if it
+    died first (the pipe then ends with nothing)."""
     chunks = []
     while chunk := os.read(go_fd, 65536):
         chunks.append(chunk)
@@ -102,12 +103,14 @@ def _await_go(go_fd: int) -> list[Mount]:
     if not message.startswith(b"g"):
         os._exit(1)
     os.close(go_fd)
+    go = json.loads(message[1:])
     native.prctl(native.PR_SET_PDEATHSIG, signal.SIGKILL)  # die with the supervisor, never run unwatched
+    if os.getppid() != go["parent"]:  # it died between saying go and the line above
+        os._exit(1)
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE, signal.SIGCHLD,
                 signal.SIGALRM, signal.SIGWINCH):
         signal.signal(sig, signal.SIG_DFL)
-    return [Mount(m["destination"], m["source"], m["type"], tuple(m["options"]))
-            for m in json.loads(message[1:] or b"[]")]
+    return [Mount(m["destination"], m["source"], m["type"], tuple(m["options"])) for m in go["mounts"]]
 
 
 def container_main(spec: ContainerSpec, root: Path, go_fd: int, err_fd: int,
