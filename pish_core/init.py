@@ -12,6 +12,7 @@ import errno
 import fcntl
 import json
 import os
+import select
 import signal
 import sys
 import termios
@@ -94,23 +95,30 @@ def exec_command(args: tuple[str, ...], cwd: str, env: dict[str, str]) -> NoRetu
 
 
 def _await_go(go_fd: int) -> list[Mount]:
-    """Block until the supervisor says go: ``g`` + JSON with its pid and extra mounts. Exit quietly if it
-    died first (the pipe then ends with nothing)."""
-    chunks = []
-    while chunk := os.read(go_fd, 65536):
-        chunks.append(chunk)
-    message = b"".join(chunks)
-    if not message.startswith(b"g"):
+    """Block until the supervisor says go: ``g`` + a JSON line of extra mounts. Exit quietly if it died
+    first (the pipe then ends early). The supervisor keeps its end open while it lives, which lets us
+    close the gap between its "go" and our PDEATHSIG: if the pipe has hung up by then, it is gone."""
+    message = b""
+    while not message.endswith(b"\n"):
+        chunk = os.read(go_fd, 65536)
+        if not chunk:
+            os._exit(1)
+        message += chunk
+    native.prctl(native.PR_SET_PDEATHSIG, signal.SIGKILL)  # die with the supervisor, never run unwatched
+    if _hung_up(go_fd):
         os._exit(1)
     os.close(go_fd)
-    go = json.loads(message[1:])
-    native.prctl(native.PR_SET_PDEATHSIG, signal.SIGKILL)  # die with the supervisor, never run unwatched
-    if os.getppid() != go["parent"]:  # it died between saying go and the line above
-        os._exit(1)
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE, signal.SIGCHLD,
                 signal.SIGALRM, signal.SIGWINCH):
         signal.signal(sig, signal.SIG_DFL)
+    go = json.loads(message[1:])
     return [Mount(m["destination"], m["source"], m["type"], tuple(m["options"])) for m in go["mounts"]]
+
+
+def _hung_up(fd: int) -> bool:
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return any(event & select.POLLHUP for _, event in poller.poll(0))
 
 
 def container_main(spec: ContainerSpec, root: Path, go_fd: int, err_fd: int,

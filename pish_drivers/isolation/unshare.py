@@ -36,10 +36,8 @@ class ForkedChild(Child):
         self.status: int | None = None
 
     def release(self, mounts: Sequence[Mount] = ()) -> None:
-        go = {"parent": os.getpid(), "mounts": [dataclasses.asdict(m) for m in mounts]}
-        os.write(self._go_fd, b"g" + json.dumps(go).encode())
-        os.close(self._go_fd)
-        self._go_fd = -1
+        go = {"mounts": [dataclasses.asdict(m) for m in mounts]}
+        os.write(self._go_fd, b"g" + json.dumps(go).encode() + b"\n")  # our end stays open: see init
         report = _read_all(self._err_fd)  # EOF without data: the exec succeeded (close-on-exec)
         if report:
             code, _, message = report.decode(errors="replace").partition(" ")
