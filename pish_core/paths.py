@@ -2,7 +2,9 @@
 
 Runtime state (gone after a reboot, like the containers) lives under ``/run/pish``; data that outlives a
 reboot (image cache, writable layers) under ``/var/lib/pish``. ``PISH_ROOT`` and ``PISH_LIB`` move them,
-which the tests use to keep each run apart.
+which the tests use to keep each run apart. Run by a user other than root (rootless), pish keeps its state
+under ``$XDG_RUNTIME_DIR/pish`` (else a private ``/tmp/pish-UID``) and its data under
+``$XDG_DATA_HOME/pish`` (``~/.local/share/pish``).
 """
 from __future__ import annotations
 
@@ -11,11 +13,52 @@ from pathlib import Path
 
 
 def run_root() -> Path:
-    return Path(os.environ.get("PISH_ROOT", "/run/pish"))
+    if "PISH_ROOT" in os.environ:
+        return Path(os.environ["PISH_ROOT"])
+    if not rootless():
+        return Path("/run/pish")
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        return Path(os.environ["XDG_RUNTIME_DIR"]) / "pish"
+    return _private_tmp(Path(f"/tmp/pish-{host_uid()}"))
 
 
 def lib_root() -> Path:
-    return Path(os.environ.get("PISH_LIB", "/var/lib/pish"))
+    if "PISH_LIB" in os.environ:
+        return Path(os.environ["PISH_LIB"])
+    if not rootless():
+        return Path("/var/lib/pish")
+    data = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(data) / "pish"
+
+
+def host_uid() -> int:
+    """Our effective uid as the host sees it, also from inside a user namespace (rootless pish is "root"
+    in its own)."""
+    uid = os.geteuid()
+    with open("/proc/self/uid_map") as f:
+        for line in f:
+            inside, outside, count = (int(x) for x in line.split())
+            if inside <= uid < inside + count:
+                return outside + uid - inside
+    return uid
+
+
+def rootless() -> bool:
+    """True when pish runs without the host's root (see ``pish_core/userns.py``)."""
+    return host_uid() != 0
+
+
+def _private_tmp(path: Path) -> Path:
+    """``/tmp/pish-UID``, made 0700 if missing; refused if someone else made it (it would hold our state)."""
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        st = path.lstat()
+        if not path.is_dir() or path.is_symlink() or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+            from pish_core.errors import StateError
+
+            raise StateError(f"{path} is not a private directory of this user: remove it, or set XDG_RUNTIME_DIR")
+    return path
 
 
 def containers_dir() -> Path:
@@ -57,8 +100,43 @@ def layer_dir(cid: str) -> Path:
 
 
 def images_dir() -> Path:
-    """Unpacked image root filesystems, keyed by a digest of their source."""
+    """The image store's image records (config and layer list), one directory per image id."""
     return lib_root() / "images"
+
+
+def image_record(image_id: str) -> Path:
+    """One image of the store: ``config.json`` (byte for byte) and ``image.json``."""
+    return images_dir() / image_id
+
+
+def layers_dir() -> Path:
+    """The image store's layers, unpacked once each and shared by every image that uses them."""
+    return lib_root() / "layers"
+
+
+def store_layer(diff_id: str) -> Path:
+    """One unpacked layer, named by its diff_id's hex digest: ``fs/`` (an overlay lower layer), ``layer.json``."""
+    return layers_dir() / diff_id
+
+
+def image_refs() -> Path:
+    """Image names (``NAME:TAG``) -> image ids."""
+    return lib_root() / "refs.json"
+
+
+def store_lock() -> Path:
+    """Shared by imports and runs, exclusive for ``pish image rm`` (which deletes layers)."""
+    return lib_root() / "store.lock"
+
+
+def image_sources_dir() -> Path:
+    """What ``pish run PATH`` found at a path, keyed by the file's identity: the fast pre-check in front
+    of the content hash."""
+    return lib_root() / "sources"
+
+
+def image_source(key: str) -> Path:
+    return image_sources_dir() / f"{key}.json"
 
 
 def networks_dir() -> Path:
@@ -73,3 +151,33 @@ def locks_dir() -> Path:
 def demo_image() -> Path:
     """Where ``pish demo-image`` writes the busybox rootfs tar by default."""
     return lib_root() / "busybox.tar"
+
+
+def network_defs_dir() -> Path:
+    """Network definitions and their address allocations (``pish network create``, IPAM): they outlive
+    a reboot, like docker's. One lock (``networks_lock``) guards every file in it."""
+    return lib_root() / "networks"
+
+
+def network_file(name: str) -> Path:
+    return network_defs_dir() / f"{name}.json"
+
+
+def networks_lock() -> Path:
+    return network_defs_dir() / ".lock"
+
+
+def hosts_file(network: str) -> Path:
+    """The /etc/hosts shared by the containers of one network (bind-mounted read-only, rewritten in place)."""
+    return networks_dir() / f"{network}.hosts"
+
+
+def resolv_conf(cid: str) -> Path:
+    """The container's /etc/resolv.conf (bind-mounted read-only)."""
+    return container_dir(cid) / "resolv.conf"
+
+
+def host_lock(name: str) -> Path:
+    """A lock on something every pish on the host shares, whatever PISH_ROOT says (the ``ip pish``
+    nftables table): it lives in /run/lock, not under the state root."""
+    return Path("/run/lock") / f"pish-{name}.lock"

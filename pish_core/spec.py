@@ -17,6 +17,8 @@ from typing import Any
 
 from pish_core import names
 from pish_core.errors import SpecError
+from pish_core.security import capabilities as caps
+from pish_core.security import masks
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([bkmgt]?)i?b?", re.IGNORECASE)
@@ -35,12 +37,29 @@ class DriverChoice:
 
 
 @dataclass(frozen=True)
+class User:
+    """OCI's process.user: who the command runs as, resolved to numbers (``pish_core/user.py``)."""
+
+    uid: int = 0
+    gid: int = 0
+    additional_gids: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:  # from JSON (``from_dict``) the list arrives as a list
+        object.__setattr__(self, "additional_gids", tuple(self.additional_gids))
+
+
+@dataclass(frozen=True)
 class Process:
     args: tuple[str, ...]
     env: tuple[str, ...] = ()
     cwd: str = "/"
     terminal: bool = False
     interactive: bool = False
+    user: User | None = None  # None: root, as the init itself runs
+
+    def __post_init__(self) -> None:  # from JSON (``from_dict``) the user arrives as a dict
+        if isinstance(self.user, dict):
+            object.__setattr__(self, "user", User(**self.user))
 
 
 @dataclass(frozen=True)
@@ -72,11 +91,94 @@ class Mount:
 
 
 @dataclass(frozen=True)
+class PortMapping:
+    """``-p HOSTPORT:CPORT/PROTO``: traffic to the host's port goes to the container's."""
+
+    host_port: int
+    container_port: int
+    protocol: str = "tcp"
+
+    def __str__(self) -> str:
+        return f"{self.host_port}:{self.container_port}/{self.protocol}"
+
+
+@dataclass(frozen=True)
 class NetworkSpec:
-    """Which network the container joins and with which address (None: the driver decides)."""
+    """Which network the container joins and with which address (None: the driver decides), the ports
+    it publishes and the nameservers it is given (empty: the host's)."""
 
     network: str = "pish0"
     ip: ipaddress.IPv4Interface | None = None
+    ports: tuple[PortMapping, ...] = ()
+    dns: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:  # from JSON (``from_dict``) ports arrive as dicts, lists as lists
+        ports = tuple(p if isinstance(p, PortMapping) else PortMapping(**p) for p in self.ports)
+        object.__setattr__(self, "ports", ports)
+        object.__setattr__(self, "dns", tuple(self.dns))
+
+
+@dataclass(frozen=True)
+class Security:
+    """What the container's processes may do to the host (see ``pish_core/security/``). OCI's
+    process.capabilities (one list: the bounding set, and permitted/effective for root), process.noNewPrivileges,
+    linux.seccomp (docker's default profile, or none), linux.maskedPaths and linux.readonlyPaths. The defaults
+    are docker's; ``privileged`` also lets the container use every device."""
+
+    capabilities: tuple[str, ...] = caps.DEFAULT
+    no_new_privileges: bool = True
+    seccomp: bool = True
+    masked_paths: tuple[str, ...] = masks.MASKED
+    readonly_paths: tuple[str, ...] = masks.READONLY
+    privileged: bool = False
+
+    def __post_init__(self) -> None:  # from JSON (``from_dict``) the lists arrive as lists
+        for key in ("capabilities", "masked_paths", "readonly_paths"):
+            object.__setattr__(self, key, tuple(getattr(self, key)))
+        unknown = [c for c in self.capabilities if c not in caps.NUMBERS]
+        if unknown:
+            raise SpecError(f"unknown capability {unknown[0]!r}")
+        for path in (*self.masked_paths, *self.readonly_paths):
+            if not path.startswith("/"):
+                raise SpecError(f"masked or read-only path {path!r} must be absolute")
+
+
+@dataclass(frozen=True)
+class IDMapping:
+    """One line of a user namespace's uid_map or gid_map: ``size`` ids from ``container_id`` in the
+    container are ``host_id``... on the host."""
+
+    container_id: int
+    host_id: int
+    size: int
+
+    def __str__(self) -> str:
+        return f"{self.container_id}:{self.host_id}:{self.size}"
+
+
+@dataclass(frozen=True)
+class UserNamespace:
+    """linux.uidMappings and linux.gidMappings. ``mode``: ``host`` (no user namespace: the host's users,
+    docker's default), ``auto`` (a range pish owns in /etc/subuid), ``map`` (``--userns C:H:N``), or
+    ``rootless`` (pish itself runs in the user namespace: see ``pish_core/userns.py``)."""
+
+    mode: str = "host"
+    uid_mappings: tuple[IDMapping, ...] = ()
+    gid_mappings: tuple[IDMapping, ...] = ()
+
+    def __post_init__(self) -> None:
+        for key in ("uid_mappings", "gid_mappings"):
+            maps = tuple(m if isinstance(m, IDMapping) else IDMapping(**m) for m in getattr(self, key))
+            object.__setattr__(self, key, maps)
+        if self.mode not in ("host", "auto", "map", "rootless"):
+            raise SpecError(f"invalid user namespace mode {self.mode!r}")
+        if (self.mode == "host") != (not self.uid_mappings) or bool(self.uid_mappings) != bool(self.gid_mappings):
+            raise SpecError("a user namespace needs uid and gid mappings, and only a user namespace has them")
+
+    @property
+    def private(self) -> bool:
+        """True when the container gets a user namespace the isolation driver must create."""
+        return self.mode in ("auto", "map")
 
 
 @dataclass(frozen=True)
@@ -94,6 +196,10 @@ class ContainerSpec:
     network: NetworkSpec = NetworkSpec()
     mounts: tuple[Mount, ...] = ()
     stop_timeout: float = 10.0
+    image_id: str = ""  # the store's image (hex sha256 of its config); "" for a directory used in place
+    readonly_rootfs: bool = False  # OCI root.readonly: --read-only
+    security: Security = Security()
+    userns: UserNamespace = UserNamespace()
 
     def __post_init__(self) -> None:
         names.check_name(self.name)
@@ -131,6 +237,8 @@ class ContainerSpec:
         d.update(drivers)
         d["mounts"] = tuple(Mount(m["destination"], m["source"], m["type"], tuple(m["options"]))
                             for m in d.get("mounts", ()))
+        d["security"] = Security(**d.get("security", {}))
+        d["userns"] = UserNamespace(**d.get("userns", {}))
         return cls(process=Process(**proc), resources=Resources(**res), network=NetworkSpec(**net), **d)
 
 
@@ -195,6 +303,26 @@ def parse_ip(text: str) -> ipaddress.IPv4Interface:
     if net.prefixlen < 31 and iface.ip in (net.network_address, net.broadcast_address):
         raise SpecError(f"invalid --ip {text!r}: that is the network's own or broadcast address")
     return iface
+
+
+def parse_publish(item: str) -> PortMapping:
+    """``-p HOSTPORT:CPORT[/tcp|udp]``, as docker reads it (without docker's optional host address)."""
+    ports, _, protocol = item.partition("/")
+    host, sep, container = ports.partition(":")
+    if not sep or protocol not in ("", "tcp", "udp") or not host.isdigit() or not container.isdigit():
+        raise SpecError(f"invalid -p {item!r}: use HOSTPORT:CONTAINERPORT[/tcp|udp], e.g. 8080:80")
+    mapping = PortMapping(int(host), int(container), protocol or "tcp")
+    if not (0 < mapping.host_port < 65536 and 0 < mapping.container_port < 65536):
+        raise SpecError(f"invalid -p {item!r}: ports go from 1 to 65535")
+    return mapping
+
+
+def parse_dns(text: str) -> str:
+    """``--dns ADDRESS``: a nameserver's IPv4 address."""
+    try:
+        return str(ipaddress.IPv4Address(text))
+    except ValueError:
+        raise SpecError(f"invalid --dns {text!r}: use a nameserver's IPv4 address, e.g. 192.0.2.53") from None
 
 
 def _container_path(path: str, flag: str, item: str) -> str:
@@ -269,7 +397,12 @@ def container_env(spec: ContainerSpec) -> dict[str, str]:
 def check_image(image: str) -> Path:
     path = Path(image)
     if not path.exists():
-        raise SpecError(f"image {image!r} not found: give a rootfs tar or directory")
+        from pish_core.image import store  # lazy: only a run by image name needs the store
+
+        if store.find(image) is None:
+            raise SpecError(f"image {image!r} not found: give an image name (pish image ls), "
+                            f"an image archive, or a rootfs tar or directory")
+        return path
     if not (path.is_dir() or path.is_file()):
         raise SpecError(f"image {image!r} is neither a file nor a directory")
     return path

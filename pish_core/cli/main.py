@@ -8,7 +8,8 @@ import click
 
 from pish_core.cli import containers
 from pish_core.cli.drivers import drivers
-from pish_core.cli.image import demo_image
+from pish_core.cli.image import demo_image, image
+from pish_core.cli.network import network
 from pish_core.cli.run import create, run
 from pish_core.errors import PishError
 
@@ -24,7 +25,7 @@ def cli(root: str | None) -> None:
 
 for command in (run, create, containers.start, containers.exec_, containers.ps, containers.logs,
                 containers.stop, containers.kill, containers.rm, containers.inspect, containers.gc,
-                drivers, demo_image):
+                drivers, demo_image, network, image):
     cli.add_command(command)
 
 

@@ -16,11 +16,14 @@ def container_options(f: Any) -> Any:
         click.option("--hostname", help="Hostname inside the container (default: the name)."),
         click.option("--storage", default="overlay", show_default=True, help="Storage driver."),
         click.option("--storage-opt", multiple=True, help="Storage driver option key=value."),
-        click.option("--limits", "limits_driver", default="cgroupv1", show_default=True, help="Limits driver."),
+        click.option("--limits", "limits_driver", default="auto", show_default=True,
+                     help="Limits driver; auto: cgroupv2 on a unified host, cgroupv1 else, none when rootless."),
         click.option("--net", default="none", show_default=True, help="Network driver: bridge, none, host, ..."),
         click.option("--net-opt", multiple=True, help="Network driver option key=value."),
         click.option("--network", default="pish0", show_default=True, help="Bridge (network) to join."),
-        click.option("--ip", help="Address in CIDR form, e.g. 10.0.4.6/24."),
+        click.option("--ip", help="Address in CIDR form, e.g. 10.0.4.6/24 (default: the next free one)."),
+        click.option("-p", "--publish", multiple=True, help="Publish a port HOSTPORT:CONTAINERPORT[/tcp|udp]."),
+        click.option("--dns", multiple=True, help="Nameserver for the container (default: the host's)."),
         click.option("--isolation", default="unshare", show_default=True, help="Isolation driver."),
         click.option("--memory", "-m", help="Memory limit, e.g. 64m."),
         click.option("--cpus", help="CPU quota in CPUs, e.g. 0.5."),
@@ -30,17 +33,40 @@ def container_options(f: Any) -> Any:
         click.option("-e", "--env", multiple=True, help="Environment variable KEY=VALUE."),
         click.option("-v", "--volume", multiple=True, help="Bind mount HOSTPATH:CONTAINERPATH[:ro]."),
         click.option("--tmpfs", multiple=True, help="Mount a tmpfs at CONTAINERPATH[:size=64m]."),
-        click.option("-w", "--workdir", default="/", show_default=True, help="Working directory inside."),
+        click.option("-w", "--workdir", help="Working directory inside (default: the image's, else /)."),
+        click.option("-u", "--user", help="Run as USER[:GROUP], names from the image's /etc/passwd and /etc/group."),
+        click.option("--entrypoint", help="Replace the image's entrypoint (and drop its Cmd); '' clears it."),
+        click.option("--read-only", is_flag=True, help="Mount the root read-only (tmpfs and volumes stay as given)."),
         click.option("-t", "--tty", is_flag=True, help="Allocate a pseudo-terminal."),
         click.option("-i", "--interactive", is_flag=True, help="Keep stdin open."),
         click.option("--stop-timeout", default="10", show_default=True,
                      help="Seconds between a forwarded SIGTERM/SIGINT and SIGKILL."),
+        click.option("--cap-add", multiple=True, help="Add a capability (NET_ADMIN, CAP_SYS_TIME, ALL...)."),
+        click.option("--cap-drop", multiple=True, help="Drop a capability from docker's default set (or ALL)."),
+        click.option("--privileged", is_flag=True,
+                     help="Every capability and device, no seccomp filter, no masked paths."),
+        click.option("--security-opt", multiple=True,
+                     help="seccomp=unconfined, or no-new-privileges[=false] (on by default)."),
+        click.option("--userns", help="User namespace: host (default), auto, or CONTAINERID:HOSTID:COUNT."),
         click.argument("image"),
         click.argument("command", nargs=-1, type=click.UNPROCESSED),
     ]
     for option in reversed(options):
         f = option(f)
     return f
+
+
+def _image_process(opts: dict[str, Any]) -> tuple[Any, Any]:
+    """The image (an archive is imported on the way) and the Process its config and the flags make."""
+    from pish_core.image.cache import resolve
+    from pish_core.image.config import process_for
+    from pish_core.spec import parse_env
+
+    image = resolve(opts["image"])
+    process = process_for(image.config, image.layers, args=tuple(opts["command"]), env=parse_env(opts["env"]),
+                          workdir=opts["workdir"], user=opts["user"], entrypoint=opts["entrypoint"],
+                          terminal=opts["tty"], interactive=opts["interactive"])
+    return image, process
 
 
 def build_spec(opts: dict[str, Any]) -> Any:
@@ -50,16 +76,16 @@ def build_spec(opts: dict[str, Any]) -> Any:
         ContainerSpec,
         DriverChoice,
         NetworkSpec,
-        Process,
         Resources,
         check_image,
         parse_cpus,
         parse_cpuset,
-        parse_env,
+        parse_dns,
         parse_ip,
         parse_limit,
         parse_options,
         parse_positive_int,
+        parse_publish,
         parse_size,
         parse_tmpfs,
         parse_volume,
@@ -73,7 +99,9 @@ def build_spec(opts: dict[str, Any]) -> Any:
         pids_limit=parse_positive_int(opts["pids_limit"], "--pids-limit") if opts["pids_limit"] else None,
         extra=tuple(parse_limit(item) for item in opts["limit"]),
     )
+    limits, security, user_namespace = _security_choices(opts, resources)  # before the image is looked at
     check_image(opts["image"])
+    image, process = _image_process(opts)
     try:
         stop_timeout = float(opts["stop_timeout"])
     except ValueError:
@@ -87,17 +115,36 @@ def build_spec(opts: dict[str, Any]) -> Any:
         name=name,
         image=opts["image"],
         hostname=names.check_hostname(opts["hostname"]) if opts["hostname"] else names.hostname_for(name),
-        process=Process(args=tuple(opts["command"]), env=parse_env(opts["env"]), cwd=opts["workdir"],
-                        terminal=opts["tty"], interactive=opts["interactive"]),
+        process=process,
+        image_id=image.image_id,
+        readonly_rootfs=opts["read_only"],
         storage=DriverChoice(opts["storage"], parse_options(opts["storage_opt"], "--storage-opt")),
-        limits=DriverChoice(opts["limits_driver"]),
+        limits=DriverChoice(limits),
         net=DriverChoice(opts["net"], parse_options(opts["net_opt"], "--net-opt")),
         isolation=DriverChoice(opts["isolation"]),
         resources=resources,
-        network=NetworkSpec(network=opts["network"], ip=parse_ip(opts["ip"]) if opts["ip"] else None),
+        network=NetworkSpec(network=opts["network"], ip=parse_ip(opts["ip"]) if opts["ip"] else None,
+                            ports=tuple(parse_publish(p) for p in opts["publish"]),
+                            dns=tuple(parse_dns(d) for d in opts["dns"])),
         mounts=tuple(parse_volume(v) for v in opts["volume"]) + tuple(parse_tmpfs(t) for t in opts["tmpfs"]),
         stop_timeout=stop_timeout,
+        security=security,
+        userns=user_namespace,
     )
+
+
+def _security_choices(opts: dict[str, Any], resources: Any) -> tuple[str, Any, Any]:
+    """The limits driver (``auto`` resolved), the security flags and ``--userns``."""
+    from pish_core import paths, userns
+    from pish_core.security.options import security_from_flags
+    from pish_drivers.limits.auto import choose
+
+    limits = opts["limits_driver"]
+    if limits == "auto":
+        limits = choose(resources, rootless=paths.rootless())
+    security = security_from_flags(opts["cap_add"], opts["cap_drop"], opts["privileged"], opts["security_opt"],
+                                   limits_driver=limits)
+    return limits, security, userns.parse(opts["userns"])
 
 
 log_level_option = click.option("--log-level", default="info", show_default=True,
@@ -112,7 +159,9 @@ log_level_option = click.option("--log-level", default="info", show_default=True
               help="Remove the container when it exits (a foreground run always leaves nothing).")
 @container_options
 def run(log_level: str, detach: bool, auto_remove: bool, **opts: Any) -> None:
-    """Run COMMAND in a new container on IMAGE (a rootfs tar or directory) and exit with its status."""
+    """Run COMMAND (default: the image's) in a new container on IMAGE and exit with its status.
+
+    IMAGE is an imported image (NAME[:TAG] or id), an image archive, or a rootfs tar or directory."""
     log.setup(log_level)
     spec = build_spec(opts)
     if detach:

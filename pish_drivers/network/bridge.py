@@ -1,110 +1,143 @@
-"""The ``bridge`` network: containers on one Linux bridge, each plugged in by a veth pair.
+"""The ``bridge`` network: containers on a Linux bridge per network, routed and NATed by the host.
 
-How a container gets its network here, in three steps:
+How a container gets its network here, in five steps, each written to the container's journal
+*before* it is taken, so ``pish gc`` can undo a killed run with ``release(record)`` alone:
 
-1. **Join the bridge.** The bridge (``pish0`` unless ``--network`` names another) is shared by every
-   container on it, so its users are counted in ``/run/pish/networks/<bridge>.json`` under a file
-   lock: the first container creates the bridge, the last one out deletes it (only if pish made it).
-2. **Plug in a cable.** A veth pair is a virtual cable with two ends. The host end (``pv`` + the
-   container id) goes into the bridge; the other end is created directly inside the container's
-   network namespace as ``eth0``. Creating it there is free; moving it there afterwards would cost
-   20-40 ms.
-3. **Configure the container's end.** We step into the container's namespace just long enough to open
-   a netlink socket (it stays bound to the namespace it was made in), step back, and through that
-   socket bring ``lo`` and ``eth0`` up and give ``eth0`` its address.
+1. **An address.** The network (``--network``, default ``pish0``) hands out the lowest free address
+   of its subnet, or the ``--ip`` asked for (``networks.py``, ``ipam.py``); the network's shared
+   /etc/hosts is rewritten to name the newcomer.
+2. **Join the bridge.** The bridge has the network's name and is shared by every container on it, so
+   its users are counted in ``/run/pish/networks/<bridge>.json`` under a file lock: the first
+   container creates it, with the gateway address, and adds the network to pish's nftables table
+   (forwarding and masquerade, ``nat.py``); the last one out undoes both.
+3. **Plug in a cable.** A veth pair: the host end (``pv`` + the container id) in the bridge, the
+   other end created directly inside the container's namespace as ``eth0`` (creating it there is
+   free; moving it there afterwards would cost 20-40 ms).
+4. **Configure the container's end**, through a netlink socket opened inside its namespace: ``lo``
+   and ``eth0`` up, the address, a default route via the gateway.
+5. **Publish ports** (``-p``): one DNAT map element each in the nftables table.
 
-Undoing runs in reverse: delete the host end of the veth (the kernel deletes the other end with it),
-then leave the bridge. Each step is written to the container's journal *before* it is taken, so
-``pish gc`` can undo what a killed run left behind with ``release(record)`` alone.
+The container then gets two read-only bind mounts from the attachment: the network's /etc/hosts and
+its own /etc/resolv.conf (``hosts.py``). Undoing runs in reverse.
 
-All netlink work goes through pyroute2, imported inside the functions that use it: the import costs
-~150 ms, and ``pish drivers list`` must not pay it.
+All netlink work goes through pyroute2 in this process (``links.py``), imported only when a container
+is attached: the import costs ~150 ms, and ``pish drivers list`` must not pay it.
 """
 from __future__ import annotations
 
 import contextlib
-import errno
+import dataclasses
 import importlib.util
 import ipaddress
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pish_core import log as pish_log
 from pish_core import names, paths, state
 from pish_core.drivers import Attachment, Network, RunContext
 from pish_core.errors import DriverError, SpecError
-from pish_drivers.network import inside_netns
+from pish_core.spec import Mount, PortMapping
+from pish_drivers.network import hosts, links, nat, networks
+from pish_drivers.network.links import CONTAINER_IFNAME
 
 if TYPE_CHECKING:
     from pish_core.spec import ContainerSpec
 
-log = pish_log.get("network")
-
-#: The name of the container's end of the veth pair, inside its network namespace.
-CONTAINER_IFNAME = "eth0"
-IFF_UP = 0x1  # <net/if.h>
+#: How the shared files are mounted: read-only, and nothing in them can be executed or a device.
+FILE_MOUNT_OPTIONS = ("bind", "ro", "nosuid", "nodev", "noexec")
 
 
 class BridgeNetwork(Network):
     name = "bridge"
-    description = "a veth pair into a Linux bridge shared with other containers; address from --ip"
+    description = "a Linux bridge per network: IPAM, gateway, NAT, published ports, /etc/hosts"
 
     @classmethod
     def check(cls) -> str | None:
         if importlib.util.find_spec("pyroute2") is None:  # finds it without importing it
             return "pyroute2 is not installed (pip install pyroute2)"
-        return None
+        from pish_drivers.network import libnft
+
+        return libnft.available()
 
     def validate(self, spec: ContainerSpec) -> None:
-        _address(spec)
+        """Refuse, before anything exists: an unknown network, an --ip outside the pool or taken, a host
+        port given twice. (A port published by another container is found at attach, under a lock.)"""
+        seen: set[tuple[int, str]] = set()
+        for port in spec.network.ports:
+            if (port.host_port, port.protocol) in seen:
+                raise SpecError(f"host port {port.host_port}/{port.protocol} is given twice with -p")
+            seen.add((port.host_port, port.protocol))
+        ip = spec.network.ip
+        networks.usable_by(spec.network.network, ip.ip if ip else None)
 
     @contextlib.contextmanager
     def attach(self, ctx: RunContext, pid: int) -> Iterator[Attachment]:
         from pyroute2 import IPRoute  # type: ignore[import-untyped]
 
-        address = _address(ctx.spec)
-        bridge = ctx.spec.network.network
-        host_end = names.veth_host(ctx.id)
+        spec, cid = ctx.spec, ctx.id
+        wanted = spec.network.ip
         with contextlib.ExitStack() as undo:
-            with IPRoute() as ipr:  # one netlink socket in the host's namespace for steps 1 and 2
-                # 1. Join the bridge, creating it if we are the first.
-                membership = ctx.journal.add("network", self.name, "bridge", bridge=bridge, container=ctx.id)
-                undo.callback(self._release_and_forget, ctx, membership)
-                bridge_index = _join_bridge(ipr, bridge, ctx.id)
+            # 1. An address, and a line in the network's /etc/hosts.
+            record = self._journal(ctx, undo, "address", network=spec.network.network, container=cid)
+            net, ip = networks.allocate(spec.network.network, cid, spec.name, spec.hostname,
+                                        wanted.ip if wanted else None, wanted.network if wanted else None)
+            address = ipaddress.IPv4Interface(f"{ip}/{net.subnet.prefixlen}")
+            ctx.journal.update(record, address=str(address))
+            gateway = ipaddress.IPv4Interface(f"{net.gateway}/{net.subnet.prefixlen}")
 
-                # 2. Plug a veth pair in: host end into the bridge, the other end in the container.
-                veth = ctx.journal.add("network", self.name, "veth", ifname=host_end, bridge=bridge)
-                undo.callback(self._release_and_forget, ctx, veth)
-                _plug_veth(ipr, host_end, bridge, bridge_index, pid)
+            with IPRoute() as ipr:  # one netlink socket in the host's namespace for steps 2 and 3
+                # 2. Join the bridge, creating it if we are the first.
+                self._journal(ctx, undo, "bridge", bridge=net.bridge, container=cid, gateway=str(gateway))
+                bridge_index = _join_bridge(ipr, net.bridge, gateway, cid)
 
-            # 3. Configure the container's end, from inside its namespace.
-            _configure_container_end(pid, address)
-            yield Attachment(ifname=CONTAINER_IFNAME, address=str(address), network=bridge)
+                # 3. Plug a veth pair in: host end into the bridge, the other end in the container.
+                host_end = names.veth_host(cid)
+                self._journal(ctx, undo, "veth", ifname=host_end, bridge=net.bridge)
+                links.plug_veth(ipr, host_end, net.bridge, bridge_index, pid, ip)
+
+            # 4. Configure the container's end, from inside its namespace.
+            links.configure_container_end(pid, address, net.gateway)
+
+            # 5. Publish ports.
+            for port in spec.network.ports:
+                self._journal(ctx, undo, "port", address=str(ip), **dataclasses.asdict(port))
+                nat.publish(port, str(ip))
+
+            hosts.write_resolv_conf(paths.resolv_conf(cid), spec.network.dns)
+            yield Attachment(ifname=CONTAINER_IFNAME, address=str(address), network=net.name, mounts=[
+                Mount("/etc/hosts", str(paths.hosts_file(net.name)), "bind", FILE_MOUNT_OPTIONS),
+                Mount("/etc/resolv.conf", str(paths.resolv_conf(cid)), "bind", FILE_MOUNT_OPTIONS),
+            ])
 
     def release(self, record: dict[str, Any]) -> None:
         what = record.get("what")
-        if what == "veth":
-            _delete_veth(record["ifname"])
+        if what == "port":
+            port = PortMapping(record["host_port"], record["container_port"], record["protocol"])
+            nat.unpublish(port, record["address"])
+        elif what == "veth":
+            links.delete_veth(record["ifname"])
         elif what == "bridge":
-            _leave_bridge(record["bridge"], record["container"])
+            gateway = record.get("gateway")
+            _leave_bridge(record["bridge"], record["container"],
+                          ipaddress.IPv4Interface(gateway) if gateway else None)
+        elif what == "address":
+            networks.release(record["network"], record["container"])
         else:
             raise DriverError(f"network driver 'bridge' cannot release an unknown resource {what!r}")
+
+    def _journal(self, ctx: RunContext, undo: contextlib.ExitStack, what: str, **data: Any) -> dict[str, Any]:
+        """Write the resource about to be taken into the journal, and undo it when the stack unwinds."""
+        record = ctx.journal.add("network", self.name, what, **data)
+        undo.callback(self._release_and_forget, ctx, record)
+        return record
 
     def _release_and_forget(self, ctx: RunContext, record: dict[str, Any]) -> None:
         self.release(record)
         ctx.journal.drop(record)
 
 
-def _address(spec: ContainerSpec) -> ipaddress.IPv4Interface:
-    if spec.network.ip is None:  # no IPAM yet: the user picks the address
-        raise SpecError("--net bridge needs --ip ADDRESS/PREFIX")
-    return spec.network.ip
-
-
-# -- step 1: the shared bridge, reference-counted under a lock ---------------------------------------
+# -- step 2: the shared bridge, reference-counted under a lock ---------------------------------------
 
 
 def _lock_file(bridge: str) -> Path:
@@ -116,7 +149,7 @@ def _users_file(bridge: str) -> Path:
 
 
 def _read_users(bridge: str) -> dict[str, Any] | None:
-    """The bridge's bookkeeping, ``{"created_by_pish": bool, "users": [ids]}``, or None if there is none."""
+    """The bridge's bookkeeping, ``{"created_by_pish": bool, "users": [ids], ...}``, or None."""
     path = _users_file(bridge)
     try:
         data: dict[str, Any] = json.loads(path.read_text())
@@ -137,51 +170,33 @@ def _live(users: list[str], leaving: str | None = None) -> list[str]:
     return [cid for cid in users if cid != leaving and paths.container_dir(cid).exists()]
 
 
-def _link(ipr: Any, ifname: str) -> Any | None:
-    """The link named ``ifname`` in the namespace of ``ipr``'s socket (a pyroute2 message), or None."""
-    from pyroute2.netlink.exceptions import NetlinkError  # type: ignore[import-untyped]
-
-    try:
-        return ipr.link("get", ifname=ifname)[0]
-    except NetlinkError as exc:
-        if exc.code == errno.ENODEV:
-            return None
-        raise
-
-
-def _index(ipr: Any, ifname: str) -> int:
-    """The index of the link named ``ifname`` in the namespace of ``ipr``'s socket."""
-    return int(ipr.link("get", ifname=ifname)[0]["index"])
-
-
-def _is_bridge(link: Any) -> bool:
-    return bool(link.get(("linkinfo", "kind")) == "bridge")
-
-
-def _join_bridge(ipr: Any, bridge: str, cid: str) -> int:
-    """Add ``cid`` to the bridge's users, creating the bridge if missing; return the bridge's index."""
+def _join_bridge(ipr: Any, bridge: str, gateway: ipaddress.IPv4Interface, cid: str) -> int:
+    """Add ``cid`` to the bridge's users; the first user sets up the bridge and its NAT. Return its index."""
     with state.flocked(_lock_file(bridge)):
         data = _read_users(bridge) or {"created_by_pish": False, "users": []}
-        link = _link(ipr, bridge)
-        if link is not None and not _is_bridge(link):
+        link = links.link(ipr, bridge)
+        if link is not None and not links.is_bridge(link):
             raise DriverError(f"{bridge} exists on the host but is not a bridge: pick another --network")
+        first = not _live(data["users"], leaving=cid)
         if link is None:
             data["created_by_pish"] = True
         data["users"] = _live(data["users"], leaving=cid) + [cid]
         _write_users(bridge, data)  # written before the bridge is created, so a crash leaves a trace
         if link is None:
-            log.info("creating bridge %s", bridge)
-            ipr.link("add", ifname=bridge, kind="bridge", state="up")
-            return _index(ipr, bridge)
-        if not link["flags"] & IFF_UP:
-            ipr.link("set", index=link["index"], state="up")
-        return int(link["index"])
+            index = links.create_bridge(ipr, bridge, gateway)
+        else:
+            index = int(link["index"])
+            if first and links.adopt_bridge(ipr, link, gateway) and not data["created_by_pish"]:
+                data["gateway_added"] = True
+                _write_users(bridge, data)
+        if first:
+            nat.add_network(gateway.network, bridge)
+        return index
 
 
-def _leave_bridge(bridge: str, cid: str) -> None:
-    """Remove ``cid`` from the bridge's users; delete the bridge if pish made it and nobody is left."""
-    from pyroute2 import IPRoute
-
+def _leave_bridge(bridge: str, cid: str, gateway: ipaddress.IPv4Interface | None) -> None:
+    """Remove ``cid`` from the bridge's users; the last one out undoes the NAT and the bridge (or, on a
+    bridge pish did not make, the gateway address pish added)."""
     with state.flocked(_lock_file(bridge)):
         data = _read_users(bridge)
         if data is None:  # never joined, or already cleaned up
@@ -190,61 +205,10 @@ def _leave_bridge(bridge: str, cid: str) -> None:
         if data["users"]:
             _write_users(bridge, data)
             return
+        if gateway is not None:
+            nat.remove_network(str(gateway.network), bridge)
         if data["created_by_pish"]:
-            with IPRoute() as ipr:
-                link = _link(ipr, bridge)
-                if link is not None and _is_bridge(link):
-                    log.info("removing bridge %s", bridge)
-                    ipr.link("del", index=link["index"])
+            links.delete_bridge(bridge)
+        elif data.get("gateway_added") and gateway is not None:
+            links.remove_gateway(bridge, gateway)
         _users_file(bridge).unlink(missing_ok=True)
-
-
-# -- step 2: the veth pair ---------------------------------------------------------------------------
-
-
-def _plug_veth(ipr: Any, host_end: str, bridge: str, bridge_index: int, pid: int) -> None:
-    """Create the veth pair with its peer born inside ``pid``'s netns; put the host end in the bridge."""
-    log.info("creating veth %s in bridge %s", host_end, bridge)
-    netns = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        # One request does it all: the host end is made in the bridge and up, and its peer is made
-        # in the namespace that ``net_ns_fd`` points at, so nothing has to move afterwards.
-        ipr.link(
-            "add", ifname=host_end, kind="veth", master=bridge_index, state="up",
-            peer={"ifname": CONTAINER_IFNAME, "net_ns_fd": netns},
-        )
-    finally:
-        os.close(netns)
-
-
-def _delete_veth(host_end: str) -> None:
-    """Delete the host end of a veth pair; the kernel deletes the container's end with it."""
-    from pyroute2 import IPRoute
-    from pyroute2.netlink.exceptions import NetlinkError
-
-    with IPRoute() as ipr:
-        if _link(ipr, host_end) is None:  # released before, or gone with the container's netns
-            return
-        log.info("removing veth %s", host_end)
-        try:
-            ipr.link("del", ifname=host_end)
-        except NetlinkError as exc:
-            if exc.code != errno.ENODEV:  # ENODEV: the netns took it away meanwhile
-                raise
-
-
-# -- step 3: inside the container's namespace --------------------------------------------------------
-
-
-def _configure_container_end(pid: int, address: ipaddress.IPv4Interface) -> None:
-    """Bring ``lo`` and ``eth0`` up in ``pid``'s netns and give ``eth0`` its address."""
-    from pyroute2 import IPRoute
-
-    with inside_netns(pid):
-        ipr = IPRoute()  # its netlink socket belongs to the container's netns from now on
-    with ipr:
-        ipr.link("set", ifname="lo", state="up")
-        eth0 = _index(ipr, CONTAINER_IFNAME)
-        ipr.addr("add", index=eth0, address=str(address.ip), prefixlen=address.network.prefixlen)
-        ipr.link("set", index=eth0, state="up")
-    log.debug("%s of process %d is %s", CONTAINER_IFNAME, pid, address)

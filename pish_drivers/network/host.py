@@ -9,11 +9,15 @@ import contextlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from pish_core import log as pish_log
 from pish_core.drivers import Attachment, Network, RunContext
 from pish_core.errors import SpecError
+from pish_drivers.network.none import resolv_conf_mounts
 
 if TYPE_CHECKING:
     from pish_core.spec import ContainerSpec
+
+log = pish_log.get("network")
 
 
 class HostNetwork(Network):
@@ -24,10 +28,13 @@ class HostNetwork(Network):
     def validate(self, spec: ContainerSpec) -> None:
         if spec.network.ip is not None:
             raise SpecError("--ip needs --net bridge: a container on --net host uses the host's addresses")
+        if spec.network.ports:  # docker's word for it, too
+            log.warning("published ports are discarded when using host network mode")
 
     @contextlib.contextmanager
     def attach(self, ctx: RunContext, pid: int) -> Iterator[Attachment]:
-        yield Attachment()
+        """Nothing to wire; the container gets the host's nameservers (or ``--dns``) as docker gives."""
+        yield Attachment(mounts=resolv_conf_mounts(ctx))
 
     def release(self, record: dict[str, Any]) -> None:
         """Nothing to undo: nothing was created."""

@@ -142,15 +142,15 @@ def test_two_containers_on_one_bridge_talk_and_the_last_one_out_removes_it(
     fake_container: Callable[..., FakeContainer],
 ) -> None:
     driver = BridgeNetwork()
-    a, pid_a = fake_container("10.0.4.5/24")
-    b, pid_b = fake_container("10.0.4.6/24")
-    c, pid_c = fake_container("10.0.4.7/24")
+    a, pid_a = fake_container("10.0.61.5/24")
+    b, pid_b = fake_container("10.0.61.6/24")
+    c, pid_c = fake_container("10.0.61.7/24")
     veth_a, veth_b, veth_c = (names.veth_host(ctx.id) for ctx in (a, b, c))
 
     with contextlib.ExitStack() as stack:
         att_a = stack.enter_context(driver.attach(a, pid_a))
         stack.enter_context(driver.attach(b, pid_b))
-        assert (att_a.ifname, att_a.address, att_a.network) == ("eth0", "10.0.4.5/24", BRIDGE)
+        assert (att_a.ifname, att_a.address, att_a.network) == ("eth0", "10.0.61.5/24", BRIDGE)
 
         # The bridge is up with both host ends in it; the bookkeeping says pish made it for a and b.
         assert link_is_up(BRIDGE)
@@ -160,14 +160,14 @@ def test_two_containers_on_one_bridge_talk_and_the_last_one_out_removes_it(
         assert json.loads(users_file().read_text()) == {"created_by_pish": True, "users": [a.id, b.id]}
         # Each journal lists what it holds, in the order it was taken.
         assert [(r["what"], r.get("ifname")) for r in a.journal.state.resources] == [
-            ("bridge", None), ("veth", veth_a)]
+            ("address", None), ("bridge", None), ("veth", veth_a)]
         assert state.ContainerState.load(a.id).resources == a.journal.state.resources
 
         # Inside: lo and eth0 up, eth0 with its address; and a reaches b across the bridge.
         assert "127.0.0.1/8" in ip_inside(pid_a, "addr", "show", "dev", "lo")
-        assert "10.0.4.5/24" in ip_inside(pid_a, "addr", "show", "dev", "eth0")
+        assert "10.0.61.5/24" in ip_inside(pid_a, "addr", "show", "dev", "eth0")
         assert ",UP" in ip_inside(pid_a, "link", "show", "dev", "eth0")
-        result = ping_from(pid_a, "10.0.4.6")
+        result = ping_from(pid_a, "10.0.61.6")
         assert result.returncode == 0, result.stdout + result.stderr
 
         # A third comes and goes while a and b hold the bridge: the bridge stays, c's veth goes.
@@ -178,7 +178,7 @@ def test_two_containers_on_one_bridge_talk_and_the_last_one_out_removes_it(
         assert c.journal.state.resources == []
         assert link_exists(BRIDGE) and link_is_up(BRIDGE)
         assert json.loads(users_file().read_text())["users"] == [a.id, b.id]
-        assert ping_from(pid_b, "10.0.4.5").returncode == 0
+        assert ping_from(pid_b, "10.0.61.5").returncode == 0
 
     # The last one out: bridge, veths and bookkeeping are gone, and so are the journal entries.
     assert not any(link_exists(n) for n in (BRIDGE, veth_a, veth_b, veth_c))
@@ -189,7 +189,7 @@ def test_two_containers_on_one_bridge_talk_and_the_last_one_out_removes_it(
 
 def test_release_twice_is_harmless(fake_container: Callable[..., FakeContainer]) -> None:
     driver = BridgeNetwork()
-    ctx, pid = fake_container("10.0.4.5/24")
+    ctx, pid = fake_container("10.0.61.5/24")
     with driver.attach(ctx, pid):
         records = [dict(r) for r in ctx.journal.state.resources]
     assert not link_exists(BRIDGE)
@@ -202,7 +202,7 @@ def test_release_twice_is_harmless(fake_container: Callable[..., FakeContainer])
 def test_gc_releases_from_another_process(fake_container: Callable[..., FakeContainer]) -> None:
     """A run killed while attached leaves a journal; another process undoes it from the records alone."""
     driver = BridgeNetwork()
-    ctx, pid = fake_container("10.0.4.5/24")
+    ctx, pid = fake_container("10.0.61.5/24")
     attachment = driver.attach(ctx, pid)
     attachment.__enter__()  # ... and never exits, as if pish were killed here
     assert link_exists(BRIDGE) and link_exists(names.veth_host(ctx.id))
@@ -220,9 +220,13 @@ def test_gc_releases_from_another_process(fake_container: Callable[..., FakeCont
     attachment.__exit__(None, None, None)  # releasing again is harmless
 
 
-def test_bridge_refuses_a_spec_without_an_address(fake_container: Callable[..., FakeContainer]) -> None:
+def test_bridge_refuses_an_unknown_network_without_an_address(
+    fake_container: Callable[..., FakeContainer],
+) -> None:
+    """Without --ip the network must exist (or be the default pish0): its subnet says where to look.
+    With --ip, as in the tests above, a missing network is made from the address's subnet."""
     ctx, _ = fake_container(None)
-    with pytest.raises(SpecError, match=r"--net bridge needs --ip ADDRESS/PREFIX"):
+    with pytest.raises(SpecError, match=rf"network {BRIDGE} not found: create it with `pish network create"):
         BridgeNetwork().validate(ctx.spec)
 
 
@@ -259,7 +263,7 @@ def test_none_brings_lo_up_without_importing_pyroute2(
 
 
 def test_none_and_host_refuse_an_address(fake_container: Callable[..., FakeContainer]) -> None:
-    ctx, _ = fake_container("10.0.4.5/24", net="none")
+    ctx, _ = fake_container("10.0.61.5/24", net="none")
     for driver in (NoNetwork(), HostNetwork()):
         with pytest.raises(SpecError, match="--ip needs --net bridge"):
             driver.validate(ctx.spec)

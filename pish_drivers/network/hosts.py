@@ -1,0 +1,94 @@
+"""Name resolution for containers: the /etc/hosts of a network and the /etc/resolv.conf of a container.
+
+Docker answers names with a DNS server of its own inside every container's namespace; pish does it the
+older way, with files, which costs nothing at run time:
+
+- **/etc/hosts**: one file per network on the host (``paths.hosts_file``), listing every container
+  on it by name and hostname. Every container of the network bind-mounts that same file read-only, so
+  when a container joins or leaves the file is rewritten *in place*: a bind mount pins the inode, so a
+  new file renamed over the old one would go unseen by the containers already running.
+- **/etc/resolv.conf**: one file per container (``paths.resolv_conf``), with the ``--dns`` servers or
+  else the host's. As docker does, nameservers on the host's loopback (a local caching resolver such as
+  systemd-resolved's 127.0.0.53) are dropped: the container's loopback is not the host's.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+HOST_RESOLV_CONF = Path("/etc/resolv.conf")
+#: What docker falls back to when the host has no nameserver a container can reach.
+FALLBACK_NAMESERVERS = ("8.8.8.8", "8.8.4.4")
+
+_HEADER = """\
+127.0.0.1\tlocalhost
+::1\tlocalhost ip6-localhost ip6-loopback
+"""
+
+
+def hosts_text(entries: Iterable[tuple[str, Sequence[str]]]) -> str:
+    """The hosts file for ``entries`` of (address, names), names deduplicated in order."""
+    lines = [_HEADER]
+    for address, names in entries:
+        unique = list(dict.fromkeys(n for n in names if n))
+        lines.append(f"{address}\t{' '.join(unique)}\n")
+    return "".join(lines)
+
+
+def write_in_place(path: Path, text: str, mode: int = 0o644) -> None:
+    """Replace ``path``'s content without replacing the file (its inode is bind-mounted elsewhere).
+
+    Written whole, then cut to length, so a reader sees at worst a moment of old lines after new ones,
+    never an empty file.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, mode)
+    try:
+        data = text.encode()
+        os.pwrite(fd, data, 0)
+        os.ftruncate(fd, len(data))
+    finally:
+        os.close(fd)
+
+
+def write_hosts(path: Path, entries: Iterable[tuple[str, Sequence[str]]]) -> None:
+    write_in_place(path, hosts_text(entries))
+
+
+def host_resolv_conf(path: Path = HOST_RESOLV_CONF) -> tuple[list[str], list[str]]:
+    """The host's nameservers a container can use, and its other lines (search, options)."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return [], []
+    servers, other = [], []
+    for line in lines:
+        fields = line.split()
+        if not fields or fields[0].startswith(("#", ";")):
+            continue
+        if fields[0] == "nameserver" and len(fields) > 1:
+            try:
+                address = ipaddress.ip_address(fields[1].split("%")[0])
+            except ValueError:
+                continue
+            if not address.is_loopback:
+                servers.append(fields[1])
+        elif fields[0] in ("search", "domain", "options"):
+            other.append(" ".join(fields))
+    return servers, other
+
+
+def resolv_conf_text(dns: Sequence[str], host: Path = HOST_RESOLV_CONF) -> str:
+    """The container's resolv.conf: ``dns`` if given, else the host's reachable nameservers."""
+    servers, other = host_resolv_conf(host)
+    if dns:
+        servers = list(dns)
+    elif not servers:
+        servers = list(FALLBACK_NAMESERVERS)
+    return "".join(f"nameserver {s}\n" for s in servers) + "".join(f"{line}\n" for line in other)
+
+
+def write_resolv_conf(path: Path, dns: Sequence[str]) -> None:
+    write_in_place(path, resolv_conf_text(dns))

@@ -1,0 +1,262 @@
+"""Named networks: their definitions and address allocations, kept under ``PISH_LIB/networks``.
+
+One JSON file per network (``paths.network_file``) holds its subnet, gateway and the addresses given
+out, each with the container holding it. Every read-modify-write happens under one flock
+(``paths.networks_lock``), so two ``pish run`` at once can never get the same address, and
+``pish network create`` sees every other network when it checks for overlaps.
+
+Three ways a network comes to be:
+
+- ``pish network create NAME``: it stays until ``pish network rm NAME``.
+- The default network ``pish0`` (10.88.0.0/16) is made by the first container that uses it.
+- ``--net bridge --network NAME --ip ADDR/PREFIX`` with no such network: made on the fly from the
+  address's subnet, as pish did before it had networks, and removed with its last container
+  (``implicit``).
+
+An allocation whose container has no state directory any more (the host rebooted, the record was
+removed by hand) is stale and freed the next time the network is written. Importing this module is
+cheap: no pyroute2 (``validate`` uses it in the CLI process).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from pish_core import log as pish_log
+from pish_core import names, paths, state
+from pish_core.errors import SpecError, StateError
+from pish_drivers.network import hosts, ipam
+
+log = pish_log.get("network")
+
+DEFAULT = "pish0"
+DEFAULT_SUBNET = ipam.Net("10.88.0.0/16")
+#: Where ``pish network create`` without ``--subnet`` takes a /24 from.
+AUTO_POOL = ipam.Net("10.89.0.0/16")
+
+
+@dataclasses.dataclass
+class NetworkDef:
+    name: str
+    subnet: ipam.Net
+    gateway: ipam.Addr
+    created: float = dataclasses.field(default_factory=time.time)
+    implicit: bool = False
+    #: address -> {"container": id, "name": container name, "hostname": its hostname}
+    allocations: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
+
+    @property
+    def bridge(self) -> str:
+        """The Linux bridge of the network: it has the network's name."""
+        return self.name
+
+    def taken(self) -> set[ipam.Addr]:
+        return {ipam.Addr(a) for a in self.allocations}
+
+    def containers(self) -> list[str]:
+        return [a["container"] for a in self.allocations.values()]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "subnet": str(self.subnet), "gateway": str(self.gateway),
+                "created": self.created, "implicit": self.implicit, "allocations": self.allocations}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> NetworkDef:
+        return cls(name=data["name"], subnet=ipam.Net(data["subnet"]), gateway=ipam.Addr(data["gateway"]),
+                   created=data.get("created", 0.0), implicit=data.get("implicit", False),
+                   allocations=dict(data.get("allocations", {})))
+
+
+@contextlib.contextmanager
+def locked() -> Iterator[None]:
+    """Hold the lock on every network's definition and allocations."""
+    with state.flocked(paths.networks_lock()):
+        yield
+
+
+def get(name: str) -> NetworkDef | None:
+    """The network named ``name`` as stored now (no lock: a snapshot), or None."""
+    path = paths.network_file(name)
+    try:
+        return NetworkDef.from_json(json.loads(path.read_text()))
+    except FileNotFoundError:
+        return None
+    except (ValueError, KeyError) as exc:
+        raise StateError(f"{path} is corrupt ({exc}): fix or remove it") from None
+
+
+def require(name: str) -> NetworkDef:
+    net = get(name)
+    if net is None:
+        raise SpecError(f"network {name} not found: create it with `pish network create {name}`")
+    return net
+
+
+def list_all() -> list[NetworkDef]:
+    try:
+        files = sorted(os.listdir(paths.network_defs_dir()))
+    except FileNotFoundError:
+        return []
+    nets = [get(f.removesuffix(".json")) for f in files if f.endswith(".json")]
+    return sorted((n for n in nets if n is not None), key=lambda n: n.created)
+
+
+def _write(net: NetworkDef) -> None:
+    paths.network_defs_dir().mkdir(parents=True, exist_ok=True)
+    state.write_json_atomic(paths.network_file(net.name), net.to_json())
+
+
+def host_routes() -> list[tuple[str, ipam.Net]]:
+    """The host's IPv4 routes other than default ones, as (device, destination), from /proc/net/route."""
+    out = []
+    with contextlib.suppress(FileNotFoundError), open("/proc/net/route") as f:
+        next(f, None)
+        for line in f:
+            fields = line.split()
+            dest, mask = (ipam.Addr(int(x, 16).to_bytes(4, "little")) for x in (fields[1], fields[7]))
+            with contextlib.suppress(ValueError):
+                net = ipam.Net(f"{dest}/{mask}")
+                if net.prefixlen:
+                    out.append((fields[0], net))
+    return out
+
+
+def _check_free(name: str, subnet: ipam.Net) -> None:
+    others = [(n.name, n.subnet) for n in list_all() if n.name != name]
+    clash = ipam.overlapping(subnet, others)
+    if clash:
+        raise SpecError(f"subnet {subnet} overlaps network {clash} ({dict(others)[clash]})")
+    clash = ipam.overlapping(subnet, ((dev, net) for dev, net in host_routes() if dev != name))
+    if clash:
+        raise SpecError(f"subnet {subnet} overlaps a route of the host on {clash}: pick another --subnet")
+
+
+def _create(name: str, subnet: ipam.Net | None, gateway: ipam.Addr | None, implicit: bool = False) -> NetworkDef:
+    """Define a network (the lock held). Refuse a name in use, an overlap, a gateway outside the subnet."""
+    names.check_ifname(name, "network name")
+    if get(name) is not None:
+        raise SpecError(f"network {name} already exists")
+    if subnet is None:
+        taken = [n.subnet for n in list_all()] + [net for _, net in host_routes()]
+        subnet = ipam.pick_subnet(AUTO_POOL, 24, taken)
+    if gateway is None:
+        gateway = ipam.default_gateway(subnet)
+    ipam.check_gateway(subnet, gateway)
+    _check_free(name, subnet)
+    net = NetworkDef(name=name, subnet=subnet, gateway=gateway, implicit=implicit)
+    if name == DEFAULT or implicit:  # `pish network create` prints the name itself
+        log.info("creating network %s (%s, gateway %s)", name, subnet, gateway)
+    _write(net)
+    return net
+
+
+def create(name: str, subnet: ipam.Net | None = None, gateway: ipam.Addr | None = None) -> NetworkDef:
+    """``pish network create``."""
+    with locked():
+        return _create(name, subnet, gateway)
+
+
+def _live(net: NetworkDef) -> bool:
+    """Drop allocations whose container is gone for good; True if any was dropped."""
+    stale = [a for a, owner in net.allocations.items() if not paths.container_dir(owner["container"]).exists()]
+    for address in stale:
+        del net.allocations[address]
+    return bool(stale)
+
+
+def remove(name: str) -> NetworkDef:
+    """``pish network rm``: refused while a container holds an address on it."""
+    with locked():
+        net = require(name)
+        if _live(net):
+            _write(net)
+        if net.allocations:
+            users = ", ".join(sorted(o["name"] for o in net.allocations.values()))
+            raise SpecError(f"network {name} is in use by container(s) {users}: remove them first")
+        paths.network_file(name).unlink(missing_ok=True)
+        paths.hosts_file(name).unlink(missing_ok=True)
+        return net
+
+
+def usable_by(name: str, ip: ipam.Addr | None) -> NetworkDef | None:
+    """The network a container would join, or None if it would be made on first use (``validate``).
+    Refuses an unknown network that cannot be made, and an ``--ip`` outside the pool or taken."""
+    net = get(name)
+    if net is None:
+        if name == DEFAULT or ip is not None:
+            return None
+        require(name)
+    assert net is not None
+    if ip is not None:
+        _live(net)
+        ipam.check_request(net.subnet, net.gateway, net.taken(), ip, name)
+    return net
+
+
+def allocate(name: str, cid: str, cname: str, hostname: str,
+             ip: ipam.Addr | None = None, ip_subnet: ipam.Net | None = None) -> tuple[NetworkDef, ipam.Addr]:
+    """Give container ``cid`` an address on network ``name`` (``ip`` if given, else the lowest free),
+    making the network first if it is the default or ``ip_subnet`` says which one to make."""
+    with locked():
+        net = get(name)
+        if net is None:
+            if name == DEFAULT:
+                net = _create(name, DEFAULT_SUBNET, None)
+            elif ip is not None and ip_subnet is not None:
+                gateway = ipam.default_gateway(ip_subnet)
+                if gateway == ip:  # the address asked for is the usual gateway: take the last one instead
+                    gateway = ipam.Addr(ipam.usable(ip_subnet)[-1])
+                net = _create(name, ip_subnet, gateway, implicit=True)
+            else:
+                net = require(name)
+        _live(net)
+        mine = [ipam.Addr(a) for a, o in net.allocations.items() if o["container"] == cid]
+        if mine and (ip is None or ip in mine):  # asked again (a retried attach): the same answer
+            return net, mine[0]
+        if ip is not None:
+            ipam.check_request(net.subnet, net.gateway, net.taken(), ip, name)
+            address = ip
+        else:
+            address = ipam.next_free(net.subnet, net.gateway, net.taken(), name)
+        log.debug("address %s of network %s for %s", address, name, cname)
+        net.allocations[str(address)] = {"container": cid, "name": cname, "hostname": hostname}
+        _write(net)
+        _rewrite_hosts(net)
+        return net, address
+
+
+def release(name: str, cid: str) -> list[str]:
+    """Free every address ``cid`` holds on network ``name``; idempotent. An implicit network goes
+    with its last address. Returns the addresses freed."""
+    with locked():
+        net = get(name)
+        if net is None:
+            return []
+        freed = [a for a, o in net.allocations.items() if o["container"] == cid]
+        for address in freed:
+            del net.allocations[address]
+        if not (freed or _live(net)):
+            return []
+        if net.implicit and not net.allocations:
+            log.info("removing network %s (made on the fly for --ip; its last container is gone)", name)
+            paths.network_file(name).unlink(missing_ok=True)
+        else:
+            _write(net)
+        _rewrite_hosts(net)
+        return freed
+
+
+def _rewrite_hosts(net: NetworkDef) -> None:
+    """The network's shared /etc/hosts, rewritten in place; removed when nobody is left on it."""
+    path = paths.hosts_file(net.name)
+    if not net.allocations:
+        path.unlink(missing_ok=True)
+        return
+    entries = [(address, [o["name"], o["hostname"]]) for address, o in
+               sorted(net.allocations.items(), key=lambda item: ipam.Addr(item[0]))]
+    hosts.write_hosts(path, entries)

@@ -1,0 +1,334 @@
+"""Networks with real containers: names, NAT, published ports, IPAM at scale, bad input, gc.
+
+What these tests may touch, so they can run beside other test runs on this machine: the networks
+``pisht4a``/``pisht4b`` (10.0.6.0/24, 10.0.7.0/24), one test of the default ``pish0`` (10.88.0.0/16), and
+an "upstream" network namespace the test makes itself, reached through a veth from the host. The
+upstream takes the first of the documentation ranges TEST-NET-1/2/3 (192.0.2.0/24, 198.51.100.0/24,
+203.0.113.0/24) that no route of the host uses: on a VM whose own uplink is in TEST-NET-1 (as here), a
+second 192.0.2.0/24 would shadow the real gateway. Every address a test reaches is in a namespace the
+test or pish created; no packet leaves the machine.
+
+The test tools (``ip``, ``busybox`` on the host) only look and build the test's own fixtures; pish
+itself runs no command.
+"""
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(shutil.which("ip") is None or shutil.which("busybox") is None,
+                       reason="needs ip (iproute2) and busybox (busybox-static)"),
+]
+
+NET_A, SUBNET_A = "pisht4a", "10.0.6.0/24"
+NET_B, SUBNET_B = "pisht4b", "10.0.7.0/24"
+UPSTREAM_NS = f"pisht4up{os.getpid() % 100000}"
+UPSTREAM_VETH = "pisht4u0"
+HOST_PORT = 18080
+Pish = Callable[..., "subprocess.CompletedProcess[str]"]
+
+
+# -- helpers -----------------------------------------------------------------------------------------
+
+
+def link_exists(ifname: str) -> bool:
+    return Path("/sys/class/net", ifname).exists()
+
+
+def nft_contents() -> dict[str, list[Any]]:
+    from pish_drivers.network import nat
+
+    return nat.contents()
+
+
+def one_line_refusal(proc: subprocess.CompletedProcess[str], *needles: str) -> None:
+    """pish's way to refuse: exit 125 and one line on stderr naming the problem."""
+    lines = [line for line in proc.stderr.splitlines() if not line.startswith("[")]
+    assert proc.returncode == 125, proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("pish: "), proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def fetch(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return str(response.read().decode())
+
+
+def netns_exec(*args: str, timeout: float = 15) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", "netns", "exec", UPSTREAM_NS, *args], capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+def our_nft() -> list[Any]:
+    """The elements of pish's nftables table that belong to this module (others run tests meanwhile)."""
+    found = nft_contents()
+    return sorted((str(e) for name, elems in found.items() for e in elems
+                   if any(mark in str(e) for mark in ("pisht4", "10.0.6.", "10.0.7.", str(HOST_PORT)))))
+
+
+def snapshot(pish: Pish) -> tuple[str, str, list[Any]]:
+    """What a refused command must leave unchanged: networks, containers, our nftables elements."""
+    return pish("network", "ls").stdout, pish("ps", "-a", "-q").stdout, our_nft()
+
+
+def ours_left(subnets: tuple[str, ...] = (SUBNET_A, SUBNET_B)) -> list[str]:
+    """Links, nftables elements and published test ports of this module still on the host."""
+    left = [n for n in os.listdir("/sys/class/net") if n.startswith("pisht4") and n != UPSTREAM_VETH]
+    found = nft_contents()
+    left += [f"nft subnet {s}" for s in found.get("subnets", []) if s in subnets]
+    left += [f"nft port {p}" for p in found.get("tcp_ports", []) if p[0] == HOST_PORT]
+    return left
+
+
+@pytest.fixture
+def clean(pish: Pish, pish_env: Any) -> Iterator[None]:
+    """Refuse to start over leftovers; after the test, remove whatever it left and fail if it left any."""
+    if ours_left():
+        pytest.skip(f"left over from an earlier run: {ours_left()}")
+    yield
+    ps = pish("ps", "-a", "-q").stdout.split()
+    if ps:
+        pish("rm", "-f", *ps, timeout=300)
+    pish("gc")
+    left = ours_left()
+    for name in [n for n in left if not n.startswith("nft")]:
+        subprocess.run(["ip", "link", "del", name], check=False)
+    assert not ps, f"containers left running: {ps}"
+    assert not left, f"left behind on the host: {left}"
+
+
+@pytest.fixture
+def upstream() -> Iterator[tuple[str, str]]:
+    """A namespace standing for the world outside: (its address, the host's address on the link to it)."""
+    routes = subprocess.run(["ip", "-4", "route", "show", "table", "all"], capture_output=True, text=True,
+                            check=True).stdout
+    used = [ipaddress.ip_network(r.split()[0], strict=False) for r in routes.splitlines()
+            if r and r.split()[0][0].isdigit()]
+    subnet = next((s for s in map(ipaddress.ip_network, ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24"))
+                   if not any(s.overlaps(u) for u in used)), None)
+    if subnet is None:
+        pytest.skip("every TEST-NET range is routed on this host")
+    far, near = f"{subnet[1]}", f"{subnet[254]}"
+
+    def run(*args: str) -> None:
+        subprocess.run(args, check=True, capture_output=True)
+
+    run("ip", "netns", "add", UPSTREAM_NS)
+    try:
+        run("ip", "link", "add", UPSTREAM_VETH, "type", "veth", "peer", "name", "eth0", "netns", UPSTREAM_NS)
+        run("ip", "addr", "add", f"{near}/24", "dev", UPSTREAM_VETH)
+        run("ip", "link", "set", UPSTREAM_VETH, "up")
+        run("ip", "-n", UPSTREAM_NS, "addr", "add", f"{far}/24", "dev", "eth0")
+        run("ip", "-n", UPSTREAM_NS, "link", "set", "eth0", "up")
+        run("ip", "-n", UPSTREAM_NS, "link", "set", "lo", "up")
+        yield far, near
+    finally:
+        subprocess.run(["ip", "link", "del", UPSTREAM_VETH], check=False, capture_output=True)
+        subprocess.run(["ip", "netns", "del", UPSTREAM_NS], check=False, capture_output=True)
+
+
+# -- names -------------------------------------------------------------------------------------------
+
+
+def test_two_containers_reach_each_other_by_name(pish: Pish, busybox_tar: Path, clean: None) -> None:
+    img = str(busybox_tar)
+    pish("network", "create", NET_A, "--subnet", SUBNET_A, check=True)
+    on_a = ("--net", "bridge", "--network", NET_A)
+    pish("run", "-d", "--name", "web", *on_a, img, "httpd", "-f", "-p", "80", "-h", "/www", check=True)
+
+    client = pish("run", "--name", "client", "--dns", "192.0.2.53", *on_a, img, "sh", "-c",
+                  "ping -c1 -W2 web && wget -qO- http://web/ && cat /etc/hosts /etc/resolv.conf "
+                  "&& ip route", check=True)
+    assert "1 packets received" in client.stdout
+    assert "hello from pish" in client.stdout
+    assert "10.0.6.2\tweb\n" in client.stdout and "10.0.6.3\tclient\n" in client.stdout
+    assert "nameserver 192.0.2.53\n" in client.stdout
+    assert "default via 10.0.6.1 dev eth0" in client.stdout
+    assert "[INFO] network: creating bridge" not in client.stderr  # web made it; client only joined
+
+    # The hosts file is rewritten in place: web, running all along, sees a newcomer and sees it go.
+    pish("run", "-d", "--name", "late", *on_a, img, "sleep", "100", check=True)
+    assert "late" in pish("exec", "web", "cat", "/etc/hosts", check=True).stdout
+    assert pish("exec", "web", "ping", "-c1", "-W2", "late", check=True).returncode == 0
+    pish("rm", "-f", "late", check=True)
+    hosts_now = pish("exec", "web", "cat", "/etc/hosts", check=True).stdout
+    assert "late" not in hosts_now and "client" not in hosts_now and "10.0.6.2\tweb" in hosts_now
+
+    inspect = json.loads(pish("network", "inspect", NET_A, check=True).stdout)[0]
+    assert [c["name"] for c in inspect["containers"].values()] == ["web"]
+    pish("rm", "-f", "web", check=True)
+    assert not link_exists(NET_A)  # the bridge went with its last user
+    assert json.loads(pish("network", "inspect", NET_A, check=True).stdout)[0]["containers"] == {}
+    pish("network", "rm", NET_A, check=True)
+    assert pish("network", "ls", "-q").stdout == ""
+
+
+# -- outbound NAT ------------------------------------------------------------------------------------
+
+
+UPSTREAM_SERVER = """
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 9000)); s.listen(1); s.settimeout(20)
+print("ready", flush=True)
+c, peer = s.accept(); c.recv(4096)
+c.sendall(b"HTTP/1.0 200 OK\\r\\nContent-Length: 9\\r\\n\\r\\nupstream\\n"); c.close()
+print(peer[0], flush=True)
+"""
+
+
+def test_outbound_nat_shows_the_hosts_address(pish: Pish, busybox_tar: Path, clean: None,
+                                              upstream: tuple[str, str]) -> None:
+    far, near = upstream
+    pish("network", "create", NET_A, "--subnet", SUBNET_A, check=True)
+    server = subprocess.Popen(["ip", "netns", "exec", UPSTREAM_NS, sys.executable, "-c", UPSTREAM_SERVER],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+        run = pish("run", "--net", "bridge", "--network", NET_A, str(busybox_tar),
+                   "wget", "-qO-", f"http://{far}:9000/", timeout=60)
+        assert run.returncode == 0, run.stderr
+        assert run.stdout == "upstream\n"
+        seen = server.communicate(timeout=20)[0].strip()
+    finally:
+        server.kill()
+        server.wait()
+    assert seen == near, f"the upstream saw {seen}, not the host's address {near}"
+    assert "[INFO] network: masquerading 10.0.6.0/24" in run.stderr
+
+
+# -- published ports ---------------------------------------------------------------------------------
+
+
+def test_published_port_from_the_host_and_from_another_namespace(
+    pish: Pish, busybox_tar: Path, clean: None, upstream: tuple[str, str],
+) -> None:
+    _, near = upstream
+    img = str(busybox_tar)
+    pish("network", "create", NET_A, "--subnet", SUBNET_A, check=True)
+    cid = pish("run", "-d", "--net", "bridge", "--network", NET_A, "-p", f"{HOST_PORT}:80", img,
+               "httpd", "-f", "-p", "80", "-h", "/www", check=True).stdout.strip()
+    assert [HOST_PORT, ["10.0.6.2", 80]] in nft_contents()["tcp_ports"]
+
+    assert "hello from pish" in fetch(f"http://127.0.0.1:{HOST_PORT}/")  # the host's loopback
+    assert "hello from pish" in fetch(f"http://{near}:{HOST_PORT}/")  # the host's own address
+    other = netns_exec("busybox", "wget", "-qO-", f"http://{near}:{HOST_PORT}/")  # "another host"
+    assert other.returncode == 0 and "hello from pish" in other.stdout, other.stderr
+
+    # The same host port again: refused at once, nothing changed.
+    before = snapshot(pish)
+    again = pish("run", "-d", "--net", "bridge", "--network", NET_A, "-p", f"{HOST_PORT}:8080", img, "true")
+    one_line_refusal(again, f"host port {HOST_PORT}/tcp is already published")
+    assert snapshot(pish) == before
+
+    pish("rm", "-f", cid, check=True)
+    assert ours_left() == []
+    with pytest.raises(OSError):
+        fetch(f"http://127.0.0.1:{HOST_PORT}/")
+
+
+# -- IPAM at scale -----------------------------------------------------------------------------------
+
+
+def test_a_hundred_containers_get_a_hundred_addresses(pish: Pish, busybox_tar: Path, clean: None) -> None:
+    """100 real containers (``pish run -d``, 8 at a time, so IPAM is raced for real) on one network."""
+    pish("network", "create", NET_B, "--subnet", SUBNET_B, check=True)
+
+    def start(i: int) -> str:
+        return pish("run", "-d", "--name", f"many{i}", "--net", "bridge", "--network", NET_B,
+                    str(busybox_tar), "sleep", "300", check=True, timeout=120).stdout.strip()
+
+    with ThreadPoolExecutor(8) as pool:
+        ids = list(pool.map(start, range(100)))
+    rows = json.loads(pish("ps", "--json", check=True).stdout)
+    addresses = {r["address"] for r in rows if r["name"].startswith("many")}
+    assert len(addresses) == 100
+    assert {ipaddress.ip_interface(a).ip for a in addresses} <= set(ipaddress.ip_network(SUBNET_B).hosts())
+    assert len(json.loads(pish("network", "inspect", NET_B, check=True).stdout)[0]["containers"]) == 100
+
+    pish("rm", "-f", *ids, check=True, timeout=600)
+    assert json.loads(pish("network", "inspect", NET_B, check=True).stdout)[0]["containers"] == {}
+    assert not link_exists(NET_B)
+    pish("network", "rm", NET_B, check=True)
+
+
+# -- bad input ---------------------------------------------------------------------------------------
+
+
+def test_bad_input_is_refused_in_one_line_and_changes_nothing(pish: Pish, busybox_tar: Path,
+                                                              clean: None) -> None:
+    img = str(busybox_tar)
+    pish("network", "create", NET_A, "--subnet", SUBNET_A, check=True)
+    cid = pish("run", "-d", "--name", "holder", "--net", "bridge", "--network", NET_A,
+               "--ip", "10.0.6.9/24", img, "sleep", "100", check=True).stdout.strip()
+    cases = [
+        (("network", "create", NET_B, "--subnet", "10.0.6.128/25"), "overlaps network pisht4a"),
+        (("network", "create", NET_B, "--subnet", SUBNET_B, "--gateway", "10.0.8.1"),
+         "gateway 10.0.8.1 is not a usable address of subnet 10.0.7.0/24"),
+        (("network", "create", NET_A, "--subnet", SUBNET_B), "network pisht4a already exists"),
+        (("run", "--net", "bridge", "--network", NET_A, "--ip", "10.0.6.9/24", img, "true"),
+         "--ip 10.0.6.9 is already in use on network pisht4a"),
+        (("run", "--net", "bridge", "--network", NET_A, "--ip", "10.0.9.9/24", img, "true"),
+         "--ip 10.0.9.9 is outside the pool of network pisht4a"),
+        (("run", "--net", "bridge", "--network", "pisht4nope", img, "true"), "network pisht4nope not found"),
+        (("network", "rm", NET_A), "network pisht4a is in use by container(s) holder"),
+        (("run", "-p", "80", "--net", "bridge", "--network", NET_A, img, "true"), "invalid -p '80'"),
+    ]
+    for args, message in cases:
+        before = snapshot(pish)
+        one_line_refusal(pish(*args), message)
+        assert snapshot(pish) == before, args
+    pish("rm", "-f", cid, check=True)
+    pish("network", "rm", NET_A, check=True)
+
+
+# -- the default network, and gc ---------------------------------------------------------------------
+
+
+def test_the_default_network_is_made_on_first_use(pish: Pish, busybox_tar: Path, clean: None) -> None:
+    if link_exists("pish0"):
+        pytest.skip("pish0 is in use on this host")
+    run = pish("run", "--net", "bridge", str(busybox_tar), "ip", "-o", "-4", "addr", "show", "eth0", check=True)
+    assert "10.88.0.2/16" in run.stdout
+    assert "creating bridge pish0 with gateway 10.88.0.1/16" in run.stderr
+    assert not link_exists("pish0")
+    assert "10.88.0.0/16" in pish("network", "ls", check=True).stdout
+    pish("network", "rm", "pish0", check=True)
+    assert "10.88.0.0/16" not in nft_contents().get("subnets", [])
+
+
+def test_gc_releases_what_a_killed_supervisor_held(pish: Pish, busybox_tar: Path, pish_env: Any,
+                                                   clean: None) -> None:
+    pish("network", "create", NET_A, "--subnet", SUBNET_A, check=True)
+    cid = pish("run", "-d", "--net", "bridge", "--network", NET_A, "-p", f"{HOST_PORT}:80",
+               str(busybox_tar), "sleep", "100", check=True).stdout.strip()
+    record = json.loads((pish_env.root / "containers" / cid / "state.json").read_text())
+    assert [r["what"] for r in record["resources"] if r["kind"] == "network"] == [
+        "address", "bridge", "veth", "port"]
+    os.kill(record["supervisor_pid"], signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(record["pid"], signal.SIGKILL)  # it would die with its supervisor (PDEATHSIG) anyway
+    time.sleep(0.2)
+    assert link_exists(NET_A) and ours_left()  # still held: nobody released anything
+
+    assert cid[:12] in pish("gc", check=True).stdout
+    assert ours_left() == []
+    assert json.loads(pish("network", "inspect", NET_A, check=True).stdout)[0]["containers"] == {}
+    pish("network", "rm", NET_A, check=True)
