@@ -8,6 +8,7 @@ error on the way arrives on the same pipe and is printed as one line.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import traceback
 
@@ -39,8 +40,11 @@ def start_detached(spec: ContainerSpec, *, start: bool = True, auto_remove: bool
     os.close(report_w)
     p.journal.close()  # the supervisor's copy of the lock keeps it held
     os.waitpid(pid, 0)
-    with os.fdopen(report_r, "rb") as f:
-        report = f.read().decode(errors="replace")
+    # One read, not until EOF: the container's first process, forked by the supervisor, holds a copy of
+    # the write end until it execs, which for `pish create` is only at `pish start`. The report is one
+    # short write, so it arrives whole; an empty read means the supervisor died first.
+    report = os.read(report_r, 65536).decode(errors="replace")
+    os.close(report_r)
     if report != "ok":
         code, _, message = report.partition(" ")
         error = PishError(message or "the supervisor died while setting up the container")
@@ -65,7 +69,8 @@ def _be_supervisor(p: Prepared, report_fd: int, start: bool) -> None:
     def notify(error: PishError | None) -> None:
         nonlocal report_fd
         if report_fd >= 0:
-            os.write(report_fd, b"ok" if error is None else f"{error.exit_code} {error}".encode())
+            with contextlib.suppress(BrokenPipeError):  # the starter was killed: the container goes on
+                os.write(report_fd, b"ok" if error is None else f"{error.exit_code} {error}".encode())
             os.close(report_fd)
             report_fd = -1
 
