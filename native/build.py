@@ -15,6 +15,7 @@ ffibuilder.set_source(
     '#include "pish_native.h"',
     sources=["native/pish_native.c"],  # relative: setuptools refuses absolute paths
     include_dirs=["native"],
+    libraries=["seccomp"],  # libseccomp builds the seccomp filter (Debian: libseccomp-dev)
 )
 
 if __name__ == "__main__":

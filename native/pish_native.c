@@ -1,7 +1,9 @@
 /* Thin wrappers over the syscalls pish needs and Python lacks: no logic beyond the call. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <linux/capability.h>
 #include <sched.h>
+#include <seccomp.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
@@ -24,4 +26,44 @@ int pish_prctl(int option, unsigned long arg2, unsigned long arg3, unsigned long
                unsigned long arg5) {
     int r = prctl(option, arg2, arg3, arg4, arg5);
     return r < 0 ? -errno : r;
+}
+
+/* Capabilities: ``data`` is the kernel's two struct __user_cap_data_struct (low and high 32 bits), each
+   {effective, permitted, inheritable}, of the calling thread. */
+int pish_capget(uint32_t *data) {
+    struct __user_cap_header_struct hdr = {_LINUX_CAPABILITY_VERSION_3, 0};
+    RET(syscall(SYS_capget, &hdr, data));
+}
+int pish_capset(const uint32_t *data) {
+    struct __user_cap_header_struct hdr = {_LINUX_CAPABILITY_VERSION_3, 0};
+    RET(syscall(SYS_capset, &hdr, data));
+}
+
+/* libseccomp: it compiles the filter, so no BPF is assembled by hand. Its calls already return -errno. */
+void *pish_seccomp_init(uint32_t def_action) { return seccomp_init(def_action); }
+void pish_seccomp_release(void *ctx) { seccomp_release(ctx); }
+uint32_t pish_seccomp_arch_resolve_name(const char *name) { return seccomp_arch_resolve_name(name); }
+int pish_seccomp_arch_add(void *ctx, uint32_t arch) { return seccomp_arch_add(ctx, arch); }
+int pish_seccomp_attr_set(void *ctx, int attr, uint32_t value) { return seccomp_attr_set(ctx, attr, value); }
+int pish_seccomp_syscall_resolve_name(const char *name) { return seccomp_syscall_resolve_name(name); }
+int pish_seccomp_rule_add(void *ctx, uint32_t action, int syscall_nr) {
+    return seccomp_rule_add(ctx, action, syscall_nr, 0);
+}
+int pish_seccomp_rule_add_cmp(void *ctx, uint32_t action, int syscall_nr, unsigned int arg, int op,
+                              uint64_t datum_a, uint64_t datum_b) {
+    return seccomp_rule_add(ctx, action, syscall_nr, 1, SCMP_CMP(arg, op, datum_a, datum_b));
+}
+int pish_seccomp_load(void *ctx) { return seccomp_load(ctx); }
+
+/* The new mount API, for id-mapped mounts: open_tree(2), mount_setattr(2) (``attr`` is a struct
+   mount_attr: attr_set, attr_clr, propagation, userns_fd), move_mount(2). */
+int pish_open_tree(int dfd, const char *path, unsigned int flags) {
+    int r = (int)syscall(SYS_open_tree, dfd, path, flags);
+    return r < 0 ? -errno : r;
+}
+int pish_mount_setattr(int dfd, const char *path, unsigned int flags, const uint64_t *attr, size_t size) {
+    RET(syscall(SYS_mount_setattr, dfd, path, flags, attr, size));
+}
+int pish_move_mount(int from_dfd, const char *from_path, int to_dfd, const char *to_path, unsigned int flags) {
+    RET(syscall(SYS_move_mount, from_dfd, from_path, to_dfd, to_path, flags));
 }

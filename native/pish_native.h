@@ -9,3 +9,18 @@ int pish_setns(int fd, int nstype);
 int pish_sethostname(const char *name, int len);
 int pish_prctl(int option, unsigned long arg2, unsigned long arg3, unsigned long arg4,
                unsigned long arg5);
+int pish_capget(uint32_t *data);
+int pish_capset(const uint32_t *data);
+void *pish_seccomp_init(uint32_t def_action);
+void pish_seccomp_release(void *ctx);
+uint32_t pish_seccomp_arch_resolve_name(const char *name);
+int pish_seccomp_arch_add(void *ctx, uint32_t arch);
+int pish_seccomp_attr_set(void *ctx, int attr, uint32_t value);
+int pish_seccomp_syscall_resolve_name(const char *name);
+int pish_seccomp_rule_add(void *ctx, uint32_t action, int syscall_nr);
+int pish_seccomp_rule_add_cmp(void *ctx, uint32_t action, int syscall_nr, unsigned int arg, int op,
+                              uint64_t datum_a, uint64_t datum_b);
+int pish_seccomp_load(void *ctx);
+int pish_open_tree(int dfd, const char *path, unsigned int flags);
+int pish_mount_setattr(int dfd, const char *path, unsigned int flags, const uint64_t *attr, size_t size);
+int pish_move_mount(int from_dfd, const char *from_path, int to_dfd, const char *to_path, unsigned int flags);

@@ -19,8 +19,9 @@ import termios
 from pathlib import Path
 from typing import NoReturn
 
-from pish_core import mounts, native
-from pish_core.spec import ContainerSpec, Mount, container_env
+from pish_core import mounts, native, user, userns
+from pish_core.security import enforce
+from pish_core.spec import ContainerSpec, Mount, Security, container_env
 
 # The devices a container gets, as docker and runc give them: (name, major, minor).
 DEVICES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0))
@@ -48,7 +49,12 @@ def mount_dev(root: Path) -> None:
     dev = root / "dev"
     dev.mkdir(exist_ok=True)
     native.mount("tmpfs", str(dev), "tmpfs", native.MS_NOSUID, "mode=755,size=65536k")
+    in_userns = userns.running_in_userns()
     for name, major, minor in DEVICES:
+        if in_userns:  # a node made there would not open (its filesystem is nodev): bind the host's
+            (dev / name).touch()
+            native.mount(f"/dev/{name}", str(dev / name), None, native.MS_BIND)
+            continue
         os.mknod(dev / name, 0o666 | 0o020000, os.makedev(major, minor))  # S_IFCHR
         os.chmod(dev / name, 0o666)  # mknod obeys the umask
     (dev / "pts").mkdir()
@@ -70,7 +76,12 @@ def mount_rootfs(root: Path) -> None:
     native.mount("proc", str(root / "proc"), "proc", _NOSUID_NODEV_NOEXEC)
     mount_dev(root)
     (root / "sys").mkdir(exist_ok=True)
-    native.mount("sysfs", str(root / "sys"), "sysfs", _NOSUID_NODEV_NOEXEC | native.MS_RDONLY)
+    try:
+        native.mount("sysfs", str(root / "sys"), "sysfs", _NOSUID_NODEV_NOEXEC | native.MS_RDONLY)
+    except PermissionError:  # a user namespace without a network namespace of its own (--net host)
+        native.mount("/sys", str(root / "sys"), None, native.MS_BIND | native.MS_REC)
+        native.mount(None, str(root / "sys"), None,
+                     native.MS_BIND | native.MS_REMOUNT | native.MS_RDONLY | _NOSUID_NODEV_NOEXEC)
 
 
 def pivot_into(root: Path) -> None:
@@ -79,6 +90,12 @@ def pivot_into(root: Path) -> None:
     native.pivot_root(".", ".")  # stacks the old root under the new one...
     native.umount2(".", native.MNT_DETACH)  # ...and this lazily detaches it
     os.chdir("/")
+
+
+def remount_readonly(root: Path) -> None:
+    """``--read-only``: the root's own bind mount becomes read-only. /proc, /dev, /sys, volumes and tmpfs
+    mounts are mounts of their own on top of it and keep their flags, as with docker."""
+    native.mount(None, str(root), None, native.MS_BIND | native.MS_REMOUNT | native.MS_RDONLY)
 
 
 def exec_command(args: tuple[str, ...], cwd: str, env: dict[str, str]) -> NoReturn:
@@ -130,7 +147,12 @@ def container_main(spec: ContainerSpec, root: Path, go_fd: int, err_fd: int,
         native.sethostname(spec.hostname)
         mount_rootfs(root)
         mounts.apply(root, [*spec.mounts, *extra_mounts])
+        if spec.readonly_rootfs:
+            remount_readonly(root)
+        enforce.confine(root, spec)  # masked and read-only paths, the bounding set
         pivot_into(root)
+        user.become(spec.process.user, spec.process.cwd)
+        enforce.lock_down(spec.security)  # no_new_privs, seccomp, capabilities: last before exec
         exec_command(spec.process.args, spec.process.cwd, container_env(spec))
     except InitError as exc:
         _report(err_fd, exc.code, str(exc))
@@ -139,11 +161,13 @@ def container_main(spec: ContainerSpec, root: Path, go_fd: int, err_fd: int,
 
 
 def joined_main(args: tuple[str, ...], cwd: str, env: dict[str, str], go_fd: int, err_fd: int,
-                stdio: tuple[int, int, int], tty: bool) -> NoReturn:
-    """A process joining a running container (`pish exec`): its namespaces are already entered."""
+                stdio: tuple[int, int, int], tty: bool, sec: Security | None = None) -> NoReturn:
+    """A process joining a running container (`pish exec`): its namespaces are already entered. It gets
+    the container's ``sec`` (capabilities, no_new_privs, seccomp), docker's defaults if none is given."""
     try:
         _await_go(go_fd)
         setup_stdio(stdio, tty)
+        enforce.lock_down(sec or Security())
         exec_command(args, cwd, env)
     except InitError as exc:
         _report(err_fd, exc.code, str(exc))

@@ -31,6 +31,33 @@ MNT_DETACH = 2
 PR_SET_PDEATHSIG = 1
 PR_SET_NO_NEW_PRIVS = 38
 PR_SET_CHILD_SUBREAPER = 36
+PR_SET_KEEPCAPS = 8
+PR_CAPBSET_READ = 23
+PR_CAPBSET_DROP = 24
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+
+# <seccomp.h> (libseccomp)
+SCMP_ACT_ALLOW = 0x7FFF0000
+SCMP_FLTATR_CTL_NNP = 3
+SCMP_CMP_NE = 1
+SCMP_CMP_EQ = 4
+SCMP_CMP_MASKED_EQ = 7
+NR_SCMP_ERROR = -1
+
+
+def SCMP_ACT_ERRNO(err: int) -> int:  # the C macro's name
+    return 0x00050000 | (err & 0xFFFF)
+
+
+# <linux/mount.h>: the new mount API
+AT_FDCWD = -100
+AT_EMPTY_PATH = 0x1000
+AT_RECURSIVE = 0x8000
+OPEN_TREE_CLONE = 1
+OPEN_TREE_CLOEXEC = os.O_CLOEXEC
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+MOUNT_ATTR_IDMAP = 0x00100000
 
 
 def _check(ret: int, what: str, path: str | None = None) -> int:
@@ -70,3 +97,81 @@ def sethostname(name: str) -> None:
 
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
     return _check(lib.pish_prctl(option, arg2, arg3, arg4, arg5), "prctl")
+
+
+# -- capabilities ------------------------------------------------------------------------------------
+
+
+def capget() -> tuple[int, int, int]:
+    """(effective, permitted, inheritable) of this thread, as 64-bit masks."""
+    data = ffi.new("uint32_t[6]")
+    _check(lib.pish_capget(data), "capget")
+    effective, permitted, inheritable = (int(data[i]) | int(data[i + 3]) << 32 for i in range(3))
+    return effective, permitted, inheritable
+
+
+def capset(effective: int, permitted: int, inheritable: int) -> None:
+    data = ffi.new("uint32_t[6]", [(mask >> shift) & 0xFFFFFFFF for shift in (0, 32)
+                                   for mask in (effective, permitted, inheritable)])
+    _check(lib.pish_capset(data), "capset")
+
+
+# -- seccomp, through libseccomp ---------------------------------------------------------------------
+
+
+class SeccompFilter:
+    """A libseccomp filter context: add rules, then ``load`` it into this process."""
+
+    def __init__(self, default_action: int) -> None:
+        self._ctx = lib.pish_seccomp_init(default_action)
+        if self._ctx == ffi.NULL:
+            raise OSError(22, "seccomp_init failed")
+
+    def close(self) -> None:
+        if self._ctx != ffi.NULL:
+            lib.pish_seccomp_release(self._ctx)
+            self._ctx = ffi.NULL
+
+    def add_arch(self, name: str) -> None:
+        arch = lib.pish_seccomp_arch_resolve_name(name.encode())
+        if arch == 0:
+            raise OSError(22, f"libseccomp does not know the architecture {name}")
+        ret = lib.pish_seccomp_arch_add(self._ctx, arch)
+        if ret != -17:  # EEXIST: it is the native one, already there
+            _check(ret, "seccomp_arch_add")
+
+    def set_attr(self, attr: int, value: int) -> None:
+        _check(lib.pish_seccomp_attr_set(self._ctx, attr, value), "seccomp_attr_set")
+
+    def add_rule(self, action: int, syscall: int, arg: int | None = None, op: int = 0,
+                 datum_a: int = 0, datum_b: int = 0) -> None:
+        if arg is None:
+            _check(lib.pish_seccomp_rule_add(self._ctx, action, syscall), "seccomp_rule_add")
+        else:
+            _check(lib.pish_seccomp_rule_add_cmp(self._ctx, action, syscall, arg, op, datum_a, datum_b),
+                   "seccomp_rule_add")
+
+    def load(self) -> None:
+        _check(lib.pish_seccomp_load(self._ctx), "seccomp_load")
+
+
+def seccomp_syscall(name: str) -> int:
+    """The syscall number of ``name`` (negative pseudo-numbers for other-arch-only calls), or NR_SCMP_ERROR."""
+    return int(lib.pish_seccomp_syscall_resolve_name(name.encode()))
+
+
+# -- the new mount API ------------------------------------------------------------------------------
+
+
+def open_tree(path: str, flags: int, dfd: int = AT_FDCWD) -> int:
+    return _check(lib.pish_open_tree(dfd, _c(path), flags), "open_tree", path)
+
+
+def mount_setattr_idmap(fd: int, userns_fd: int, flags: int = AT_EMPTY_PATH) -> None:
+    """Make the detached mount ``fd`` id-mapped through the user namespace ``userns_fd``."""
+    attr = ffi.new("uint64_t[4]", [MOUNT_ATTR_IDMAP, 0, 0, userns_fd])  # struct mount_attr
+    _check(lib.pish_mount_setattr(fd, b"", flags, attr, ffi.sizeof(attr)), "mount_setattr")
+
+
+def move_mount(fd: int, target: str) -> None:
+    _check(lib.pish_move_mount(fd, b"", AT_FDCWD, _c(target), MOVE_MOUNT_F_EMPTY_PATH), "move_mount", target)

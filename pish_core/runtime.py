@@ -22,7 +22,7 @@ from contextlib import AbstractContextManager as ContextManager
 from dataclasses import dataclass
 from types import FrameType
 
-from pish_core import log, paths, proc, state
+from pish_core import log, paths, proc, state, userns
 from pish_core.drivers import Child, Isolation, Limits, Network, RunContext, Storage, load
 from pish_core.errors import Interrupted, PishError
 from pish_core.spec import ContainerSpec, check_image
@@ -72,6 +72,7 @@ class Prepared:
 def prepare(spec: ContainerSpec, *, auto_remove: bool = False) -> Prepared:
     """1. Validate everything, then write the state record (status ``creating``). Nothing else exists yet."""
     check_image(spec.image)
+    userns.check_rootless(spec)  # what needs root, refused in one line when pish runs without it
     drivers = Drivers.for_spec(spec)
     record = state.ContainerState(id=spec.id, name=spec.name, image=spec.image, command=list(spec.process.args),
                                   supervisor_pid=os.getpid(), spec=spec.to_dict(), auto_remove=auto_remove)
@@ -85,6 +86,8 @@ def supervise(p: Prepared, io_cm: ContextManager[ProcessIO], *, wait_for_start: 
     oom = False
     with _signals_handled() as signals, contextlib.ExitStack() as stack:
         try:
+            if paths.rootless():  # pish becomes root of a user namespace of its own (pish_core/userns.py)
+                userns.enter_rootless(spec)
             rootfs = stack.enter_context(p.drivers.storage.mount(ctx))  # 2. the root filesystem
             _stage("storage")
             io = stack.enter_context(io_cm)

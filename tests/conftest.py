@@ -6,6 +6,9 @@
 - ``pish``: ``pish(*args, input=None, timeout=60, check=None)`` runs the CLI in that environment.
 - ``no_leaks``: snapshots the host before the test and fails it if mounts, cgroups, links, netns,
   container records, layers or ``/tmp/pish*`` dirs differ afterwards.
+- ``leaks``: the same snapshot judged only on what the test made (``tests/helpers/leaks.py``), for tests
+  that run while other test runs on this machine start containers too; set up by the ``leak_check``
+  marker.
 
 Tests marked ``integration`` (declared in pyproject.toml) are skipped unless run as root.
 """
@@ -24,6 +27,15 @@ sys.path.insert(0, str(Path(__file__).parent))  # `helpers` is importable under 
 
 from helpers import run_pish
 from helpers.hostsnap import HostSnapshot, assert_same, snapshot
+from helpers.leaks import LeakCheck
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "leak_check(bridge=None, at_teardown=False): how the `leaks` fixture judges the test: `bridge` names "
+        "the one bridge it may make, `at_teardown` checks the host once more after the test",
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -85,3 +97,30 @@ def no_leaks(pish_env: PishEnv) -> Iterator[HostSnapshot]:
     before = snapshot(run_root=pish_env.root, lib_root=pish_env.lib)
     yield before
     assert_same(before)
+
+
+@pytest.fixture
+def leaks(pish_env: PishEnv, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[LeakCheck]:
+    """A ``LeakCheck`` of this test: the host snapshot judged only on what the test made.
+
+    ``leaks.assert_clean()`` fails unless the host is back to the snapshot; a test calls it where that must
+    hold. The ``leak_check`` marker (on the test or its module) sets the check up: ``bridge=NAME`` counts
+    that bridge as the test's, and ``at_teardown=True`` makes the fixture call ``assert_clean()`` after the
+    test too. If the test left anything (it failed half-way), that is removed afterwards: after the check,
+    so nothing is hidden from it.
+    """
+    marker = request.node.get_closest_marker("leak_check")
+    options = dict(marker.kwargs) if marker else {}
+    bridge = options.pop("bridge", None)
+    at_teardown = options.pop("at_teardown", False)
+    if marker and (options or marker.args):
+        raise pytest.UsageError(f"leak_check takes bridge= and at_teardown=, not {marker.args} {options}")
+    check = LeakCheck(pish_env.root, pish_env.lib, scope=tmp_path, bridges=[bridge] if bridge else [])
+    try:
+        yield check
+        if at_teardown:
+            check.assert_clean()
+    finally:
+        check.close()
+        if check.leftovers():
+            check.clean_up()

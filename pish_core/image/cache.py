@@ -1,52 +1,89 @@
-"""The image cache: a rootfs tar is unpacked once, then shared read-only by every container using it.
+"""What ``pish run IMAGE`` names, resolved: an imported image, or a path imported on the way.
 
-The key is a digest of the tar's identity on disk (path, size, mtime, inode): cheap to compute on every
-run and changed by any rewrite of the file. A directory image is used in place, not copied.
+- A name, id or id prefix: an image of the store (``pish image import``).
+- A plain rootfs directory: used in place, as the lower layer, never copied.
+- Anything else at a path (a rootfs tar, an OCI layout, a ``docker save`` archive): imported into the
+  store, keyed by content, so a second run, or a run of the same bytes at another path, unpacks nothing.
+
+Hashing a 170 MB tar takes ~130 ms, too much for every run, so a fast pre-check goes in front of the content
+hash: the file's identity (path, device, inode, size, mtime and ctime; ctime cannot be set by hand) is
+remembered with the image it gave. Only when that identity changes is the file hashed again, and only
+when the hash is new is anything unpacked.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import os
-import shutil
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from pish_core import log, paths
+from pish_core import paths
 from pish_core.errors import ImageError
-from pish_core.image.unpack import unpack_tar
-from pish_core.state import flocked
+from pish_core.image import store
+from pish_core.state import write_json_atomic
 
-_log = log.get("storage")
+if TYPE_CHECKING:
+    from pish_core.spec import ContainerSpec
 
 
-def cache_key(archive: Path) -> str:
-    st = archive.stat()
-    ident = f"{archive.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}"
+@dataclass
+class Resolved:
+    image_id: str  # "" for a directory used in place
+    layers: list[Path]  # bottom first
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+def _identity(path: Path) -> str:
+    """A digest of what a path is on disk now; any rewrite of it changes this."""
+    probe = path
+    if path.is_dir():  # an image layout: its index (rewritten whenever an image is added) stands for it
+        probe = path / ("index.json" if (path / "index.json").exists() else "manifest.json")
+    st = probe.stat()
+    ident = f"{probe.resolve()}\0{st.st_dev}\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}"
     return hashlib.sha256(ident.encode()).hexdigest()
 
 
-def rootfs_for(image: str) -> Path:
-    """A read-only root filesystem directory for ``image`` (a rootfs tar or directory)."""
-    src = Path(image)
-    if src.is_dir():
-        return src.resolve()
-    if not src.is_file():
-        raise ImageError(f"image {image!r} not found")
-    key = cache_key(src)
-    done = paths.images_dir() / key / "rootfs"
-    if done.is_dir():
-        return done
-    with flocked(paths.images_dir() / f"{key}.lock"):
-        if done.is_dir():  # another run unpacked it while we waited
-            return done
-        tmp = paths.images_dir() / key / f"rootfs.{os.getpid()}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        _log.info("unpacking image %s into %s", src, done.parent)
-        try:
-            unpack_tar(src, tmp)
-        except BaseException:
-            shutil.rmtree(tmp.parent, ignore_errors=True)
-            raise
-        tmp.rename(done)
-    (paths.images_dir() / f"{key}.lock").unlink(missing_ok=True)
-    return done
+def _remembered(key: str) -> store.Image | None:
+    try:
+        image_id = json.loads(paths.image_source(key).read_text())["image"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return store.get(str(image_id))
+
+
+def resolve(image: str) -> Resolved:
+    path = Path(image)
+    if not path.exists():
+        named = store.lookup(image)
+        return Resolved(named.id, named.layer_dirs(), named.config)
+    from pish_core.image import oci
+
+    if path.is_dir() and oci.kind_of(path) == "rootfs-dir":
+        return Resolved("", [path.resolve()])
+    key = _identity(path)
+    img = _remembered(key)
+    if img is not None:
+        return Resolved(img.id, img.layer_dirs(), img.config)
+    imported = store.import_path(path)
+    if len(imported) != 1:
+        raise ImageError(f"{path} holds {len(imported)} images: import it with `pish image import` "
+                         f"and run one of them by name")
+    paths.image_sources_dir().mkdir(parents=True, exist_ok=True)
+    write_json_atomic(paths.image_source(key), {"image": imported[0].id, "path": str(path.resolve())})
+    return Resolved(imported[0].id, imported[0].layer_dirs(), imported[0].config)
+
+
+@contextlib.contextmanager
+def layers_for(spec: ContainerSpec) -> Iterator[Resolved]:
+    """The image of a container, held (no ``pish image rm`` meanwhile) while the storage driver mounts it."""
+    with store.reading():
+        if spec.image_id:
+            img = store.get(spec.image_id)
+            if img is None:
+                raise ImageError(f"image {spec.image} (sha256:{spec.image_id[:12]}) was removed")
+            yield Resolved(img.id, img.layer_dirs(), img.config)
+        else:
+            yield resolve(spec.image)

@@ -4,15 +4,30 @@ A rootfs legitimately holds absolute symlinks (``/bin/sh -> /bin/busybox``): the
 container's root is ``/``. What is not fine is anything that makes the *unpacking* touch the host:
 a member named ``../x`` or ``/etc/x``, a member written *through* a symlink the archive planted earlier,
 a hard link to a file outside the tree, or a device node. Each is refused, naming the member.
+
+An image layer is unpacked the same way, from a stream (``unpack_stream``), with its OCI whiteouts turned
+into overlayfs ones as it goes (see ``whiteout.py``): the layer directory is then an overlayfs lower layer
+as it stands.
 """
 from __future__ import annotations
 
 import os
 import posixpath
 import tarfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from pish_core.errors import ImageError
+from pish_core.image import whiteout
+
+
+@dataclass
+class UnpackStats:
+    entries: int = 0
+    file_bytes: int = 0  # the sizes of the regular files written
+    whiteouts: int = 0
+    data_end: int = 0  # where the data of the last member ends in the tar stream
 
 
 def _inside(name: str, member: str) -> str:
@@ -46,21 +61,113 @@ def _check(member: tarfile.TarInfo, dest: Path) -> str:
     return rel
 
 
-def unpack_tar(archive: Path, dest: Path) -> None:
+def unpack_tar(archive: Path, dest: Path, *, whiteouts: bool = False) -> UnpackStats:
     """Extract ``archive`` into the existing directory ``dest``, keeping numeric owners and modes."""
     try:
         with tarfile.open(archive) as tar:
-            for member in tar:
-                rel = _check(member, dest)
-                target = dest / rel
-                if rel == "." or (member.isdir() and target.is_dir() and not target.is_symlink()):
-                    continue
-                if os.path.lexists(target):
-                    if target.is_dir() and not target.is_symlink():
-                        raise ImageError(f"refusing tar member {member.name!r}: it would replace a directory")
-                    # A later member replaces an earlier one (a directory replacing a symlink too): never
-                    # write, chmod or chown through what the archive planted before.
-                    os.unlink(target)
-                tar.extract(member, dest, set_attrs=True, numeric_owner=True, filter="fully_trusted")
-    except (tarfile.TarError, OSError) as exc:
+            return _unpack(tar, dest, whiteouts)
+    except (tarfile.TarError, OSError, EOFError) as exc:
         raise ImageError(f"cannot unpack image {archive}: {exc}") from None
+
+
+def unpack_stream(stream: IO[bytes], dest: Path, *, what: str, whiteouts: bool = True) -> UnpackStats:
+    """Extract the tar read from ``stream`` (uncompressed, read once, front to back) into ``dest``."""
+    padded = _EndPadded(stream)
+    try:
+        with tarfile.open(fileobj=padded, mode="r|") as tar:  # type: ignore[call-overload]
+            stats = _unpack(tar, dest, whiteouts)
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise ImageError(f"cannot unpack {what}: {exc}") from None
+    if padded.real < stats.data_end:
+        raise ImageError(f"cannot unpack {what}: it is truncated (the data of its last member is cut short)")
+    return stats
+
+
+class _EndPadded:
+    """A tar stream that may stop right after its last member's data, without the padding and the two
+    end-of-archive blocks: Go's archive/tar reads those as complete, and umoci's ``insert`` writes them.
+    Zeros stand in for what is missing; the caller checks that no member's data was cut."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self.raw = raw
+        self.real = 0
+        self.padding: bytes | None = None
+
+    def read(self, n: int = -1) -> bytes:
+        if self.padding is None:
+            data = self.raw.read(n)
+            if data or n == 0:
+                self.real += len(data)
+                return data
+            self.padding = b"\0" * ((-self.real) % tarfile.BLOCKSIZE + 2 * tarfile.BLOCKSIZE)
+        if n < 0:
+            n = len(self.padding)
+        data, self.padding = self.padding[:n], self.padding[n:]
+        return data
+
+
+def _unpack(tar: tarfile.TarFile, dest: Path, whiteouts: bool) -> UnpackStats:
+    stats = UnpackStats()
+    made: set[str] = set()  # directories made as parents of a whiteout: their own member may follow
+    dirs: list[tuple[Path, float]] = []
+    for member in tar:
+        rel = _check(member, dest)
+        stats.entries += 1
+        stats.data_end = member.offset_data + (member.size if member.isreg() else 0)
+        if whiteouts and _whiteout(member, rel, dest, made):
+            stats.whiteouts += 1
+            continue
+        target = dest / rel
+        if rel == "." or (member.isdir() and target.is_dir() and not target.is_symlink()):
+            if rel in made:
+                os.lchown(target, member.uid, member.gid)
+                os.chmod(target, member.mode & 0o7777)
+            continue
+        if os.path.lexists(target):
+            if target.is_dir() and not target.is_symlink():
+                raise ImageError(f"refusing tar member {member.name!r}: it would replace a directory")
+            # A later member replaces an earlier one (a directory replacing a symlink too): never
+            # write, chmod or chown through what the archive planted before.
+            os.unlink(target)
+        tar.extract(member, dest, set_attrs=True, numeric_owner=True, filter="fully_trusted")
+        if member.isreg():
+            stats.file_bytes += member.size
+        elif member.isdir():
+            dirs.append((target, member.mtime))
+    for target, mtime in reversed(dirs):  # what was written into a directory changed its mtime: restore it
+        os.utime(target, (mtime, mtime), follow_symlinks=False)
+    return stats
+
+
+def _whiteout(member: tarfile.TarInfo, rel: str, dest: Path, made: set[str]) -> bool:
+    """Turn an OCI whiteout member into an overlayfs one; False if ``member`` is no whiteout."""
+    parts = rel.split("/")
+    if any(whiteout.is_marker(p) for p in parts[:-1]):
+        raise ImageError(f"refusing tar member {member.name!r}: a whiteout cannot have entries below it")
+    if not whiteout.is_marker(parts[-1]):
+        return False
+    parent = _parent_dirs(dest, parts[:-1], member.name, made)
+    name = whiteout.deleted_name(parts[-1])
+    if name is None:
+        whiteout.make_opaque(parent)
+        return True
+    if name in ("", ".", ".."):
+        raise ImageError(f"refusing tar member {member.name!r}: it whites out no valid name")
+    target = parent / name
+    if not os.path.lexists(target):  # an entry this layer ships itself wins over its whiteout
+        whiteout.make_whiteout(target)
+    return True
+
+
+def _parent_dirs(dest: Path, parts: list[str], member: str, made: set[str]) -> Path:
+    """Make the missing directories ``parts`` below ``dest`` (0755, root), never through a symlink."""
+    cur = dest
+    for i, part in enumerate(parts):
+        cur = cur / part
+        if cur.is_symlink() or (os.path.lexists(cur) and not cur.is_dir()):
+            raise ImageError(f"refusing tar member {member!r}: {'/'.join(parts[:i + 1])!r} is not a directory")
+        if not cur.exists():
+            cur.mkdir(mode=0o755)
+            os.chmod(cur, 0o755)
+            made.add("/".join(parts[:i + 1]))
+    return cur

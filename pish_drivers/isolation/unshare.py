@@ -16,11 +16,11 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from pish_core import log, native, proc
+from pish_core import log, native, proc, userns
 from pish_core.drivers import Child, Isolation, RunContext
 from pish_core.errors import ExecError, PishError
 from pish_core.init import container_main, joined_main
-from pish_core.spec import Mount
+from pish_core.spec import ContainerSpec, Mount, Security, UserNamespace
 
 _log = log.get("isolation")
 
@@ -80,7 +80,13 @@ class UnshareIsolation(Isolation):
         def in_child(go_fd: int, err_fd: int) -> NoReturn:
             container_main(ctx.spec, rootfs, go_fd, err_fd, stdio, tty)
 
-        child = _fork_twice(lambda: native.unshare(flags), in_child, "cannot create namespaces")
+        if ctx.spec.userns.private:  # --userns: a user namespace first, mapped by us, owning the others
+            namespaces.insert(0, "user")
+            sync = _UsernsSync(ctx.spec.userns)
+            child = _fork_twice(lambda: sync.in_middle(flags), in_child, "cannot create namespaces",
+                                with_middle=sync.in_parent)
+        else:
+            child = _fork_twice(lambda: native.unshare(flags), in_child, "cannot create namespaces")
         record = ctx.journal.add("isolation", self.name, "process", pid=child.pid, start=proc.start_time(child.pid))
         _log.info("started container process %d in new namespaces (%s)", child.pid, ", ".join(namespaces))
         try:
@@ -93,14 +99,21 @@ class UnshareIsolation(Isolation):
     def enter(self, pid: int, args: tuple[str, ...], cwd: str, env: dict[str, str], *,
               stdio: tuple[int, int, int] = (0, 1, 2), tty: bool = False) -> Iterator[Child]:
         # Open every namespace first: once we are in the container's mount namespace, /proc/PID may differ.
-        fds = [os.open(f"/proc/{pid}/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC) for ns in JOIN_ORDER]
+        # The container's user namespace, if it is not ours, comes first: it owns the others.
+        own_userns = os.stat(f"/proc/{pid}/ns/user").st_ino == os.stat("/proc/self/ns/user").st_ino
+        order = JOIN_ORDER if own_userns else ("user", *JOIN_ORDER)
+        fds = [os.open(f"/proc/{pid}/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC) for ns in order]
+        sec = _security_of(pid)
 
         def join() -> None:
-            for fd in fds:
+            for number, fd in enumerate(fds):
                 native.setns(fd, 0)
+                if number == 0 and not own_userns:  # now, while /proc is still ours to read
+                    userns.become_root()
+            native.prctl(native.PR_SET_KEEPCAPS, 1)  # see pish_core/security: lock_down decides
 
         def in_child(go_fd: int, err_fd: int) -> NoReturn:
-            joined_main(args, cwd, env, go_fd, err_fd, stdio, tty)
+            joined_main(args, cwd, env, go_fd, err_fd, stdio, tty, sec)
 
         try:
             child = _fork_twice(join, in_child, "cannot join the container's namespaces")
@@ -125,11 +138,58 @@ class UnshareIsolation(Isolation):
 JOIN_ORDER = ("ipc", "uts", "net", "pid", "mnt")
 
 
+class _UsernsSync:
+    """The handshake that maps a new user namespace: the intermediate unshares CLONE_NEWUSER and says
+    so; we (host root, outside it) write its uid_map and gid_map and say so; it becomes the namespace's
+    root and unshares the other namespaces, which the user namespace then owns."""
+
+    def __init__(self, ns: UserNamespace) -> None:
+        self.ns = ns
+        self.ready_r, self.ready_w = os.pipe()
+        self.mapped_r, self.mapped_w = os.pipe()
+
+    def in_middle(self, flags: int) -> None:
+        os.close(self.ready_r)
+        os.close(self.mapped_w)
+        native.unshare(native.CLONE_NEWUSER)
+        os.write(self.ready_w, b"u")
+        os.close(self.ready_w)
+        if os.read(self.mapped_r, 1) != b"m":
+            raise PishError("pish did not map the user namespace")
+        os.close(self.mapped_r)
+        userns.become_root()
+        native.unshare(flags)
+
+    def in_parent(self, middle: int) -> None:
+        os.close(self.ready_w)
+        os.close(self.mapped_r)
+        try:
+            if os.read(self.ready_r, 1) == b"u":  # else it failed first, and reports why on its error pipe
+                try:
+                    userns.write_maps(middle, self.ns)
+                except OSError as exc:
+                    raise PishError(f"cannot map the user namespace of process {middle}: {exc.strerror}") from None
+                os.write(self.mapped_w, b"m")
+        finally:
+            os.close(self.ready_r)
+            os.close(self.mapped_w)
+
+
+def _security_of(pid: int) -> Security | None:
+    """The security settings of the container whose first process is ``pid``, from its state record."""
+    from pish_core import state
+
+    for s in state.list_all():
+        if s.pid == pid and s.spec:
+            return ContainerSpec.from_dict(s.spec).security
+    return None
+
+
 def _fork_twice(in_middle: Callable[[], None], in_child: Callable[[int, int], NoReturn],
-                failure: str) -> ForkedChild:
+                failure: str, with_middle: Callable[[int], None] | None = None) -> ForkedChild:
     """Fork an intermediate process that runs ``in_middle`` (enter namespaces), then forks the real child
     (which runs ``in_child(go_fd, err_fd)``), reports its pid and exits. We are a subreaper, so the child
-    becomes ours to wait for."""
+    becomes ours to wait for. ``with_middle(pid)`` is our side of any handshake with the intermediate."""
     native.prctl(native.PR_SET_CHILD_SUBREAPER, 1)
     go_r, go_w = os.pipe()
     pid_r, pid_w = os.pipe()
@@ -153,6 +213,15 @@ def _fork_twice(in_middle: Callable[[], None], in_child: Callable[[int, int], No
             os._exit(125)
     for fd in (go_r, pid_w, err_w):
         os.close(fd)
+    if with_middle is not None:
+        try:
+            with_middle(middle)
+        except BaseException:
+            os.kill(middle, signal.SIGKILL)
+            os.waitpid(middle, 0)
+            for fd in (go_w, pid_r, err_r):
+                os.close(fd)
+            raise
     os.waitpid(middle, 0)
     raw = _read_all(pid_r)
     os.close(pid_r)

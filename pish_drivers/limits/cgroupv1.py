@@ -10,6 +10,10 @@ How cgroup v1 works:
 - A limit is a file in that directory: ``memory.limit_in_bytes``, ``cpu.cfs_quota_us``, ``pids.max``...
 - A process joins by writing its pid to ``cgroup.procs``; what it forks is born in the same cgroups.
 - ``rmdir`` deletes a cgroup once no process is left in it.
+
+The ``devices`` controller, when mounted, holds the container's device allowlist
+(``pish_core/security/devices.py``): every device denied, then the few a container's /dev has allowed,
+as runc does; ``--privileged`` allows them all.
 """
 
 from __future__ import annotations
@@ -49,6 +53,8 @@ NAME = "cgroupv1"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 #: The controllers every container gets a directory in; ``--limit`` may add others (blkio, devices...).
 CONTROLLERS = ("memory", "cpu", "cpuacct", "cpuset", "pids", "freezer")
+#: Used when mounted: the device allowlist.
+DEVICES = "devices"
 
 
 def hierarchies() -> dict[str, Path]:
@@ -141,7 +147,8 @@ class CgroupV1Limits(Limits):
     def apply(self, ctx: RunContext, pid: int) -> Iterator[Group]:
         res = ctx.spec.resources
         mounted = hierarchies()
-        controllers = dict.fromkeys([*CONTROLLERS, *(c for c, _, _ in res.extra)])  # ordered, no repeats
+        devices = [DEVICES] if DEVICES in mounted else []
+        controllers = dict.fromkeys([*CONTROLLERS, *devices, *(c for c, _, _ in res.extra)])  # ordered, no repeats
         dirs = {c: mounted[c] / names.cgroup_name(ctx.id) for c in controllers}
         unique = list(dict.fromkeys(dirs.values()))
         # Journal first: if we die half-way, `pish gc` finds the record and removes what was made.
@@ -155,6 +162,8 @@ class CgroupV1Limits(Limits):
                 cgroup.mkdir(exist_ok=True)
                 if controller == "cpuset":
                     _inherit_cpuset(cgroup)
+            if DEVICES in dirs:
+                _allow_devices(dirs[DEVICES], ctx.spec.security.privileged)
             _set_limits(dirs, res)
             log.debug("adding pid %d to cgroup %s", pid, label(unique[0]))
             for cgroup in unique:
@@ -186,6 +195,19 @@ class CgroupV1Limits(Limits):
                 _freeze(freezer, "THAWED", deadline)
         kill_all(everything, deadline, NAME)
         remove_dirs(everything, deadline, NAME)
+
+
+def _allow_devices(cgroup: Path, privileged: bool) -> None:
+    """The device allowlist: deny everything, then allow the container's own nodes (all: --privileged)."""
+    from pish_core.security import devices
+
+    if privileged:
+        write(cgroup / "devices.allow", devices.ALLOW_ALL, NAME)
+        return
+    log.debug("allowing devices %s", ", ".join(devices.ALLOWLIST))
+    write(cgroup / "devices.deny", "a", NAME)
+    for rule in devices.ALLOWLIST:
+        write(cgroup / "devices.allow", rule, NAME)
 
 
 def _set_limits(dirs: dict[str, Path], res: Resources) -> None:

@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pish_core import log, native, paths
+from pish_core import log, native, paths, userns
 from pish_core.drivers import RunContext, Storage
-from pish_core.image.cache import rootfs_for
+from pish_core.image.cache import layers_for
 
 _log = log.get("storage")
 
@@ -29,20 +30,24 @@ class OverlayStorage(Storage):
             filesystems = Path("/proc/filesystems").read_text()
         except OSError as exc:
             return f"cannot read /proc/filesystems: {exc}"
-        return None if "\toverlay\n" in filesystems else "the kernel has no overlayfs (try modprobe overlay)"
+        if "\toverlay\n" in filesystems:
+            return None
+        return ("overlayfs is missing: the kernel does not list it in /proc/filesystems "
+                "(load it with `modprobe overlay`, or use --storage copy)")
 
     @contextlib.contextmanager
     def mount(self, ctx: RunContext) -> Iterator[Path]:
-        lower = rootfs_for(ctx.spec.image)
         layer = paths.layer_dir(ctx.id)
         record = ctx.journal.add("storage", self.name, "overlay", layer=str(layer))
         try:
             for sub in ("upper", "work", "merged"):
                 (layer / sub).mkdir(parents=True, exist_ok=True)
             merged = layer / "merged"
-            _log.info("mounting overlay on %s", merged)
-            native.mount("overlay", str(merged), "overlay", 0,
-                         f"lowerdir={lower},upperdir={layer / 'upper'},workdir={layer / 'work'}")
+            with layers_for(ctx.spec) as image:  # the store is held: no `pish image rm` while mounting
+                ctx.journal.update(record, image=image.image_id)
+                _log.info("mounting overlay on %s", merged)
+                lowers = userns.mapped_lowers(ctx.spec.userns, image.layers, layer)  # id-mapped: --userns
+                mount_overlay(merged, lowers, layer / "upper", layer / "work")
             yield merged
         finally:
             self.release(record)
@@ -57,6 +62,35 @@ class OverlayStorage(Storage):
         except OSError as exc:
             if exc.errno not in (errno.EINVAL, errno.ENOENT):  # not mounted, or already gone
                 raise
+        userns.release_lowers(layer)  # id-mapped image views (--userns), before the layer is removed
         if layer.exists():
             shutil.rmtree(layer, ignore_errors=True)
             _log.info("removed %s", layer)
+
+
+def _escape(path: Path) -> str:
+    return str(path).replace("\\", "\\\\").replace(":", "\\:").replace(",", "\\,")
+
+
+def mount_overlay(merged: Path, lowers: list[Path], upper: Path, work: Path) -> None:
+    """Mount ``lowers`` (the image's layers, bottom first) as overlay lower layers, top first.
+
+    The options must fit in a page: with many layers, the store's paths are given relative to the layer
+    store (the kernel resolves them against the mounting process's working directory).
+    """
+    def options(lower_names: list[str]) -> str:
+        return f"lowerdir={':'.join(reversed(lower_names))},upperdir={_escape(upper)},workdir={_escape(work)}"
+
+    data = options([_escape(p) for p in lowers])
+    if len(data) < 4000:
+        native.mount("overlay", str(merged), "overlay", 0, data)
+        return
+    store = paths.layers_dir()
+    rel = [_escape(p.relative_to(store)) if p.is_relative_to(store) else _escape(p) for p in lowers]
+    old_cwd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.chdir(store)
+        native.mount("overlay", str(merged), "overlay", 0, options(rel))
+    finally:
+        os.fchdir(old_cwd)
+        os.close(old_cwd)

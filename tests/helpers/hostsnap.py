@@ -95,22 +95,35 @@ def snapshot(run_root: Path | None = None, lib_root: Path | None = None) -> Host
     )
 
 
-_FIELDS = ("mounts", "cgroups", "links", "netns", "containers", "layers", "tmp")
+FIELDS = ("mounts", "cgroups", "links", "netns", "containers", "layers", "tmp")
+
+
+@dataclasses.dataclass(frozen=True)
+class Change:
+    """One entry that differs between two snapshots."""
+
+    field: str  # one of FIELDS
+    how: str  # "left behind" (only in the later snapshot) or "gone" (only in the earlier one)
+    item: str
+
+    def __str__(self) -> str:
+        return f"  {self.field}: {self.how:<13}{self.item}"
+
+
+def changes(before: HostSnapshot, after: HostSnapshot) -> list[Change]:
+    """Every entry that differs between two snapshots, field by field, what was left behind first."""
+    out = []
+    for name in FIELDS:
+        old = collections.Counter(getattr(before, name))
+        new = collections.Counter(getattr(after, name))
+        out.extend(Change(name, "left behind", item) for item in sorted((new - old).elements()))
+        out.extend(Change(name, "gone", item) for item in sorted((old - new).elements()))
+    return out
 
 
 def diff(before: HostSnapshot, after: HostSnapshot) -> str:
     """A readable account of what changed between two snapshots; empty when nothing did."""
-    lines = []
-    for name in _FIELDS:
-        old = collections.Counter(getattr(before, name))
-        new = collections.Counter(getattr(after, name))
-        left = sorted((new - old).elements())
-        gone = sorted((old - new).elements())
-        for item in left:
-            lines.append(f"  {name}: left behind  {item}")
-        for item in gone:
-            lines.append(f"  {name}: gone         {item}")
-    return "\n".join(lines)
+    return "\n".join(str(change) for change in changes(before, after))
 
 
 def assert_same(before: HostSnapshot, after: HostSnapshot | None = None, timeout: float = 5.0) -> None:

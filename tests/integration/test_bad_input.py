@@ -10,16 +10,17 @@ way, before the image is imported.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 from helpers import run_pish
-from test_run_leaks import BRIDGE_PATH, TEST_BRIDGE, leaks_fixture  # noqa: F401  (the `leaks` fixture)
+from helpers.containers import tree
+from helpers.leaks import RUN_BRIDGE, bridge_path, fail_if_bridge_exists
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.leak_check(bridge=RUN_BRIDGE)]
 
-ON_BRIDGE = ("--net", "bridge", "--network", TEST_BRIDGE)
+BRIDGE_PATH = bridge_path(RUN_BRIDGE)
+ON_BRIDGE = ("--net", "bridge", "--network", RUN_BRIDGE)
 
 CASES = {
     # names that could escape a directory or break a derived name
@@ -80,11 +81,6 @@ def warm_lib(busybox_tar: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     return top / "pish-lib"
 
 
-def tree(top: Path) -> list[str]:
-    """Every path below ``top``, so two listings show whether anything was made or removed."""
-    return sorted(os.path.join(d, n) for d, dirs, files in os.walk(top) for n in dirs + files)
-
-
 def assert_refused(proc, expected: str) -> None:
     lines = proc.stderr.splitlines()
     assert proc.returncode == 125, f"exit {proc.returncode}; stderr: {proc.stderr!r}"
@@ -105,8 +101,7 @@ def assert_nothing_created(pish_env, leaks) -> None:
 
 @pytest.mark.parametrize(("args", "expected"), CASES.values(), ids=CASES.keys())
 def test_bad_input(pish_env, image, warm_lib, leaks, args, expected):
-    if BRIDGE_PATH.exists():
-        pytest.fail(f"{TEST_BRIDGE} exists before the test: a previous run left it (ip link del {TEST_BRIDGE})")
+    fail_if_bridge_exists(RUN_BRIDGE)
     store = tree(warm_lib)
     proc = run_pish("run", *args, image, "true", env={"PISH_ROOT": str(pish_env.root), "PISH_LIB": str(warm_lib)})
     assert_refused(proc, expected)

@@ -6,102 +6,22 @@ the names lock, and for cgroup parents; the removals race for the last-one-out d
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import re
 import subprocess
-import threading
-import time
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
 from helpers import pish_command
-from helpers.hostsnap import diff, snapshot
+from helpers.containers import ID_RE, ps_json
+from helpers.leaks import LIFECYCLE_BRIDGE as BRIDGE
+from helpers.leaks import bridge_path, skip_if_bridge_in_use
 
-pytestmark = [pytest.mark.integration, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
+pytestmark = [pytest.mark.integration, pytest.mark.skipif(os.geteuid() != 0, reason="needs root"),
+              pytest.mark.leak_check(bridge=BRIDGE, at_teardown=True)]
 
-BRIDGE = "pisht3"  # the one bridge this test run may use (other runs on this machine use others)
+BRIDGE_PATH = bridge_path(BRIDGE)
 SUBNET = "10.0.5"
 N = 20
-
-# -- the leak check ----------------------------------------------------------------------------------
-#
-# The conftest's `no_leaks` compares the whole host, but other test runs on this machine start containers
-# and mount things at the same time. `leaks` takes the same snapshot (tests/helpers/hostsnap.py) and
-# judges only what this test can have made: entries naming one of its containers (pish/<id>,
-# pv<id[:11]>), under its tmp_path (PISH_ROOT, PISH_LIB, the overlay mounts), or the pisht3 bridge; and
-# all of its container records and layers. A thread collects the ids from PISH_ROOT and PISH_LIB: pish
-# writes a record before it acquires anything and keeps it until all is released, so none is missed.
-
-BRIDGE_PATH = Path("/sys/class/net") / BRIDGE
-ID_RE = re.compile(r"[0-9a-f]{64}")
-
-
-class Leaks:
-    def __init__(self, pish_env: Any) -> None:
-        self.env = pish_env
-        self.ids: set[str] = set()
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self.bridge_existed = BRIDGE_PATH.exists()
-        self.before = snapshot(run_root=pish_env.root, lib_root=pish_env.lib)
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-        self._thread.start()
-
-    def scan(self) -> None:
-        for d in (self.env.root / "containers", self.env.lib / "containers"):
-            with contextlib.suppress(OSError), self._lock:
-                self.ids.update(n for n in os.listdir(d) if ID_RE.fullmatch(n))
-
-    def _watch(self) -> None:
-        while not self._stop.wait(0.005):
-            self.scan()
-
-    def leftovers(self) -> list[str]:
-        """hostsnap's diff against the first snapshot, only the lines about what this test made."""
-        self.scan()
-        with self._lock:
-            marks = [str(self.env.root.parent) + "/", str(BRIDGE_PATH), *(cid[:11] for cid in self.ids)]
-        return [line for line in diff(self.before, self.before.retake()).splitlines()
-                if line.split(":")[0].strip() in ("containers", "layers") or any(m in line for m in marks)]
-
-    def assert_clean(self, timeout: float = 5.0) -> None:
-        """Wait up to ``timeout`` s for asynchronous teardown (a safety net, not a timing assertion)."""
-        deadline = time.monotonic() + timeout
-        while (left := self.leftovers()) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not left, "the host changed:\n" + "\n".join(left)
-
-    def clean_up(self) -> None:
-        """After a failure: remove what this test left, so the next one starts from a clean host."""
-        env = {**os.environ, **self.env.env}
-        with self._lock:
-            ids = sorted(self.ids)
-        for cid in ids:
-            if (self.env.root / "containers" / cid).exists():
-                subprocess.run([*pish_command(), "rm", "-f", cid], env=env, capture_output=True, check=False,
-                               timeout=60)
-        subprocess.run([*pish_command(), "gc"], env=env, capture_output=True, check=False, timeout=60)
-        if BRIDGE_PATH.exists() and not self.bridge_existed:
-            subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True, check=False, timeout=30)
-
-
-@pytest.fixture
-def leaks(pish_env: Any) -> Iterator[Leaks]:
-    """Fail the test if it leaves anything of its own on the host; clean up after it either way."""
-    check = Leaks(pish_env)
-    try:
-        yield check
-        check.assert_clean()
-    finally:
-        check._stop.set()
-        check._thread.join()
-        if check.leftovers():
-            check.clean_up()
-
 
 # -- the test ----------------------------------------------------------------------------------------
 
@@ -122,8 +42,7 @@ def start_all(argvs: list[list[str]], env: dict[str, str]) -> list[subprocess.Co
 
 
 def test_twenty_runs_then_twenty_removals_at_once(pish, pish_env, busybox_tar, leaks):
-    if BRIDGE_PATH.exists():
-        pytest.skip(f"bridge {BRIDGE} exists already: another test run is using it")
+    skip_if_bridge_in_use(BRIDGE)
     env = {**os.environ, **pish_env.env}
     pish("run", "--net", "none", str(busybox_tar), "true", check=True)  # unpack the image once, up front
 
@@ -138,7 +57,7 @@ def test_twenty_runs_then_twenty_removals_at_once(pish, pish_env, busybox_tar, l
     assert all(ID_RE.fullmatch(cid) for cid in ids), ids
     assert len(set(ids)) == N
 
-    rows = {row["id"]: row for row in json.loads(pish("ps", "--json", check=True).stdout)}
+    rows = ps_json(pish)
     assert set(rows) == set(ids)
     assert all(row["status"] == "running" for row in rows.values())
     names = [rows[cid]["name"] for cid in ids]

@@ -15,9 +15,9 @@ SIGKILLs one process:
 Then it waits for what is left to settle, runs ``pish gc``, and removes with ``pish rm -f`` what is still
 alive (a container whose starter was killed after it was already running). After every trial, and once
 more after all of them, the host must be as the snapshot taken before the first: mounts, cgroups,
-links, netns, container records, layers and temp dirs (judged on what this test made, see ``Leaks``), and
-no process of ours may be left. The stage each kill landed in is printed in a summary; the kills must
-land in at least three different stages.
+links, netns, container records, layers and temp dirs (judged on what this test made, see
+``tests/helpers/leaks.py``), and no process of ours may be left. The stage each kill landed in is
+printed in a summary; the kills must land in at least three different stages.
 
 ``PISH_FAULT_SEED`` replays a run (the seed is printed in the summary); ``PISH_FAULT_TRIALS`` changes the
 number of trials (at least 30 by default).
@@ -30,103 +30,25 @@ import dataclasses
 import json
 import os
 import random
-import re
 import signal
 import subprocess
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from helpers import pish_command
-from helpers.hostsnap import diff, snapshot
+from helpers.leaks import LIFECYCLE_BRIDGE as BRIDGE
+from helpers.leaks import LeakCheck, skip_if_bridge_in_use
 
-pytestmark = [pytest.mark.integration, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
+pytestmark = [pytest.mark.integration, pytest.mark.skipif(os.geteuid() != 0, reason="needs root"),
+              pytest.mark.leak_check(bridge=BRIDGE, at_teardown=True)]
 
-BRIDGE = "pisht3"  # the one bridge this test run may use (other runs on this machine use others)
 SUBNET = "10.0.5"
 STAGES = ("storage", "isolation", "limits", "network", "running")
 STAGE_DELAY = 0.06  # seconds the supervisor pauses after each stage
 TRIALS = int(os.environ.get("PISH_FAULT_TRIALS", "36"))
 SETTLE = 30.0  # safety net for waits (not a timing assertion)
-
-# -- the leak check ----------------------------------------------------------------------------------
-#
-# The conftest's `no_leaks` compares the whole host, but other test runs on this machine start containers
-# and mount things at the same time. `leaks` takes the same snapshot (tests/helpers/hostsnap.py) and
-# judges only what this test can have made: entries naming one of its containers (pish/<id>,
-# pv<id[:11]>), under its tmp_path (PISH_ROOT, PISH_LIB, the overlay mounts), or the pisht3 bridge; and
-# all of its container records and layers. A thread collects the ids from PISH_ROOT and PISH_LIB: pish
-# writes a record before it acquires anything and keeps it until all is released, so none is missed.
-
-BRIDGE_PATH = Path("/sys/class/net") / BRIDGE
-ID_RE = re.compile(r"[0-9a-f]{64}")
-
-
-class Leaks:
-    def __init__(self, pish_env: Any) -> None:
-        self.env = pish_env
-        self.ids: set[str] = set()
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self.bridge_existed = BRIDGE_PATH.exists()
-        self.before = snapshot(run_root=pish_env.root, lib_root=pish_env.lib)
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-        self._thread.start()
-
-    def scan(self) -> None:
-        for d in (self.env.root / "containers", self.env.lib / "containers"):
-            with contextlib.suppress(OSError), self._lock:
-                self.ids.update(n for n in os.listdir(d) if ID_RE.fullmatch(n))
-
-    def _watch(self) -> None:
-        while not self._stop.wait(0.005):
-            self.scan()
-
-    def leftovers(self) -> list[str]:
-        """hostsnap's diff against the first snapshot, only the lines about what this test made."""
-        self.scan()
-        with self._lock:
-            marks = [str(self.env.root.parent) + "/", str(BRIDGE_PATH), *(cid[:11] for cid in self.ids)]
-        return [line for line in diff(self.before, self.before.retake()).splitlines()
-                if line.split(":")[0].strip() in ("containers", "layers") or any(m in line for m in marks)]
-
-    def assert_clean(self, timeout: float = 5.0) -> None:
-        """Wait up to ``timeout`` s for asynchronous teardown (a safety net, not a timing assertion)."""
-        deadline = time.monotonic() + timeout
-        while (left := self.leftovers()) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not left, "the host changed:\n" + "\n".join(left)
-
-    def clean_up(self) -> None:
-        """After a failure: remove what this test left, so the next one starts from a clean host."""
-        env = {**os.environ, **self.env.env}
-        with self._lock:
-            ids = sorted(self.ids)
-        for cid in ids:
-            if (self.env.root / "containers" / cid).exists():
-                subprocess.run([*pish_command(), "rm", "-f", cid], env=env, capture_output=True, check=False,
-                               timeout=60)
-        subprocess.run([*pish_command(), "gc"], env=env, capture_output=True, check=False, timeout=60)
-        if BRIDGE_PATH.exists() and not self.bridge_existed:
-            subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True, check=False, timeout=30)
-
-
-@pytest.fixture
-def leaks(pish_env: Any) -> Iterator[Leaks]:
-    """Fail the test if it leaves anything of its own on the host; clean up after it either way."""
-    check = Leaks(pish_env)
-    try:
-        yield check
-        check.assert_clean()
-    finally:
-        check._stop.set()
-        check._thread.join()
-        if check.leftovers():
-            check.clean_up()
-
 
 # -- one trial ---------------------------------------------------------------------------------------
 
@@ -214,7 +136,7 @@ def settle(pish_env: Any, proc: subprocess.Popen[bytes]) -> None:
         time.sleep(0.02)
 
 
-def run_trial(t: Trial, image: Path, pish_env: Any, workdir: Path, token: str, leaks: Leaks) -> None:
+def run_trial(t: Trial, image: Path, pish_env: Any, workdir: Path, token: str, leaks: LeakCheck) -> None:
     stages_file = workdir / f"stages-{t.n}"
     env = {**os.environ, **pish_env.env, "PISH_TEST_STAGES": str(stages_file),
            "PISH_TEST_STAGE_DELAY": str(STAGE_DELAY)}
@@ -310,8 +232,7 @@ def summary(trials: list[Trial], seed: int) -> str:
 
 def test_sigkill_during_set_up_then_gc_leaves_nothing(pish, pish_env, busybox_tar, tmp_path, leaks, capsys,
                                                         record_property):
-    if BRIDGE_PATH.exists():
-        pytest.skip(f"bridge {BRIDGE} exists already: another test run is using it")
+    skip_if_bridge_in_use(BRIDGE)
     seed = int(os.environ.get("PISH_FAULT_SEED") or random.SystemRandom().randrange(1 << 32))
     rng = random.Random(seed)
     token = f"PISH_FAULT_TEST={tmp_path.name}-{seed}"

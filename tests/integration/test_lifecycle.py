@@ -11,19 +11,19 @@ import json
 import os
 import re
 import subprocess
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from helpers import pish_command
-from helpers.hostsnap import diff, snapshot
+from helpers.containers import ID_RE, ps_json, run_detached
+from helpers.leaks import LIFECYCLE_BRIDGE
 
-pytestmark = [pytest.mark.integration, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
+pytestmark = [pytest.mark.integration, pytest.mark.skipif(os.geteuid() != 0, reason="needs root"),
+              pytest.mark.leak_check(bridge=LIFECYCLE_BRIDGE, at_teardown=True)]
 
-BRIDGE = "pisht3"  # the one bridge this test run may use (other runs on this machine use others)
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 CGROUP_CONTROLLERS = ("memory", "cpu", "cpuacct", "cpuset", "pids", "freezer")
 
@@ -31,97 +31,12 @@ CGROUP_CONTROLLERS = ("memory", "cpu", "cpuacct", "cpuset", "pids", "freezer")
 WRITER = "echo hello-from-pish; echo to-stderr >&2; echo secret-42 > /data.txt; sleep 100"
 
 
-# -- the leak check ----------------------------------------------------------------------------------
-#
-# The conftest's `no_leaks` compares the whole host, but other test runs on this machine start containers
-# and mount things at the same time. `leaks` takes the same snapshot (tests/helpers/hostsnap.py) and
-# judges only what this test can have made: entries naming one of its containers (pish/<id>,
-# pv<id[:11]>), under its tmp_path (PISH_ROOT, PISH_LIB, the overlay mounts), or the pisht3 bridge; and
-# all of its container records and layers. A thread collects the ids from PISH_ROOT and PISH_LIB: pish
-# writes a record before it acquires anything and keeps it until all is released, so none is missed.
-
-BRIDGE_PATH = Path("/sys/class/net") / BRIDGE
-ID_RE = re.compile(r"[0-9a-f]{64}")
-
-
-class Leaks:
-    def __init__(self, pish_env: Any) -> None:
-        self.env = pish_env
-        self.ids: set[str] = set()
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self.bridge_existed = BRIDGE_PATH.exists()
-        self.before = snapshot(run_root=pish_env.root, lib_root=pish_env.lib)
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-        self._thread.start()
-
-    def scan(self) -> None:
-        for d in (self.env.root / "containers", self.env.lib / "containers"):
-            with contextlib.suppress(OSError), self._lock:
-                self.ids.update(n for n in os.listdir(d) if ID_RE.fullmatch(n))
-
-    def _watch(self) -> None:
-        while not self._stop.wait(0.005):
-            self.scan()
-
-    def leftovers(self) -> list[str]:
-        """hostsnap's diff against the first snapshot, only the lines about what this test made."""
-        self.scan()
-        with self._lock:
-            marks = [str(self.env.root.parent) + "/", str(BRIDGE_PATH), *(cid[:11] for cid in self.ids)]
-        return [line for line in diff(self.before, self.before.retake()).splitlines()
-                if line.split(":")[0].strip() in ("containers", "layers") or any(m in line for m in marks)]
-
-    def assert_clean(self, timeout: float = 5.0) -> None:
-        """Wait up to ``timeout`` s for asynchronous teardown (a safety net, not a timing assertion)."""
-        deadline = time.monotonic() + timeout
-        while (left := self.leftovers()) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not left, "the host changed:\n" + "\n".join(left)
-
-    def clean_up(self) -> None:
-        """After a failure: remove what this test left, so the next one starts from a clean host."""
-        env = {**os.environ, **self.env.env}
-        with self._lock:
-            ids = sorted(self.ids)
-        for cid in ids:
-            if (self.env.root / "containers" / cid).exists():
-                subprocess.run([*pish_command(), "rm", "-f", cid], env=env, capture_output=True, check=False,
-                               timeout=60)
-        subprocess.run([*pish_command(), "gc"], env=env, capture_output=True, check=False, timeout=60)
-        if BRIDGE_PATH.exists() and not self.bridge_existed:
-            subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True, check=False, timeout=30)
-
-
-@pytest.fixture
-def leaks(pish_env: Any) -> Iterator[Leaks]:
-    """Fail the test if it leaves anything of its own on the host; clean up after it either way."""
-    check = Leaks(pish_env)
-    try:
-        yield check
-        check.assert_clean()
-    finally:
-        check._stop.set()
-        check._thread.join()
-        if check.leftovers():
-            check.clean_up()
-
-
 # -- helpers -----------------------------------------------------------------------------------------
 
 
-def run_detached(pish: Callable[..., Any], image: Path, script: str, *options: str) -> str:
+def run_sh(pish: Callable[..., Any], image: Path, script: str, *options: str) -> str:
     """``pish run -d --net none [OPTIONS...] IMAGE sh -c SCRIPT``: return the 64-hex id it prints."""
-    proc = pish("run", "-d", "--net", "none", *options, str(image), "sh", "-c", script, check=True)
-    cid = proc.stdout.strip()
-    assert ID_RE.fullmatch(cid), f"run -d printed {proc.stdout!r}, wanted a 64-hex id"
-    return cid
-
-
-def ps_json(pish: Callable[..., Any], *flags: str) -> dict[str, dict[str, Any]]:
-    """``pish ps --json [FLAGS]`` keyed by full id."""
-    rows = json.loads(pish("ps", "--json", *flags, check=True).stdout)
-    return {row["id"]: row for row in rows}
+    return run_detached(pish, "--net", "none", *options, str(image), "sh", "-c", script)
 
 
 def ps_table(pish: Callable[..., Any], *flags: str) -> list[dict[str, str]]:
@@ -165,7 +80,7 @@ def traces(pish_env: Any, cid: str) -> dict[str, bool]:
 
 
 def test_run_detached_ps_exec_logs_stop_rm(pish, pish_env, busybox_tar, leaks):
-    cid = run_detached(pish, busybox_tar, WRITER, "--name", "lc1")
+    cid = run_sh(pish, busybox_tar, WRITER, "--name", "lc1")
 
     # ps shows it running: the table, --json and -q
     rows = [r for r in ps_table(pish) if r["NAME"] == "lc1"]
@@ -231,7 +146,7 @@ def test_run_detached_ps_exec_logs_stop_rm(pish, pish_env, busybox_tar, leaks):
 
 def test_stop_a_container_that_handles_sigterm(pish, busybox_tar, leaks):
     """A PID 1 with a SIGTERM handler exits by itself; stop records its own exit status."""
-    cid = run_detached(pish, busybox_tar, "trap 'exit 3' TERM; echo ready; while :; do sleep 0.1; done",
+    cid = run_sh(pish, busybox_tar, "trap 'exit 3' TERM; echo ready; while :; do sleep 0.1; done",
                        "--name", "lc-term")
     wait_for(lambda: "ready" in pish("logs", cid).stdout, what="the trap to be set")
     assert pish("stop", "-t", "20", "lc-term", timeout=60).returncode == 0
@@ -240,20 +155,20 @@ def test_stop_a_container_that_handles_sigterm(pish, busybox_tar, leaks):
 
 
 def test_kill_sends_a_signal(pish, busybox_tar, leaks):
-    cid = run_detached(pish, busybox_tar, "trap 'exit 7' USR1; echo ready; while :; do sleep 0.1; done",
+    cid = run_sh(pish, busybox_tar, "trap 'exit 7' USR1; echo ready; while :; do sleep 0.1; done",
                        "--name", "lc-kill")
     wait_for(lambda: "ready" in pish("logs", cid).stdout, what="the trap to be set")
     assert pish("kill", "-s", "USR1", "lc-kill", check=True).stdout.strip() == "lc-kill"
     wait_for(lambda: ps_json(pish, "-a")[cid]["status"] == "exited (7)", what="exit 7 after SIGUSR1")
 
-    cid2 = run_detached(pish, busybox_tar, "sleep 100", "--name", "lc-kill9")
+    cid2 = run_sh(pish, busybox_tar, "sleep 100", "--name", "lc-kill9")
     pish("kill", "lc-kill9", check=True)  # SIGKILL by default
     wait_for(lambda: ps_json(pish, "-a")[cid2]["status"] == "exited (137)", what="exit 137 after SIGKILL")
     pish("rm", "lc-kill", "lc-kill9", check=True)
 
 
 def test_rm_force_of_a_running_container(pish, pish_env, busybox_tar, leaks):
-    cid = run_detached(pish, busybox_tar, "sleep 100", "--name", "lc-force")
+    cid = run_sh(pish, busybox_tar, "sleep 100", "--name", "lc-force")
     assert all(traces(pish_env, cid).values())
     assert pish("rm", "-f", "lc-force", check=True).stdout.strip() == "lc-force"
     assert not any(traces(pish_env, cid).values()), traces(pish_env, cid)
@@ -348,11 +263,11 @@ def test_create_returns_when_created(pish, pish_env, busybox_tar, tmp_path, leak
 
 
 def test_rm_flag_removes_the_container_when_it_exits(pish, pish_env, busybox_tar, leaks):
-    quick = run_detached(pish, busybox_tar, "echo bye", "--rm")
+    quick = run_sh(pish, busybox_tar, "echo bye", "--rm")
     wait_for(lambda: not (pish_env.root / "containers" / quick).exists(), what="--rm to remove the record")
     assert quick not in ps_json(pish, "-a")
 
-    slow = run_detached(pish, busybox_tar, "sleep 100", "--rm", "--name", "lc-autorm")
+    slow = run_sh(pish, busybox_tar, "sleep 100", "--rm", "--name", "lc-autorm")
     assert ps_json(pish)[slow]["status"] == "running"
     pish("stop", "-t", "1", "lc-autorm", check=True)
     wait_for(lambda: not (pish_env.root / "containers" / slow).exists(), what="--rm after stop")
@@ -364,7 +279,7 @@ def test_rm_flag_removes_the_container_when_it_exits(pish, pish_env, busybox_tar
 
 
 def test_generated_names_ids_and_prefixes(pish, busybox_tar, leaks):
-    ids = [run_detached(pish, busybox_tar, "sleep 100") for _ in range(3)]
+    ids = [run_sh(pish, busybox_tar, "sleep 100") for _ in range(3)]
     assert len(set(ids)) == 3
     rows = ps_json(pish)
     names = [rows[cid]["name"] for cid in ids]

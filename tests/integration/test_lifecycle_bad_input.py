@@ -6,112 +6,29 @@ byte for byte, and the main process of every container.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-import subprocess
-import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import pish_command
-from helpers.hostsnap import diff, snapshot
+from helpers.containers import run_detached
+from helpers.leaks import LIFECYCLE_BRIDGE, LeakCheck
 
-pytestmark = [pytest.mark.integration, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
-
-BRIDGE = "pisht3"  # the one bridge this test run may use (other runs on this machine use others)
-
-# -- the leak check ----------------------------------------------------------------------------------
-#
-# The conftest's `no_leaks` compares the whole host, but other test runs on this machine start containers
-# and mount things at the same time. `leaks` takes the same snapshot (tests/helpers/hostsnap.py) and
-# judges only what this test can have made: entries naming one of its containers (pish/<id>,
-# pv<id[:11]>), under its tmp_path (PISH_ROOT, PISH_LIB, the overlay mounts), or the pisht3 bridge; and
-# all of its container records and layers. A thread collects the ids from PISH_ROOT and PISH_LIB: pish
-# writes a record before it acquires anything and keeps it until all is released, so none is missed.
-
-BRIDGE_PATH = Path("/sys/class/net") / BRIDGE
-ID_RE = re.compile(r"[0-9a-f]{64}")
-
-
-class Leaks:
-    def __init__(self, pish_env: Any) -> None:
-        self.env = pish_env
-        self.ids: set[str] = set()
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self.bridge_existed = BRIDGE_PATH.exists()
-        self.before = snapshot(run_root=pish_env.root, lib_root=pish_env.lib)
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-        self._thread.start()
-
-    def scan(self) -> None:
-        for d in (self.env.root / "containers", self.env.lib / "containers"):
-            with contextlib.suppress(OSError), self._lock:
-                self.ids.update(n for n in os.listdir(d) if ID_RE.fullmatch(n))
-
-    def _watch(self) -> None:
-        while not self._stop.wait(0.005):
-            self.scan()
-
-    def leftovers(self) -> list[str]:
-        """hostsnap's diff against the first snapshot, only the lines about what this test made."""
-        self.scan()
-        with self._lock:
-            marks = [str(self.env.root.parent) + "/", str(BRIDGE_PATH), *(cid[:11] for cid in self.ids)]
-        return [line for line in diff(self.before, self.before.retake()).splitlines()
-                if line.split(":")[0].strip() in ("containers", "layers") or any(m in line for m in marks)]
-
-    def assert_clean(self, timeout: float = 5.0) -> None:
-        """Wait up to ``timeout`` s for asynchronous teardown (a safety net, not a timing assertion)."""
-        deadline = time.monotonic() + timeout
-        while (left := self.leftovers()) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not left, "the host changed:\n" + "\n".join(left)
-
-    def clean_up(self) -> None:
-        """After a failure: remove what this test left, so the next one starts from a clean host."""
-        env = {**os.environ, **self.env.env}
-        with self._lock:
-            ids = sorted(self.ids)
-        for cid in ids:
-            if (self.env.root / "containers" / cid).exists():
-                subprocess.run([*pish_command(), "rm", "-f", cid], env=env, capture_output=True, check=False,
-                               timeout=60)
-        subprocess.run([*pish_command(), "gc"], env=env, capture_output=True, check=False, timeout=60)
-        if BRIDGE_PATH.exists() and not self.bridge_existed:
-            subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True, check=False, timeout=30)
-
-
-@pytest.fixture
-def leaks(pish_env: Any) -> Iterator[Leaks]:
-    """Fail the test if it leaves anything of its own on the host; clean up after it either way."""
-    check = Leaks(pish_env)
-    try:
-        yield check
-        check.assert_clean()
-    finally:
-        check._stop.set()
-        check._thread.join()
-        if check.leftovers():
-            check.clean_up()
-
+pytestmark = [pytest.mark.integration, pytest.mark.skipif(os.geteuid() != 0, reason="needs root"),
+              pytest.mark.leak_check(bridge=LIFECYCLE_BRIDGE, at_teardown=True)]
 
 # -- helpers -----------------------------------------------------------------------------------------
 
 
-def run_detached(pish: Callable[..., Any], image: Path, *args: str) -> str:
-    proc = pish("run", "-d", "--net", "none", *args, str(image), "sleep", "100", check=True)
-    cid = proc.stdout.strip()
-    assert ID_RE.fullmatch(cid), proc.stdout
-    return cid
+def run_sleeper(pish: Callable[..., Any], image: Path, *options: str) -> str:
+    """``pish run -d --net none [OPTIONS...] IMAGE sleep 100``: return the 64-hex id it prints."""
+    return run_detached(pish, "--net", "none", *options, str(image), "sleep", "100")
 
 
-def world(pish_env: Any, leaks: Leaks) -> dict[str, Any]:
+def world(pish_env: Any, leaks: LeakCheck) -> dict[str, Any]:
     """Everything a bad command must leave alone."""
     records = {}
     for entry in sorted((pish_env.root / "containers").glob("*/state.json")):
@@ -159,7 +76,7 @@ def cleanup(pish, leaks) -> Iterator[list[str]]:
 
 def test_rm_of_a_running_container_needs_force(pish, busybox_tar, unchanged, cleanup, leaks):
     cleanup.append("bad-running")
-    cid = run_detached(pish, busybox_tar, "--name", "bad-running")
+    cid = run_sleeper(pish, busybox_tar, "--name", "bad-running")
     unchanged("rm", "bad-running", match=r"bad-running.*(running|-f)")
     unchanged("rm", cid[:12], match=r"bad-running.*(running|-f)")
     assert json.loads(pish("ps", "--json", check=True).stdout)[0]["status"] == "running"
@@ -167,7 +84,7 @@ def test_rm_of_a_running_container_needs_force(pish, busybox_tar, unchanged, cle
 
 
 def test_second_rm(pish, busybox_tar, unchanged, leaks):
-    cid = run_detached(pish, busybox_tar, "--name", "bad-twice")
+    cid = run_sleeper(pish, busybox_tar, "--name", "bad-twice")
     pish("stop", "-t", "1", "bad-twice", check=True)
     pish("rm", "bad-twice", check=True)
     unchanged("rm", "bad-twice", match=r"no such container: bad-twice")
@@ -177,7 +94,7 @@ def test_second_rm(pish, busybox_tar, unchanged, leaks):
 
 def test_unknown_name(pish, busybox_tar, unchanged, cleanup, leaks):
     cleanup.append("bad-bystander")
-    run_detached(pish, busybox_tar, "--name", "bad-bystander")  # something that must stay as it is
+    run_sleeper(pish, busybox_tar, "--name", "bad-bystander")  # something that must stay as it is
     unchanged("rm", "no-such-thing", match=r"no such container: no-such-thing")
     unchanged("rm", "-f", "no-such-thing", match=r"no such container: no-such-thing")
     unchanged("exec", "no-such-thing", "true", match=r"no such container: no-such-thing")
@@ -192,7 +109,7 @@ def test_unknown_name(pish, busybox_tar, unchanged, cleanup, leaks):
 
 def test_exec_into_a_stopped_container(pish, busybox_tar, unchanged, cleanup, leaks):
     cleanup.append("bad-stopped")
-    cid = run_detached(pish, busybox_tar, "--name", "bad-stopped")
+    cid = run_sleeper(pish, busybox_tar, "--name", "bad-stopped")
     pish("stop", "-t", "1", "bad-stopped", check=True)
     unchanged("exec", "bad-stopped", "true", match=r"bad-stopped is not running")
     unchanged("exec", cid[:12], "cat", "/etc/passwd", match=r"is not running")
@@ -202,7 +119,7 @@ def test_exec_into_a_stopped_container(pish, busybox_tar, unchanged, cleanup, le
 
 def test_two_runs_with_one_name(pish, busybox_tar, unchanged, cleanup, leaks):
     cleanup.append("bad-dup")
-    cid = run_detached(pish, busybox_tar, "--name", "bad-dup")
+    cid = run_sleeper(pish, busybox_tar, "--name", "bad-dup")
     unchanged("run", "-d", "--net", "none", "--name", "bad-dup", str(busybox_tar), "sleep", "100",
               match=r"name 'bad-dup' is already in use by " + cid[:12])
     unchanged("run", "--net", "none", "--name", "bad-dup", str(busybox_tar), "true",  # the foreground too
@@ -220,7 +137,7 @@ def test_ambiguous_id_prefix(pish, busybox_tar, unchanged, cleanup, leaks):
     """Ids are random: start containers until two share their first hex digit (a few do it: 16 digits)."""
     by_first: dict[str, list[str]] = {}
     for _ in range(17):  # 17 ids over 16 digits: two must share one
-        cid = run_detached(pish, busybox_tar)
+        cid = run_sleeper(pish, busybox_tar)
         cleanup.append(cid)
         by_first.setdefault(cid[0], []).append(cid)
         if len(by_first[cid[0]]) == 2:

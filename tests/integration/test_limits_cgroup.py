@@ -95,7 +95,8 @@ def test_cgroupv1_sets_limits_adds_the_pid_and_cleans_up(sleeper: subprocess.Pop
     )
     limits, ctx = CgroupV1Limits(), context(spec)
     limits.validate(spec)
-    dirs = {c: V1 / c / "pish" / spec.id for c in ("memory", "cpu", "cpuacct", "cpuset", "pids", "freezer")}
+    controllers = ("memory", "cpu", "cpuacct", "cpuset", "pids", "freezer", "devices")  # devices: the allowlist
+    dirs = {c: V1 / c / "pish" / spec.id for c in controllers}
     with limits.apply(ctx, sleeper.pid) as group:
         on_disk = state.ContainerState.load(spec.id).resources
         paths = [str(d) for d in dirs.values()]

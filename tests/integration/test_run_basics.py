@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import uuid
 from pathlib import Path
 
 import pytest
-from helpers import pish_command
-from test_run_leaks import no_traceback, wait_running
+from helpers.containers import no_traceback, pish_in_background, wait_running
 
 pytestmark = pytest.mark.integration
 
@@ -146,30 +144,18 @@ def test_not_executable_is_126(pish, img, command):
 def test_killed_by_a_signal_is_128_plus_n(pish, pish_env, busybox_tar):
     """A PID 1 ignores every signal it has no handler for, even from the host, except SIGKILL: the kernel's
     rule for a namespace's init. So the signal that can kill the command is SIGKILL, and pish exits 137."""
-    proc = subprocess.Popen([*pish_command(), "run", *QUIET, "--name", "victim", str(busybox_tar),
-                             "sleep", "100"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    with pish_in_background("run", *QUIET, "--name", "victim", str(busybox_tar), "sleep", "100") as proc:
         record = wait_running(pish_env, proc, name="victim")
         os.kill(record["pid"], signal.SIGKILL)
         _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == 128 + signal.SIGKILL, err
     no_traceback(err)
 
 
 def test_killed_by_pish_kill(pish, pish_env, busybox_tar):
     """The same through the CLI: ``pish kill NAME`` (SIGKILL) ends the foreground ``pish run`` with 137."""
-    proc = subprocess.Popen([*pish_command(), "run", *QUIET, "--name", "victim2", str(busybox_tar),
-                             "sleep", "100"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    with pish_in_background("run", *QUIET, "--name", "victim2", str(busybox_tar), "sleep", "100") as proc:
         wait_running(pish_env, proc, name="victim2")
         assert pish("kill", "victim2").returncode == 0
         _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == 137, err

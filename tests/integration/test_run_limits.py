@@ -5,29 +5,21 @@ The settings are read from the host, in the container's cgroup v1 directories
 """
 from __future__ import annotations
 
-import os
-import re
 import time
 from pathlib import Path
 
 import pytest
-from test_run_leaks import leaks_fixture  # noqa: F401  (the `leaks` fixture)
+from helpers.containers import run_detached, tree
+from helpers.leaks import RUN_BRIDGE
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.leak_check(bridge=RUN_BRIDGE)]
 
 CGROUP = Path("/sys/fs/cgroup")
-ID_RE = re.compile(r"[0-9a-f]{64}")
 QUIET = ("--log-level", "warning")
 
 
 def cgroup_file(controller: str, cid: str, name: str) -> str:
     return (CGROUP / controller / "pish" / cid / name).read_text().strip()
-
-
-def run_detached(pish, *args: str) -> str:
-    cid = pish("run", "-d", *args, check=True).stdout.strip()
-    assert ID_RE.fullmatch(cid), cid
-    return cid
 
 
 def test_memory_limit_kills_a_process_touching_100_mib(pish, busybox_tar, leaks):
@@ -118,10 +110,6 @@ def test_no_limits_by_default(pish, busybox_tar):
         assert cgroup_file("pids", cid, "pids.max") == "max"
     finally:
         pish("rm", "-f", cid, check=True)
-
-
-def tree(top: Path) -> list[str]:
-    return sorted(os.path.join(d, n) for d, dirs, files in os.walk(top) for n in dirs + files)
 
 
 @pytest.mark.parametrize("limit", ["memory.bogus=1", "nosuchcontroller.key=1", "memory.usage_in_bytes=1"])

@@ -7,15 +7,15 @@ the bridge itself has no address on the host.
 from __future__ import annotations
 
 import json
-import re
 
 import pytest
-from test_run_leaks import BRIDGE_PATH, TEST_BRIDGE, leaks_fixture  # noqa: F401  (the `leaks` fixture)
+from helpers.containers import ID_RE
+from helpers.leaks import RUN_BRIDGE, bridge_path, fail_if_bridge_exists
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.leak_check(bridge=RUN_BRIDGE)]
 
-ID_RE = re.compile(r"[0-9a-f]{64}")
-ON_BRIDGE = ("--net", "bridge", "--network", TEST_BRIDGE)
+BRIDGE_PATH = bridge_path(RUN_BRIDGE)
+ON_BRIDGE = ("--net", "bridge", "--network", RUN_BRIDGE)
 
 
 def bridge_ports() -> set[str]:
@@ -29,8 +29,7 @@ def ping(pish, name: str, address: str):
 
 
 def test_two_containers_ping_each_other_and_share_the_bridge(pish, busybox_tar, leaks):
-    if BRIDGE_PATH.exists():
-        pytest.fail(f"{TEST_BRIDGE} exists before the test: a previous run left it (ip link del {TEST_BRIDGE})")
+    fail_if_bridge_exists(RUN_BRIDGE)
     image = str(busybox_tar)
     a = pish("run", "-d", "--name", "net-a", *ON_BRIDGE, "--ip", "10.0.4.5/24", image, "sleep", "100",
              check=True).stdout.strip()
@@ -69,14 +68,13 @@ def test_two_containers_ping_each_other_and_share_the_bridge(pish, busybox_tar, 
 
 
 def test_the_last_foreground_run_removes_the_bridge(pish, busybox_tar, leaks):
-    if BRIDGE_PATH.exists():
-        pytest.fail(f"{TEST_BRIDGE} exists before the test: a previous run left it (ip link del {TEST_BRIDGE})")
+    fail_if_bridge_exists(RUN_BRIDGE)
     proc = pish("run", *ON_BRIDGE, "--ip", "10.0.4.8/24", str(busybox_tar), "sh", "-c",
                 "test -d /sys/class/net/eth0 && echo eth0-here")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "eth0-here\n"
-    assert f"[INFO] network: creating bridge {TEST_BRIDGE}" in proc.stderr
-    assert f"[INFO] network: removing bridge {TEST_BRIDGE}" in proc.stderr
+    assert f"[INFO] network: creating bridge {RUN_BRIDGE}" in proc.stderr
+    assert f"[INFO] network: removing bridge {RUN_BRIDGE}" in proc.stderr
     assert not BRIDGE_PATH.exists()
     leaks.assert_clean()
 

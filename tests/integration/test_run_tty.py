@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 from helpers import pish_command
-from test_run_leaks import leaks_fixture, wait_running  # noqa: F401  (the `leaks` fixture)
+from helpers.containers import wait_running
+from helpers.leaks import RUN_BRIDGE
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.leak_check(bridge=RUN_BRIDGE)]
 
 CGROUP = Path("/sys/fs/cgroup/pids")
 

@@ -1,0 +1,140 @@
+"""Digests and layer streams: what the store verifies, and a layer read whatever its compression.
+
+A layer is read once, as a stream: the bytes as stored pass through one sha256 (the blob digest a
+manifest names), are decompressed, and the tar that comes out passes through a second (the ``diff_id``
+the image config names). Both are compared after the last byte, so a layer is verified by the same pass
+that unpacks it; what it unpacked goes to a temporary directory that is dropped on a mismatch.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import re
+from collections.abc import Callable
+from typing import IO, Any
+
+from pish_core.errors import ImageError
+
+_DIGEST_RE = re.compile(r"([a-z0-9]+(?:[.+_-][a-z0-9]+)*):([a-zA-Z0-9=_-]+)")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+CHUNK = 1 << 20
+
+
+def parse(digest: object, what: str) -> str:
+    """``sha256:<64 hex>`` -> the hex part; anything else (another algorithm, a path) is refused."""
+    m = _DIGEST_RE.fullmatch(digest) if isinstance(digest, str) else None
+    if not m:
+        raise ImageError(f"invalid digest {digest!r} for {what}")
+    if m.group(1) != "sha256":
+        raise ImageError(f"unsupported digest algorithm {m.group(1)!r} for {what} (only sha256)")
+    if not _HEX64.fullmatch(m.group(2)):
+        raise ImageError(f"invalid sha256 digest {digest!r} for {what}")
+    return m.group(2)
+
+
+def is_hex64(text: str) -> bool:
+    return bool(_HEX64.fullmatch(text))
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(f: IO[bytes], on_read: Callable[[int], None] | None = None) -> str:
+    h = hashlib.sha256()
+    while chunk := f.read(CHUNK):
+        h.update(chunk)
+        if on_read:
+            on_read(len(chunk))
+    return h.hexdigest()
+
+
+class HashingReader:
+    """A read-only stream that hashes (and counts) every byte read through it."""
+
+    def __init__(self, raw: IO[bytes], on_read: Callable[[int], None] | None = None) -> None:
+        self.raw = raw
+        self.hash = hashlib.sha256()
+        self.size = 0
+        self.on_read = on_read
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        self.hash.update(data)
+        self.size += len(data)
+        if self.on_read and data:
+            self.on_read(len(data))
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+    def drain(self) -> None:
+        """Read to the end (a tar's trailing blocks, gzip's trailer) so the digest covers every byte."""
+        while self.read(CHUNK):
+            pass
+
+    def hexdigest(self) -> str:
+        return self.hash.hexdigest()
+
+
+class _Prefixed:
+    """``prefix`` then the rest of ``raw``: the magic bytes read to sniff the compression, put back."""
+
+    def __init__(self, prefix: bytes, raw: HashingReader) -> None:
+        self.prefix, self.raw = prefix, raw
+
+    def read(self, n: int = -1) -> bytes:
+        if self.prefix:
+            if n < 0:
+                data, self.prefix = self.prefix + self.raw.read(), b""
+                return data
+            data, self.prefix = self.prefix[:n], self.prefix[n:]
+            if len(data) < n:
+                data += self.raw.read(n - len(data))
+            return data
+        return self.raw.read(n)
+
+    def readable(self) -> bool:
+        return True
+
+
+def compression(head: bytes) -> str:
+    if head.startswith(GZIP_MAGIC):
+        return "gzip"
+    if head.startswith(ZSTD_MAGIC):
+        return "zstd"
+    return "none"
+
+
+class LayerStream:
+    """One pass over a stored layer: ``tar`` is the uncompressed tar stream to unpack; afterwards
+    ``finish()`` drains both streams and ``blob_digest`` / ``diff_id`` are the hex digests seen."""
+
+    def __init__(self, raw: IO[bytes], what: str, on_read: Callable[[int], None] | None = None) -> None:
+        self.blob = HashingReader(raw, on_read)
+        head = self.blob.read(4)
+        self.compression = compression(head)
+        source: Any = _Prefixed(head, self.blob)
+        if self.compression == "zstd":
+            raise ImageError(f"{what} is zstd-compressed, which pish cannot read yet (use gzip or no compression)")
+        if self.compression == "gzip":
+            source = gzip.GzipFile(fileobj=source, mode="rb")
+        self.tar = HashingReader(source)
+
+    def finish(self) -> None:
+        try:
+            self.tar.drain()
+        except (OSError, EOFError, gzip.BadGzipFile) as exc:
+            raise ImageError(f"corrupt compressed layer: {exc}") from None
+        self.blob.drain()
+
+    @property
+    def blob_digest(self) -> str:
+        return self.blob.hexdigest()
+
+    @property
+    def diff_id(self) -> str:
+        return self.tar.hexdigest()

@@ -1,0 +1,40 @@
+"""The two calls the container's init makes into ``pish_core.security``, and their order: see the
+package's doc. Everything they use is imported here, when the init module is, not when called:
+``lock_down`` runs after pivot_root (or, for ``pish exec``, after setns into the container's mount
+namespace), where pish's own files are out of reach."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pish_core import native, userns
+from pish_core.security import capabilities, devices, masks, seccomp
+
+if TYPE_CHECKING:
+    from pish_core.spec import ContainerSpec, Security
+
+
+def confine(root: Path, spec: ContainerSpec) -> None:
+    """Mask and freeze host-wide paths under ``root``, narrow the bounding set (see the module's doc)."""
+    sec = spec.security
+    if sec.privileged and not userns.running_in_userns():  # in a user namespace mknod cannot work
+        devices.copy_host_devices(root)
+    masks.make_readonly(root, sec.readonly_paths)
+    masks.mask(root, sec.masked_paths)
+    capabilities.narrow_bounding(sec.capabilities)
+    native.prctl(native.PR_SET_KEEPCAPS, 1)
+
+
+def lock_down(sec: Security) -> None:
+    """no_new_privs, seccomp, then the final capability sets: the last step before execve."""
+    if os.geteuid() != 0:
+        capabilities.raise_effective()  # a user switch (with KEEPCAPS) cleared them; we need a few still
+    capabilities.narrow_bounding(sec.capabilities)  # done by confine() in a container's init; not for exec
+    if sec.no_new_privileges:
+        native.prctl(native.PR_SET_NO_NEW_PRIVS, 1)
+    if sec.seccomp:
+        seccomp.load(sec.capabilities)
+    capabilities.set_process_caps(sec.capabilities)
+    native.prctl(native.PR_SET_KEEPCAPS, 0)

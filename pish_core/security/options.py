@@ -1,0 +1,57 @@
+"""The security flags of ``pish run``, as docker spells them, turned into the spec's ``Security``.
+
+- ``--cap-add CAP`` / ``--cap-drop CAP``: with or without ``CAP_``, any case, ``ALL`` allowed;
+- ``--privileged``: every capability, no seccomp filter, no masked or read-only paths, every device,
+  and no no_new_privs unless asked for, as docker's ``--privileged`` (whose no_new_privs is off anyway);
+- ``--security-opt seccomp=unconfined``: no seccomp filter;
+- ``--security-opt no-new-privileges[=true|false]``: pish sets it by default; ``=false`` turns it off.
+
+Docker's ``:`` separator (``seccomp:unconfined``) is accepted too.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from pish_core.errors import SpecError
+from pish_core.security import capabilities
+from pish_core.spec import Security
+
+_TRUE = ("", "true", "1", "yes")
+_FALSE = ("false", "0", "no")
+
+
+def security_from_flags(cap_add: Iterable[str] = (), cap_drop: Iterable[str] = (), privileged: bool = False,
+                        security_opts: Iterable[str] = (), limits_driver: str = "cgroupv1") -> Security:
+    seccomp = True
+    no_new_privileges: bool | None = None  # None: the default (on; off with --privileged)
+    for opt in security_opts:
+        key, value = _split(opt)
+        if key == "seccomp":
+            if value != "unconfined":
+                raise SpecError(f"invalid --security-opt {opt!r}: pish has docker's default profile or "
+                                "seccomp=unconfined (no custom profiles)")
+            seccomp = False
+        elif key in ("no-new-privileges", "no_new_privileges"):
+            if value.lower() not in (*_TRUE, *_FALSE):
+                raise SpecError(f"invalid --security-opt {opt!r}: use no-new-privileges[=true|false]")
+            no_new_privileges = value.lower() in _TRUE
+        else:
+            raise SpecError(f"unsupported --security-opt {opt!r}: pish knows seccomp=unconfined and "
+                            "no-new-privileges[=false]")
+    add, drop = list(cap_add), list(cap_drop)
+    caps = capabilities.resolve(add, drop, privileged=privileged)
+    if (not privileged and limits_driver != "cgroupv1" and "CAP_MKNOD" in caps
+            and "CAP_MKNOD" not in {capabilities.normalize(c, "--cap-add") for c in add}):
+        # Only the cgroupv1 driver keeps a device allowlist; without one, CAP_MKNOD would let root in the
+        # container make a node for the host's disk and open it. Ask for it with --cap-add MKNOD.
+        caps = tuple(c for c in caps if c != "CAP_MKNOD")
+    if privileged:
+        return Security(capabilities=caps, no_new_privileges=bool(no_new_privileges), seccomp=False,
+                        masked_paths=(), readonly_paths=(), privileged=True)
+    return Security(capabilities=caps, no_new_privileges=no_new_privileges is not False, seccomp=seccomp)
+
+
+def _split(opt: str) -> tuple[str, str]:
+    """``key=value``, ``key:value`` or a bare ``key``."""
+    cut = min((i for i in (opt.find("="), opt.find(":")) if i >= 0), default=-1)
+    return (opt, "") if cut < 0 else (opt[:cut], opt[cut + 1:])

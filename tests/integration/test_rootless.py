@@ -1,0 +1,172 @@
+"""Rootless: a user without root runs ``pish run --net none IMG /bin/sh -c 'id; ls /'``.
+
+The test makes a user (``useradd``; ``userdel -r`` at the end, /etc/subuid and /etc/subgid restored) and
+runs pish as that user: pish enters a user namespace where the user is root (with the user's subordinate
+ids too, through newuidmap, when it has some), mounts the overlay there, makes no cgroup, and keeps its
+state under $XDG_RUNTIME_DIR/pish and its data under ~/.local/share/pish. Afterwards nothing of the run is
+left: no mount, no process, no container record, no layer.
+
+The user must be able to run the same Python as the tests. When that lives under a directory others cannot
+enter (pyenv under /root, say), each run gets a private mount namespace where a tmpfs covers that
+directory and only the needed subdirectories are bound back: nothing on the host changes.
+"""
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from helpers.hostfiles import SUBID_FILES, preserved
+
+import pish_core
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class User:
+    name: str
+    uid: int
+    gid: int
+    home: Path
+    image: Path
+
+    @property
+    def runtime_dir(self) -> Path:
+        return self.home / "run"
+
+
+@pytest.fixture
+def user(busybox_tar: Path) -> Iterator[User]:
+    name = f"pishrl{uuid.uuid4().hex[:6]}"
+    with preserved(*SUBID_FILES):
+        subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", name], check=True)
+        try:
+            pw = pwd.getpwnam(name)
+            u = User(name, pw.pw_uid, pw.pw_gid, Path(pw.pw_dir), Path(pw.pw_dir) / "busybox.tar")
+            shutil.copy(busybox_tar, u.image)
+            u.runtime_dir.mkdir(mode=0o700)
+            for path in (u.image, u.runtime_dir):
+                os.chown(path, u.uid, u.gid)
+            yield u
+            # Zombies do not count: this machine's PID 1 is slow to reap the orphans it inherits.
+            ps = subprocess.run(["ps", "-o", "pid=,stat=,args=", "-u", str(u.uid)], capture_output=True, text=True,
+                                check=False)
+            left = [line for line in ps.stdout.splitlines() if line.split()[1][:1] != "Z"]
+            assert left == [], f"processes of {name} left running: {left}"
+        finally:
+            subprocess.run(["userdel", "--remove", name], check=False, capture_output=True)
+
+
+def _hidden_dirs() -> dict[Path, set[Path]]:
+    """Directories others cannot enter on the way to this Python and to pish's source, each with the
+    children on those ways (to bind back over a tmpfs)."""
+    wanted = {Path(os.path.realpath(sys.executable)), Path(sys.prefix), Path(sys.base_prefix),
+              Path(pish_core.__file__).resolve().parent.parent}
+    hidden: dict[Path, set[Path]] = {}
+    for path in wanted:
+        for parent in reversed(path.parents):
+            if parent != Path("/") and not parent.stat().st_mode & 0o001:
+                hidden.setdefault(parent, set()).add(parent / path.relative_to(parent).parts[0])
+                break
+    return hidden
+
+
+def as_user(u: User, *args: str, env: dict[str, str] | None = None,
+            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run ``pish ARGS...`` as ``u``, with only the environment a login would give (plus ``env``)."""
+    lines = ["set -e"]
+    for n, (top, children) in enumerate(_hidden_dirs().items()):
+        for m, child in enumerate(sorted(children)):
+            lines.append(f"t{n}_{m}=$(mktemp -d) && mount --bind '{child}' \"$t{n}_{m}\"")
+        lines.append(f"mount -t tmpfs -o mode=755 tmpfs '{top}'")
+        for m, child in enumerate(sorted(children)):
+            lines.append(f"mkdir -p '{child}' && mount --move \"$t{n}_{m}\" '{child}' && rmdir \"$t{n}_{m}\"")
+    user_env = {"HOME": str(u.home), "PATH": "/usr/local/bin:/usr/bin:/bin", "USER": u.name,
+                "XDG_RUNTIME_DIR": str(u.runtime_dir), **(env or {})}
+    lines.append(f'exec setpriv --reuid={u.uid} --regid={u.gid} --init-groups env -i "$@"')
+    command = ["unshare", "--mount", "--propagation", "private", "sh", "-c", "\n".join(lines), "as-user",
+               *(f"{k}={v}" for k, v in user_env.items() if v), sys.executable, "-m", "pish_core.cli.main", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def nothing_left(u: User, runtime_dir: Path | None = None) -> None:
+    state = (runtime_dir or u.runtime_dir) / "pish" / "containers"
+    data = u.home / ".local" / "share" / "pish" / "containers"
+    assert list(state.iterdir()) == [], "container records left"
+    assert list(data.iterdir()) == [], "writable layers left"
+    mounts = Path("/proc/self/mountinfo").read_text()
+    assert str(u.home) not in mounts
+
+
+def test_rootless_run(user):
+    proc = as_user(user, "run", "--net", "none", str(user.image), "/bin/sh", "-c",
+                   "id; ls /; cat /proc/self/uid_map; grep CapEff /proc/self/status")
+    print(proc.stdout, proc.stderr)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("uid=0(root) gid=0(root)")
+    assert {"bin", "etc", "proc", "dev", "sys", "tmp"} <= set(lines)
+    maps = [line.split() for line in lines if line.strip()[:1].isdigit() and len(line.split()) == 3]
+    assert maps[0] == ["0", str(user.uid), "1"]  # the user is root inside...
+    sub = [line.split(":") for line in Path("/etc/subuid").read_text().splitlines()
+           if line.startswith(f"{user.name}:")]
+    if sub and shutil.which("newuidmap") and shutil.which("newgidmap"):  # ...and its subordinate ids the rest
+        assert maps[1:] == [["1", sub[0][1], sub[0][2]]]
+    else:
+        assert maps[1:] == []
+    nothing_left(user)
+
+
+def test_rootless_without_subordinate_ids_maps_one_uid(user):
+    for path in SUBID_FILES:
+        path.write_text("".join(line for line in path.read_text().splitlines(keepends=True)
+                                if not line.startswith(f"{user.name}:")))
+    proc = as_user(user, "run", "--log-level", "warning", "--net", "none", str(user.image),
+                   "/bin/sh", "-c", "cat /proc/self/uid_map; id -u")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["0", str(user.uid), "1", "0"]
+    nothing_left(user)
+
+
+def test_rootless_detached_exec_and_rm(user):
+    started = as_user(user, "run", "-d", "--name", "bg", "--net", "none", str(user.image), "sleep", "60")
+    assert started.returncode == 0, started.stderr
+    try:
+        proc = as_user(user, "exec", "bg", "/bin/sh", "-c", "id -u; grep Seccomp: /proc/self/status")
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.split() == ["0", "Seccomp:", "2"]
+    finally:
+        assert as_user(user, "rm", "-f", "bg").returncode == 0
+    nothing_left(user)
+
+
+def test_state_in_a_private_tmp_dir_without_xdg_runtime_dir(user):
+    tmp_state = Path(f"/tmp/pish-{user.uid}")
+    try:
+        proc = as_user(user, "run", "--net", "none", str(user.image), "true", env={"XDG_RUNTIME_DIR": ""})
+        assert proc.returncode == 0, proc.stderr
+        st = tmp_state.stat()
+        assert (st.st_uid, st.st_mode & 0o777) == (user.uid, 0o700)
+        assert list((tmp_state / "containers").iterdir()) == []
+    finally:
+        shutil.rmtree(tmp_state, ignore_errors=True)
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (("--net", "bridge"), "pish: --net bridge needs root"),
+    (("--memory", "64m"), "pish: limits need root (or a delegated cgroup)"),
+    (("--limits", "cgroupv1"), "pish: --limits cgroupv1 needs root or a delegated cgroup"),
+    (("--userns", "0:100000:65536"), "pish: --userns 0:100000:65536: rootless pish always runs in its own"),
+])
+def test_what_needs_root_is_one_line(user, flags, message):
+    proc = as_user(user, "run", "--log-level", "warning", *flags, str(user.image), "true")
+    assert proc.returncode == 125
+    assert proc.stderr.startswith(message) and proc.stderr.count("\n") == 1, proc.stderr
