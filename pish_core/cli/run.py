@@ -72,6 +72,7 @@ def _image_process(opts: dict[str, Any]) -> tuple[Any, Any]:
 def build_spec(opts: dict[str, Any]) -> Any:
     """Turn the flags into a validated ContainerSpec: the one place input from the edge is checked."""
     from pish_core import names
+    from pish_core.drivers import load_class
     from pish_core.spec import (
         ContainerSpec,
         DriverChoice,
@@ -99,9 +100,7 @@ def build_spec(opts: dict[str, Any]) -> Any:
         pids_limit=parse_positive_int(opts["pids_limit"], "--pids-limit") if opts["pids_limit"] else None,
         extra=tuple(parse_limit(item) for item in opts["limit"]),
     )
-    limits, security, user_namespace = _security_choices(opts, resources)  # before the image is looked at
-    check_image(opts["image"])
-    image, process = _image_process(opts)
+    limits, security, user_namespace = _security_choices(opts, resources)
     try:
         stop_timeout = float(opts["stop_timeout"])
     except ValueError:
@@ -110,26 +109,37 @@ def build_spec(opts: dict[str, Any]) -> Any:
         from pish_core.errors import SpecError
 
         raise SpecError(f"invalid --stop-timeout {opts['stop_timeout']!r}: use seconds from 0 to 3600")
+    choices = {
+        "storage": DriverChoice(opts["storage"], parse_options(opts["storage_opt"], "--storage-opt")),
+        "limits": DriverChoice(limits),
+        "net": DriverChoice(opts["net"], parse_options(opts["net_opt"], "--net-opt")),
+        "isolation": DriverChoice(opts["isolation"]),
+    }
+    for slot, choice in choices.items():  # an unknown driver is refused before any image is imported
+        load_class("network" if slot == "net" else slot, choice.name)
+    hostname = names.check_hostname(opts["hostname"]) if opts["hostname"] else names.hostname_for(name)
+    network = NetworkSpec(network=opts["network"], ip=parse_ip(opts["ip"]) if opts["ip"] else None,
+                          ports=tuple(parse_publish(p) for p in opts["publish"]),
+                          dns=tuple(parse_dns(d) for d in opts["dns"]))
+    mounts = tuple(parse_volume(v) for v in opts["volume"]) + tuple(parse_tmpfs(t) for t in opts["tmpfs"])
+    # Last, because it may import an archive into the store: every cheap check has passed by now.
+    check_image(opts["image"])
+    image, process = _image_process(opts)
     return ContainerSpec(
         id=names.new_id(),
         name=name,
         image=opts["image"],
-        hostname=names.check_hostname(opts["hostname"]) if opts["hostname"] else names.hostname_for(name),
+        hostname=hostname,
         process=process,
         image_id=image.image_id,
         readonly_rootfs=opts["read_only"],
-        storage=DriverChoice(opts["storage"], parse_options(opts["storage_opt"], "--storage-opt")),
-        limits=DriverChoice(limits),
-        net=DriverChoice(opts["net"], parse_options(opts["net_opt"], "--net-opt")),
-        isolation=DriverChoice(opts["isolation"]),
         resources=resources,
-        network=NetworkSpec(network=opts["network"], ip=parse_ip(opts["ip"]) if opts["ip"] else None,
-                            ports=tuple(parse_publish(p) for p in opts["publish"]),
-                            dns=tuple(parse_dns(d) for d in opts["dns"])),
-        mounts=tuple(parse_volume(v) for v in opts["volume"]) + tuple(parse_tmpfs(t) for t in opts["tmpfs"]),
+        network=network,
+        mounts=mounts,
         stop_timeout=stop_timeout,
         security=security,
         userns=user_namespace,
+        **choices,
     )
 
 
