@@ -142,15 +142,17 @@ class Isolation(Driver):
 
     @abc.abstractmethod
     def spawn(self, ctx: RunContext, rootfs: Path, *, netns: bool = True,
-              stdio: tuple[int, int, int] = (0, 1, 2), tty: bool = False) -> ContextManager[Child]:
+              stdio: tuple[int, int, int] = (0, 1, 2), console: int | None = None) -> ContextManager[Child]:
         """Start the child in new namespaces on ``rootfs``, blocked; kill and reap it on exit.
 
         ``netns`` False keeps the host's network namespace; ``stdio`` are the fds the command gets as
-        0, 1 and 2, and ``tty`` says stdin is a terminal to make the controlling one.
+        0, 1 and 2. With ``console`` (a unix socket, runc's --console-socket) the child instead makes a
+        pseudo-terminal from the container's own /dev/pts, takes the slave as stdio and controlling
+        terminal, and sends the master back on the socket.
         """
 
     def enter(self, pid: int, args: tuple[str, ...], cwd: str, env: dict[str, str], *,
-              stdio: tuple[int, int, int] = (0, 1, 2), tty: bool = False) -> ContextManager[Child]:
+              stdio: tuple[int, int, int] = (0, 1, 2), console: int | None = None) -> ContextManager[Child]:
         """Start ``args`` inside the running container whose first process is ``pid`` (``pish exec``),
         blocked until released like ``spawn``'s child; kill and reap it on exit."""
         raise DriverError(f"isolation driver {self.name!r} cannot run a process in a running container")

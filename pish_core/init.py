@@ -14,6 +14,7 @@ import json
 import os
 import select
 import signal
+import socket
 import sys
 import termios
 from pathlib import Path
@@ -34,13 +35,21 @@ class InitError(Exception):
         self.code = code
 
 
-def setup_stdio(stdio: tuple[int, int, int], tty: bool) -> None:
-    """Give the command its stdin/stdout/stderr; with a terminal, make it the controlling one."""
+def setup_stdio(stdio: tuple[int, int, int], console: int | None) -> None:
+    """Give the command its stdin/stdout/stderr. With ``console``, make a pseudo-terminal from the
+    container's own /dev/ptmx (so ``tty`` names it and the container's /dev/pts holds it), send the master
+    to the supervisor on that socket, and make the slave our stdio and controlling terminal."""
     os.setsid()
+    if console is not None:
+        master, slave = os.openpty()  # /dev/ptmx here is the container's: we have pivoted or joined
+        with socket.socket(fileno=console) as sock:
+            socket.send_fds(sock, [b"pty"], [master])
+        os.close(master)
+        stdio = (slave, slave, slave)
     for target, fd in enumerate(stdio):
         if fd != target:
             os.dup2(fd, target)
-    if tty:
+    if console is not None:
         fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
@@ -139,11 +148,10 @@ def _hung_up(fd: int) -> bool:
 
 
 def container_main(spec: ContainerSpec, root: Path, go_fd: int, err_fd: int,
-                   stdio: tuple[int, int, int], tty: bool) -> NoReturn:
+                   stdio: tuple[int, int, int], console: int | None) -> NoReturn:
     """The container's first process: wait for go, build its world, exec the command. Never returns."""
     try:
         extra_mounts = _await_go(go_fd)
-        setup_stdio(stdio, tty)
         native.sethostname(spec.hostname)
         mount_rootfs(root)
         mounts.apply(root, [*spec.mounts, *extra_mounts])
@@ -151,6 +159,7 @@ def container_main(spec: ContainerSpec, root: Path, go_fd: int, err_fd: int,
             remount_readonly(root)
         enforce.confine(root, spec)  # masked and read-only paths, the bounding set
         pivot_into(root)
+        setup_stdio(stdio, console)
         user.become(spec.process.user, spec.process.cwd)
         enforce.lock_down(spec.security)  # no_new_privs, seccomp, capabilities: last before exec
         exec_command(spec.process.args, spec.process.cwd, container_env(spec))
@@ -161,12 +170,12 @@ def container_main(spec: ContainerSpec, root: Path, go_fd: int, err_fd: int,
 
 
 def joined_main(args: tuple[str, ...], cwd: str, env: dict[str, str], go_fd: int, err_fd: int,
-                stdio: tuple[int, int, int], tty: bool, sec: Security | None = None) -> NoReturn:
+                stdio: tuple[int, int, int], console: int | None, sec: Security | None = None) -> NoReturn:
     """A process joining a running container (`pish exec`): its namespaces are already entered. It gets
     the container's ``sec`` (capabilities, no_new_privs, seccomp), docker's defaults if none is given."""
     try:
         _await_go(go_fd)
-        setup_stdio(stdio, tty)
+        setup_stdio(stdio, console)
         enforce.lock_down(sec or Security())
         exec_command(args, cwd, env)
     except InitError as exc:

@@ -170,7 +170,7 @@ def exec_in(ref: str, process: Process) -> int:
     limits = cast(Limits, load("limits", spec.limits.name, spec.limits.options))
     group = next((r for r in s.resources if r["kind"] == "limits"), None)
     with open_io(spec.with_changes(process=process)) as io, \
-            isolation.enter(s.pid, process.args, process.cwd, env, stdio=io.child_fds, tty=io.tty) as child:
+            isolation.enter(s.pid, process.args, process.cwd, env, stdio=io.child_fds, console=io.console) as child:
         if group is not None:
             limits.join(group, child.pid)
         child.release()

@@ -93,7 +93,7 @@ def supervise(p: Prepared, io_cm: ContextManager[ProcessIO], *, wait_for_start: 
             io = stack.enter_context(io_cm)
             child = stack.enter_context(  # 3. the process, in new namespaces, blocked
                 p.drivers.isolation.spawn(ctx, rootfs, netns=not p.drivers.network.shares_host_netns,
-                                          stdio=io.child_fds, tty=io.tty))
+                                          stdio=io.child_fds, console=io.console))
             _stage("isolation")
             group = stack.enter_context(p.drivers.limits.apply(ctx, child.pid))  # 4. its cgroup...
             _stage("limits")

@@ -71,14 +71,14 @@ class UnshareIsolation(Isolation):
 
     @contextlib.contextmanager
     def spawn(self, ctx: RunContext, rootfs: Path, *, netns: bool = True,
-              stdio: tuple[int, int, int] = (0, 1, 2), tty: bool = False) -> Iterator[Child]:
+              stdio: tuple[int, int, int] = (0, 1, 2), console: int | None = None) -> Iterator[Child]:
         namespaces = [ns for ns in NAMESPACES if ns != "net" or netns]
         flags = 0
         for ns in namespaces:
             flags |= NAMESPACES[ns]
 
         def in_child(go_fd: int, err_fd: int) -> NoReturn:
-            container_main(ctx.spec, rootfs, go_fd, err_fd, stdio, tty)
+            container_main(ctx.spec, rootfs, go_fd, err_fd, stdio, console)
 
         if ctx.spec.userns.private:  # --userns: a user namespace first, mapped by us, owning the others
             namespaces.insert(0, "user")
@@ -97,7 +97,7 @@ class UnshareIsolation(Isolation):
 
     @contextlib.contextmanager
     def enter(self, pid: int, args: tuple[str, ...], cwd: str, env: dict[str, str], *,
-              stdio: tuple[int, int, int] = (0, 1, 2), tty: bool = False) -> Iterator[Child]:
+              stdio: tuple[int, int, int] = (0, 1, 2), console: int | None = None) -> Iterator[Child]:
         # Open every namespace first: once we are in the container's mount namespace, /proc/PID may differ.
         # The container's user namespace, if it is not ours, comes first: it owns the others.
         own_userns = os.stat(f"/proc/{pid}/ns/user").st_ino == os.stat("/proc/self/ns/user").st_ino
@@ -113,7 +113,7 @@ class UnshareIsolation(Isolation):
             native.prctl(native.PR_SET_KEEPCAPS, 1)  # see pish_core/security: lock_down decides
 
         def in_child(go_fd: int, err_fd: int) -> NoReturn:
-            joined_main(args, cwd, env, go_fd, err_fd, stdio, tty, sec)
+            joined_main(args, cwd, env, go_fd, err_fd, stdio, console, sec)
 
         try:
             child = _fork_twice(join, in_child, "cannot join the container's namespaces")

@@ -130,20 +130,12 @@ def test_no_terminal_without_t(pish, busybox_tar):
     assert proc.stdout == "no-tty\n"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: the pty is allocated on the host's devpts (os.openpty in pish_core/terminal.py open_io), while the "
-    "container's /dev/pts is a new devpts instance (pish_core/init.py mount_dev), so ttyname() fails inside "
-    "and `tty` says 'not a tty'"))
 def test_tty_names_the_terminal(pish, busybox_tar):
     proc = pish("run", "--log-level", "warning", "-t", str(busybox_tar), "tty")
     assert proc.returncode == 0, proc.stdout
     assert re.fullmatch(r"/dev/pts/\d+", proc.stdout.strip()), proc.stdout
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: pish puts its terminal in raw mode (pish_core/terminal.py open_io, tty.setraw) before set-up ends "
-    "and restores it only after network/limits/isolation are released, so the [INFO] lines logged meanwhile "
-    "end in a bare \\n (no output processing in raw mode) and staircase across a real terminal"))
 def test_pish_log_lines_end_in_crlf_on_a_terminal(pish_env, busybox_tar, leaks):
     term = Terminal("run", "--stop-timeout", "1", "-it", str(busybox_tar), "/bin/sh")  # log level info
     try:
