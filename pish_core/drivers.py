@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pish_core.errors import DriverError, SpecError
 
 if TYPE_CHECKING:
-    from pish_core.spec import ContainerSpec, Mount
+    from pish_core.spec import ContainerSpec, Mount, Process
     from pish_core.state import Journal
 
 KINDS = ("storage", "limits", "network", "isolation")
@@ -151,9 +151,10 @@ class Isolation(Driver):
         terminal, and sends the master back on the socket.
         """
 
-    def enter(self, pid: int, args: tuple[str, ...], cwd: str, env: dict[str, str], *,
+    def enter(self, pid: int, process: Process, env: dict[str, str], *,
               stdio: tuple[int, int, int] = (0, 1, 2), console: int | None = None) -> ContextManager[Child]:
-        """Start ``args`` inside the running container whose first process is ``pid`` (``pish exec``),
+        """Start ``process`` (args, cwd, user) with ``env`` inside the running container whose first
+        process is ``pid`` (``pish exec``),
         blocked until released like ``spawn``'s child; kill and reap it on exit."""
         raise DriverError(f"isolation driver {self.name!r} cannot run a process in a running container")
 

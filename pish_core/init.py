@@ -22,7 +22,7 @@ from typing import NoReturn
 
 from pish_core import mounts, native, user, userns
 from pish_core.security import enforce
-from pish_core.spec import ContainerSpec, Mount, Security, container_env
+from pish_core.spec import ContainerSpec, Mount, Process, Security, container_env
 
 # The devices a container gets, as docker and runc give them: (name, major, minor).
 DEVICES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0))
@@ -169,15 +169,16 @@ def container_main(spec: ContainerSpec, root: Path, go_fd: int, err_fd: int,
         _report(err_fd, 125, f"container init failed: {exc}")
 
 
-def joined_main(args: tuple[str, ...], cwd: str, env: dict[str, str], go_fd: int, err_fd: int,
+def joined_main(process: Process, env: dict[str, str], go_fd: int, err_fd: int,
                 stdio: tuple[int, int, int], console: int | None, sec: Security | None = None) -> NoReturn:
     """A process joining a running container (`pish exec`): its namespaces are already entered. It gets
     the container's ``sec`` (capabilities, no_new_privs, seccomp), docker's defaults if none is given."""
     try:
         _await_go(go_fd)
         setup_stdio(stdio, console)
+        user.become(process.user, process.cwd)
         enforce.lock_down(sec or Security())
-        exec_command(args, cwd, env)
+        exec_command(process.args, process.cwd, env)
     except InitError as exc:
         _report(err_fd, exc.code, str(exc))
     except BaseException as exc:  # noqa: BLE001

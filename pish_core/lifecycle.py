@@ -12,11 +12,13 @@ import os
 import signal
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import cast
 
 from pish_core import log, paths, proc, state
 from pish_core.drivers import Child, Isolation, Limits, load
 from pish_core.errors import PishError, StateError
+from pish_core.mounts import resolve_in_root
 from pish_core.spec import ContainerSpec, Process, container_env
 
 _log = log.get("lifecycle")
@@ -154,23 +156,34 @@ def gc() -> list[str]:
     return cleaned
 
 
-def exec_in(ref: str, process: Process) -> int:
-    """Run a process in a running container (`pish exec`) and return its exit status."""
+def exec_in(ref: str, args: tuple[str, ...], *, env: tuple[str, ...] = (), cwd: str | None = None,
+            user: str | None = None, terminal: bool = False, interactive: bool = False) -> int:
+    """Run ``args`` in a running container (`pish exec`) and return its exit status. As with docker exec,
+    the working directory and user default to the container's, and ``user`` names are looked up in the
+    container's own /etc/passwd and /etc/group."""
+    from pish_core import user as users
     from pish_core.runtime import exit_status
     from pish_core.terminal import open_io
 
     s = _running(ref)
     assert s.pid is not None
     spec = ContainerSpec.from_dict(s.spec)
-    env = container_env(spec)
-    if process.terminal:
-        env["TERM"] = "xterm"
-    env.update(item.partition("=")[::2] for item in process.env)
+    who = spec.process.user
+    if user is not None:
+        root = Path(f"/proc/{s.pid}/root")  # the container's files, its symlinks kept inside it
+        who = users.resolve(user, _read(resolve_in_root(root, "/etc/passwd")),
+                            _read(resolve_in_root(root, "/etc/group")))[0]
+    process = Process(args=args, env=env, cwd=cwd or spec.process.cwd, terminal=terminal,
+                      interactive=interactive, user=who)
+    full_env = container_env(spec)
+    if terminal:
+        full_env["TERM"] = "xterm"
+    full_env.update(item.partition("=")[::2] for item in env)
     isolation = cast(Isolation, load("isolation", spec.isolation.name, spec.isolation.options))
     limits = cast(Limits, load("limits", spec.limits.name, spec.limits.options))
     group = next((r for r in s.resources if r["kind"] == "limits"), None)
     with open_io(spec.with_changes(process=process)) as io, \
-            isolation.enter(s.pid, process.args, process.cwd, env, stdio=io.child_fds, console=io.console) as child:
+            isolation.enter(s.pid, process, full_env, stdio=io.child_fds, console=io.console) as child:
         if group is not None:
             limits.join(group, child.pid)
         child.release()
@@ -178,6 +191,14 @@ def exec_in(ref: str, process: Process) -> int:
         with _forwarding(child):
             io.pump()
             return exit_status(child.wait())
+
+
+def _read(path: Path) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
 
 
 @contextlib.contextmanager

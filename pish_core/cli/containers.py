@@ -185,16 +185,14 @@ def gc(log_level: str) -> None:
 @click.option("-t", "--tty", is_flag=True, help="Allocate a pseudo-terminal.")
 @click.option("-e", "--env", multiple=True, help="Environment variable KEY=VALUE.")
 @click.option("-w", "--workdir", help="Working directory inside the container.")
+@click.option("-u", "--user", help="USER[:GROUP] to run as (default: the container's user).")
 @click.argument("ref")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-def exec_(interactive: bool, tty: bool, env: tuple[str, ...], workdir: str | None, ref: str,
+def exec_(interactive: bool, tty: bool, env: tuple[str, ...], workdir: str | None, user: str | None, ref: str,
           command: tuple[str, ...]) -> None:
     """Run COMMAND in a running container and exit with its status."""
-    from pish_core import state
     from pish_core.lifecycle import exec_in
-    from pish_core.spec import ContainerSpec, Process, parse_env
+    from pish_core.spec import parse_env
 
-    s = state.resolve(ref)
-    cwd = workdir or ContainerSpec.from_dict(s.spec).process.cwd if s.spec else "/"
-    process = Process(args=command, env=parse_env(env), cwd=cwd or "/", terminal=tty, interactive=interactive)
-    sys.exit(exec_in(s.id, process))
+    sys.exit(exec_in(ref, command, env=parse_env(env), cwd=workdir, user=user, terminal=tty,
+                     interactive=interactive))

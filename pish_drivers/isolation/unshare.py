@@ -20,7 +20,7 @@ from pish_core import log, native, proc, userns
 from pish_core.drivers import Child, Isolation, RunContext
 from pish_core.errors import ExecError, PishError
 from pish_core.init import container_main, joined_main
-from pish_core.spec import ContainerSpec, Mount, Security, UserNamespace
+from pish_core.spec import ContainerSpec, Mount, Process, Security, UserNamespace
 
 _log = log.get("isolation")
 
@@ -96,7 +96,7 @@ class UnshareIsolation(Isolation):
             ctx.journal.drop(record)
 
     @contextlib.contextmanager
-    def enter(self, pid: int, args: tuple[str, ...], cwd: str, env: dict[str, str], *,
+    def enter(self, pid: int, process: Process, env: dict[str, str], *,
               stdio: tuple[int, int, int] = (0, 1, 2), console: int | None = None) -> Iterator[Child]:
         # Open every namespace first: once we are in the container's mount namespace, /proc/PID may differ.
         # The container's user namespace, if it is not ours, comes first: it owns the others.
@@ -113,7 +113,7 @@ class UnshareIsolation(Isolation):
             native.prctl(native.PR_SET_KEEPCAPS, 1)  # see pish_core/security: lock_down decides
 
         def in_child(go_fd: int, err_fd: int) -> NoReturn:
-            joined_main(args, cwd, env, go_fd, err_fd, stdio, console, sec)
+            joined_main(process, env, go_fd, err_fd, stdio, console, sec)
 
         try:
             child = _fork_twice(join, in_child, "cannot join the container's namespaces")
