@@ -10,6 +10,7 @@ that is how ``pish gc`` cleans up after a run that was killed.
 from __future__ import annotations
 
 import abc
+import functools
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager as ContextManager
 from dataclasses import dataclass, field
@@ -166,8 +167,9 @@ def group(kind: str) -> str:
     return f"pish.{kind}"
 
 
+@functools.cache
 def load_class(kind: str, name: str) -> type[Driver]:
-    """The driver class registered as ``name`` in the entry-point group of ``kind``."""
+    """The driver class registered as ``name`` in the entry-point group of ``kind`` (looked up once)."""
     from stevedore import driver as sd_driver  # lazy: ~60 ms of imports
     from stevedore.exception import NoMatches
 

@@ -37,11 +37,11 @@ def flocked(path: Path, shared: bool = False) -> Iterator[None]:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
+    """Write, then rename over: a reader, or a process killed mid-write, never sees half a file. No fsync:
+    the state lives in /run (tmpfs) and what must survive is a crash of pish, not of the machine."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w") as f:
         json.dump(data, f, indent=1, default=str)
-        f.flush()
-        os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
@@ -66,7 +66,8 @@ class ContainerState:
     resources: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     def save(self) -> None:
-        write_json_atomic(paths.state_file(self.id), dataclasses.asdict(self))
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # shallow: json copies
+        write_json_atomic(paths.state_file(self.id), fields)
 
     @classmethod
     def load(cls, cid: str) -> ContainerState:

@@ -1,20 +1,50 @@
 """Entry point of the ``pish`` command: the click group and the one place errors become one-line messages."""
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 
 import click
 
-from pish_core.cli import containers
-from pish_core.cli.drivers import drivers
-from pish_core.cli.image import demo_image, image
-from pish_core.cli.network import network
-from pish_core.cli.run import create, run
 from pish_core.errors import PishError
 
+#: command name -> "module:attribute". Imported only when used: start-up time is a feature.
+COMMANDS = {
+    "run": "pish_core.cli.run:run",
+    "create": "pish_core.cli.run:create",
+    "start": "pish_core.cli.containers:start",
+    "exec": "pish_core.cli.containers:exec_",
+    "ps": "pish_core.cli.containers:ps",
+    "logs": "pish_core.cli.containers:logs",
+    "stop": "pish_core.cli.containers:stop",
+    "kill": "pish_core.cli.containers:kill",
+    "rm": "pish_core.cli.containers:rm",
+    "inspect": "pish_core.cli.containers:inspect",
+    "gc": "pish_core.cli.containers:gc",
+    "network": "pish_core.cli.network:network",
+    "image": "pish_core.cli.image:image",
+    "demo-image": "pish_core.cli.image:demo_image",
+    "drivers": "pish_core.cli.drivers:drivers",
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class LazyGroup(click.Group):
+    """A click group that imports a command's module only when that command runs (or help lists it)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module, _, attr = target.partition(":")
+        command: click.Command = getattr(importlib.import_module(module), attr)
+        return command
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--root", type=click.Path(file_okay=False), envvar="PISH_ROOT",
               help="State directory (default /run/pish; env PISH_ROOT).")
 def cli(root: str | None) -> None:
@@ -22,11 +52,6 @@ def cli(root: str | None) -> None:
     if root:
         os.environ["PISH_ROOT"] = root
 
-
-for command in (run, create, containers.start, containers.exec_, containers.ps, containers.logs,
-                containers.stop, containers.kill, containers.rm, containers.inspect, containers.gc,
-                drivers, demo_image, network, image):
-    cli.add_command(command)
 
 
 def main(argv: list[str] | None = None) -> None:
