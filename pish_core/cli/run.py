@@ -116,6 +116,7 @@ def build_spec(opts: dict[str, Any]) -> Any:
         "isolation": DriverChoice(opts["isolation"]),
     }
     for slot, choice in choices.items():  # an unknown driver is refused before any image is imported
+        names.check_name(choice.name, f"{slot} driver name")
         load_class("network" if slot == "net" else slot, choice.name)
     hostname = names.check_hostname(opts["hostname"]) if opts["hostname"] else names.hostname_for(name)
     network = NetworkSpec(network=opts["network"], ip=parse_ip(opts["ip"]) if opts["ip"] else None,

@@ -26,6 +26,7 @@ from typing import IO, Any
 
 from pish_core.errors import ImageError
 from pish_core.image import digest
+from pish_core.image.unpack import describe
 
 INDEX_TYPES = ("application/vnd.oci.image.index.v1+json",
                "application/vnd.docker.distribution.manifest.list.v2+json")
@@ -167,7 +168,7 @@ def tar_names(path: Path) -> set[str] | None:
                     return None
                 names.add(name)
     except (tarfile.TarError, OSError, EOFError) as exc:
-        raise ImageError(f"cannot read {path}: it is neither a directory nor a tar archive ({exc})") from None
+        raise ImageError(f"cannot read {path}: it is neither a directory nor a tar archive ({describe(exc)})") from None
     return names
 
 
@@ -179,7 +180,7 @@ def open_source(path: Path) -> Iterator[Source]:
     try:
         tar = tarfile.open(path)  # noqa: SIM115 - closed by the with below
     except (tarfile.TarError, OSError) as exc:
-        raise ImageError(f"cannot read {path}: {exc}") from None
+        raise ImageError(f"cannot read {path}: {describe(exc)}") from None
     with tar:
         yield TarSource(tar, str(path))
 

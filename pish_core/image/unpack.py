@@ -61,13 +61,21 @@ def _check(member: tarfile.TarInfo, dest: Path) -> str:
     return rel
 
 
+def describe(exc: BaseException) -> str:
+    """A tar error in one line: tarfile's ReadError for a file that is no archive lists every
+    compression it tried, one per line."""
+    if isinstance(exc, tarfile.ReadError):
+        return "not a tar archive (plain, gzip, bzip2 or xz)"
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
 def unpack_tar(archive: Path, dest: Path, *, whiteouts: bool = False) -> UnpackStats:
     """Extract ``archive`` into the existing directory ``dest``, keeping numeric owners and modes."""
     try:
         with tarfile.open(archive) as tar:
             return _unpack(tar, dest, whiteouts)
     except (tarfile.TarError, OSError, EOFError) as exc:
-        raise ImageError(f"cannot unpack image {archive}: {exc}") from None
+        raise ImageError(f"cannot unpack image {archive}: {describe(exc)}") from None
 
 
 def unpack_stream(stream: IO[bytes], dest: Path, *, what: str, whiteouts: bool = True) -> UnpackStats:
@@ -77,7 +85,7 @@ def unpack_stream(stream: IO[bytes], dest: Path, *, what: str, whiteouts: bool =
         with tarfile.open(fileobj=padded, mode="r|") as tar:  # type: ignore[call-overload]
             stats = _unpack(tar, dest, whiteouts)
     except (tarfile.TarError, OSError, EOFError) as exc:
-        raise ImageError(f"cannot unpack {what}: {exc}") from None
+        raise ImageError(f"cannot unpack {what}: {describe(exc)}") from None
     if padded.real < stats.data_end:
         raise ImageError(f"cannot unpack {what}: it is truncated (the data of its last member is cut short)")
     return stats

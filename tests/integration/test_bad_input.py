@@ -109,20 +109,12 @@ def test_bad_input(pish_env, image, warm_lib, leaks, args, expected):
     assert_nothing_created(pish_env, leaks)
 
 
-IMPORTED_FIRST = pytest.mark.xfail(strict=True, reason=(
-    "bug: pish_core/cli/run.py build_spec imports the image (_image_process -> image.cache.resolve) before "
-    "--ip, --network, the driver names, --hostname... are checked, so on a cold store a bad flag logs two "
-    "[INFO] image lines and leaves the imported image in PISH_LIB"))
-
-
 @pytest.mark.parametrize(("args", "expected"), [
     pytest.param(("--name", "a/b"), "invalid container name 'a/b'", id="name-with-slash"),
     pytest.param(("--memory", "lots"), "invalid --memory 'lots'", id="memory-lots"),
-    pytest.param((*ON_BRIDGE, "--ip", "10.0.4.6"), "invalid --ip '10.0.4.6'", id="ip-without-prefix",
-                 marks=IMPORTED_FIRST),
-    pytest.param(("--net", "nope"), "unknown network driver 'nope'", id="unknown-net-driver", marks=IMPORTED_FIRST),
-    pytest.param(("--storage", "nope"), "unknown storage driver 'nope'", id="unknown-storage-driver",
-                 marks=IMPORTED_FIRST),
+    pytest.param((*ON_BRIDGE, "--ip", "10.0.4.6"), "invalid --ip '10.0.4.6'", id="ip-without-prefix"),
+    pytest.param(("--net", "nope"), "unknown network driver 'nope'", id="unknown-net-driver"),
+    pytest.param(("--storage", "nope"), "unknown storage driver 'nope'", id="unknown-storage-driver"),
 ])
 def test_bad_input_on_a_cold_store(pish, pish_env, image, leaks, args, expected):
     """A first run with a bad flag: refused before anything, the image included, is made."""
@@ -151,10 +143,6 @@ def test_not_an_image(pish, pish_env, tmp_path, leaks):
     leaks.assert_clean()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: the text of tarfile.ReadError goes into the error unchanged (pish_core/image/unpack.py unpack_tar; "
-    "in the working tree pish_core/image/oci.py), and for a file that is no archive it spans 5 lines, one per "
-    "compression method tried"))
 def test_not_an_image_is_one_line(pish, tmp_path):
     junk = tmp_path / "junk.tar"
     junk.write_text("this is not a tar file\n")
