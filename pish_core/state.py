@@ -14,7 +14,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +100,18 @@ class Journal:
         self.state.resources.append(record)
         self.state.save()
         return record
+
+    @contextlib.contextmanager
+    def held(self, kind: str, driver: str, what: str, release: Callable[[dict[str, Any]], None],
+             **data: Any) -> Iterator[dict[str, Any]]:
+        """Record a resource, then acquire it in the block; on the way out ``release`` it and forget it.
+        The shape of every driver: what it takes and how it gives it back, side by side."""
+        record = self.add(kind, driver, what, **data)
+        try:
+            yield record
+        finally:
+            release(record)
+            self.drop(record)
 
     def update(self, record: dict[str, Any], **data: Any) -> None:
         record.update(data)

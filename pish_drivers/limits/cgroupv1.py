@@ -152,8 +152,7 @@ class CgroupV1Limits(Limits):
         dirs = {c: mounted[c] / names.cgroup_name(ctx.id) for c in controllers}
         unique = list(dict.fromkeys(dirs.values()))
         # Journal first: if we die half-way, `pish gc` finds the record and removes what was made.
-        record = ctx.journal.add("limits", NAME, "cgroup", paths=[str(d) for d in unique])
-        try:
+        with ctx.journal.held("limits", NAME, "cgroup", self.release, paths=[str(d) for d in unique]):
             log.info("creating cgroup %s", label(unique[0]))
             for controller, cgroup in dirs.items():
                 ensure_dir(cgroup.parent, f"cgroup pish in {cgroup.parent.parent} (shared by all containers)")
@@ -169,9 +168,6 @@ class CgroupV1Limits(Limits):
             for cgroup in unique:
                 write(cgroup / "cgroup.procs", pid, NAME)
             yield CgroupV1Group(dirs, memory_limited=res.memory is not None)
-        finally:
-            self.release(record)
-            ctx.journal.drop(record)
 
     def join(self, record: dict[str, Any], pid: int) -> None:
         join(record, pid, NAME)

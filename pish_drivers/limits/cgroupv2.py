@@ -142,8 +142,7 @@ class CgroupV2Limits(Limits):
         res = ctx.spec.resources
         cgroup = self.root / names.cgroup_name(ctx.id)
         # Journal first: if we die half-way, `pish gc` finds the record and removes what was made.
-        record = ctx.journal.add("limits", NAME, "cgroup", paths=[str(cgroup)])
-        try:
+        with ctx.journal.held("limits", NAME, "cgroup", self.release, paths=[str(cgroup)]):
             controllers = needed_controllers(res)
             _enable(self.root, controllers)  # root -> pish/
             ensure_dir(cgroup.parent, f"cgroup pish in {self.root} (shared by all containers)")
@@ -154,9 +153,6 @@ class CgroupV2Limits(Limits):
             log.debug("adding pid %d to cgroup %s", pid, label(cgroup))
             write(cgroup / "cgroup.procs", pid, NAME)
             yield CgroupV2Group(cgroup)
-        finally:
-            self.release(record)
-            ctx.journal.drop(record)
 
     def join(self, record: dict[str, Any], pid: int) -> None:
         join(record, pid, NAME)

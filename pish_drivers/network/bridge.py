@@ -128,13 +128,7 @@ class BridgeNetwork(Network):
 
     def _journal(self, ctx: RunContext, undo: contextlib.ExitStack, what: str, **data: Any) -> dict[str, Any]:
         """Write the resource about to be taken into the journal, and undo it when the stack unwinds."""
-        record = ctx.journal.add("network", self.name, what, **data)
-        undo.callback(self._release_and_forget, ctx, record)
-        return record
-
-    def _release_and_forget(self, ctx: RunContext, record: dict[str, Any]) -> None:
-        self.release(record)
-        ctx.journal.drop(record)
+        return undo.enter_context(ctx.journal.held("network", self.name, what, self.release, **data))
 
 
 # -- step 2: the shared bridge, reference-counted under a lock ---------------------------------------

@@ -27,17 +27,13 @@ class CopyStorage(Storage):
     @contextlib.contextmanager
     def mount(self, ctx: RunContext) -> Iterator[Path]:
         layer = paths.layer_dir(ctx.id)
-        record = ctx.journal.add("storage", self.name, "copy", layer=str(layer))
-        try:
+        with ctx.journal.held("storage", self.name, "copy", self.release, layer=str(layer)) as record:
             rootfs = layer / "rootfs"
             with layers_for(ctx.spec) as image:
                 ctx.journal.update(record, image=image.image_id)
                 _log.info("copying image %s into %s", ctx.spec.image, rootfs)
                 flatten(image.layers, rootfs)
             yield rootfs
-        finally:
-            self.release(record)
-            ctx.journal.drop(record)
 
     def release(self, record: dict[str, Any]) -> None:
         layer = Path(record["layer"])

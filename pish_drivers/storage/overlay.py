@@ -38,8 +38,7 @@ class OverlayStorage(Storage):
     @contextlib.contextmanager
     def mount(self, ctx: RunContext) -> Iterator[Path]:
         layer = paths.layer_dir(ctx.id)
-        record = ctx.journal.add("storage", self.name, "overlay", layer=str(layer))
-        try:
+        with ctx.journal.held("storage", self.name, "overlay", self.release, layer=str(layer)) as record:
             for sub in ("upper", "work", "merged"):
                 (layer / sub).mkdir(parents=True, exist_ok=True)
             merged = layer / "merged"
@@ -49,9 +48,6 @@ class OverlayStorage(Storage):
                 lowers = userns.mapped_lowers(ctx.spec.userns, image.layers, layer)  # id-mapped: --userns
                 mount_overlay(merged, lowers, layer / "upper", layer / "work")
             yield merged
-        finally:
-            self.release(record)
-            ctx.journal.drop(record)
 
     def release(self, record: dict[str, Any]) -> None:
         layer = Path(record["layer"])

@@ -19,6 +19,7 @@ from pish_core import names
 from pish_core.drivers import RunContext
 from pish_core.errors import DriverError, SpecError
 from pish_core.spec import ContainerSpec, DriverChoice, Process, Resources
+from pish_core.state import Journal
 from pish_drivers.limits.cgroupv2 import CgroupV2Limits
 
 CORE_FILES = {
@@ -86,10 +87,11 @@ class FakeKernel:
         return self.real_rmdir(cgroup)
 
 
-class FakeJournal:
-    """Records like pish_core.state.Journal, and checks that nothing exists yet when a record is added."""
+class FakeJournal(Journal):
+    """Records like pish_core.state.Journal (its ``held`` is used as is), in memory, and checks that nothing
+    exists yet when a record is added."""
 
-    def __init__(self) -> None:
+    def __init__(self) -> None:  # no state record, no lock
         self.records: list[dict[str, Any]] = []
 
     def add(self, kind: str, driver: str, what: str, **data: Any) -> dict[str, Any]:
