@@ -3,6 +3,8 @@
 #include <errno.h>
 #include <linux/capability.h>
 #include <sched.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <seccomp.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
@@ -54,6 +56,12 @@ int pish_seccomp_rule_add_cmp(void *ctx, uint32_t action, int syscall_nr, unsign
     return seccomp_rule_add(ctx, action, syscall_nr, 1, SCMP_CMP(arg, op, datum_a, datum_b));
 }
 int pish_seccomp_load(void *ctx) { return seccomp_load(ctx); }
+int pish_seccomp_export_bpf(void *ctx, int fd) { return seccomp_export_bpf(ctx, fd); }
+/* Load a filter libseccomp compiled earlier (exported with the call above): seccomp's own prctl. */
+int pish_seccomp_load_bpf(const void *filter, unsigned int len) {
+    struct sock_fprog prog = {(unsigned short)(len / sizeof(struct sock_filter)), (struct sock_filter *)filter};
+    RET(prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog, 0, 0));
+}
 
 /* The new mount API, for id-mapped mounts: open_tree(2), mount_setattr(2) (``attr`` is a struct
    mount_attr: attr_set, attr_clr, propagation, userns_fd), move_mount(2). */

@@ -154,6 +154,26 @@ class SeccompFilter:
     def load(self) -> None:
         _check(lib.pish_seccomp_load(self._ctx), "seccomp_load")
 
+    def export_bpf(self) -> bytes:
+        """The compiled BPF program, to load later with ``seccomp_load_bpf``."""
+        fd = os.memfd_create("pish-seccomp", os.MFD_CLOEXEC)
+        try:
+            _check(lib.pish_seccomp_export_bpf(self._ctx, fd), "seccomp_export_bpf")
+            os.lseek(fd, 0, os.SEEK_SET)
+            chunks = []
+            while chunk := os.read(fd, 65536):
+                chunks.append(chunk)
+            return b"".join(chunks)
+        finally:
+            os.close(fd)
+
+
+def seccomp_load_bpf(program: bytes) -> None:
+    """Load a BPF program that libseccomp compiled (``SeccompFilter.export_bpf``) into this process."""
+    if not program or len(program) % 8:
+        raise OSError(22, "not a seccomp BPF program")
+    _check(lib.pish_seccomp_load_bpf(program, len(program)), "seccomp load")
+
 
 def seccomp_syscall(name: str) -> int:
     """The syscall number of ``name`` (negative pseudo-numbers for other-arch-only calls), or NR_SCMP_ERROR."""

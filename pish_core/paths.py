@@ -139,6 +139,11 @@ def image_source(key: str) -> Path:
     return image_sources_dir() / f"{key}.json"
 
 
+def seccomp_cache(key: str) -> Path:
+    """A seccomp program libseccomp compiled, kept so the next container only has to load it."""
+    return lib_root() / "seccomp" / f"{key}.bpf"
+
+
 def networks_dir() -> Path:
     """Per-network shared state (users of a bridge), guarded by flock."""
     return run_root() / "networks"

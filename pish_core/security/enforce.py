@@ -27,6 +27,12 @@ def confine(root: Path, spec: ContainerSpec) -> None:
     native.prctl(native.PR_SET_KEEPCAPS, 1)
 
 
+def prepare(sec: Security) -> None:
+    """In the supervisor (or `pish exec`), before forking: what the child should not have to compute."""
+    if sec.seccomp:
+        seccomp.prepare(sec.capabilities)
+
+
 def lock_down(sec: Security) -> None:
     """no_new_privs, seccomp, then the final capability sets: the last step before execve."""
     if os.geteuid() != 0:

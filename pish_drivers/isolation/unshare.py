@@ -20,6 +20,7 @@ from pish_core import log, native, proc, userns
 from pish_core.drivers import Child, Isolation, RunContext
 from pish_core.errors import ExecError, PishError
 from pish_core.init import container_main, joined_main
+from pish_core.security import enforce
 from pish_core.spec import ContainerSpec, Mount, Process, Security, UserNamespace
 
 _log = log.get("isolation")
@@ -80,6 +81,8 @@ class UnshareIsolation(Isolation):
         def in_child(go_fd: int, err_fd: int) -> NoReturn:
             container_main(ctx.spec, rootfs, go_fd, err_fd, stdio, console)
 
+        enforce.prepare(ctx.spec.security)  # the seccomp program, compiled once, inherited by the child
+
         if ctx.spec.userns.private:  # --userns: a user namespace first, mapped by us, owning the others
             namespaces.insert(0, "user")
             sync = _UsernsSync(ctx.spec.userns)
@@ -103,7 +106,8 @@ class UnshareIsolation(Isolation):
         own_userns = os.stat(f"/proc/{pid}/ns/user").st_ino == os.stat("/proc/self/ns/user").st_ino
         order = JOIN_ORDER if own_userns else ("user", *JOIN_ORDER)
         fds = [os.open(f"/proc/{pid}/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC) for ns in order]
-        sec = _security_of(pid)
+        sec = _security_of(pid) or Security()
+        enforce.prepare(sec)
 
         def join() -> None:
             for number, fd in enumerate(fds):
