@@ -12,7 +12,7 @@ import contextlib
 import os
 import traceback
 
-from pish_core import log, paths, state
+from pish_core import log, paths, proc, state
 from pish_core.errors import PishError
 from pish_core.runtime import Prepared, prepare, supervise
 from pish_core.spec import ContainerSpec
@@ -56,7 +56,8 @@ def start_detached(spec: ContainerSpec, *, start: bool = True, auto_remove: bool
 def _be_supervisor(p: Prepared, report_fd: int, start: bool) -> None:
     """The supervisor's whole life. Its own log goes to supervisor.log, the container's to container.log."""
     cid = p.spec.id
-    p.record.supervisor_pid = os.getpid()
+    p.record.supervisor_pid, p.record.supervisor_start = os.getpid(), proc.start_time(os.getpid())
+    p.record.save()  # now: `pish rm -f` signals the supervisor, never the starter
     devnull = os.open(os.devnull, os.O_RDWR)
     own_log = os.open(paths.supervisor_log(cid), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     container_log = os.open(paths.log_file(cid), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)

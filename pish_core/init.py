@@ -8,6 +8,7 @@ the pipe, which the parent reads as "started".
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -51,6 +52,16 @@ def setup_stdio(stdio: tuple[int, int, int], console: int | None) -> None:
             os.dup2(fd, target)
     if console is not None:
         fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+    _only_stdio_survives_exec()
+
+
+def _only_stdio_survives_exec() -> None:
+    """Mark every descriptor above 2 close-on-exec, as runc does: the command gets its stdio and nothing
+    else pish had open or inherited (a shell's ``3>file``, a CI runner's pipes)."""
+    for name in os.listdir("/proc/self/fd"):
+        if int(name) > 2:
+            with contextlib.suppress(OSError):  # the directory's own descriptor, closed by now
+                os.set_inheritable(int(name), False)
 
 
 def mount_dev(root: Path) -> None:

@@ -106,42 +106,64 @@ def remove(ref: str, force: bool = False) -> state.ContainerState:
             assert s.pid is not None
             with contextlib.suppress(ProcessLookupError):
                 os.kill(s.pid, signal.SIGKILL)
-        elif s.supervisor_pid:  # creating or created: the supervisor unwinds on SIGTERM
+        elif proc.is_same(s.supervisor_pid, s.supervisor_start):  # creating or created: it unwinds on SIGTERM
+            assert s.supervisor_pid is not None
             with contextlib.suppress(ProcessLookupError):
                 os.kill(s.supervisor_pid, signal.SIGTERM)
         if not state.wait_supervisor_gone(s.id, 30):
             raise StateError(f"container {s.name}: its supervisor did not finish within 30 s")
-    collect(s.id)
-    state.remove(s.id)
+    # The record goes under the supervisor lock, with the journal undone. Held by someone else now, the
+    # lock means a `pish gc` or another `pish rm` is releasing this container: wait for it to finish,
+    # never delete the journal it is working through.
+    deadline = time.monotonic() + 30
+    while not collect(s.id, remove=True) and paths.container_dir(s.id).exists():
+        if time.monotonic() > deadline:
+            raise StateError(f"container {s.name}: another pish did not finish cleaning it up within 30 s")
+        time.sleep(0.02)
     return s
 
 
-def collect(cid: str) -> bool:
-    """Undo what the journal of ``cid`` still lists, if its supervisor is gone; True if it did."""
+def collect(cid: str, remove: bool = False) -> bool:
+    """Undo what the journal of ``cid`` still lists, if its supervisor is gone; True if it did. The record
+    is removed too with ``remove``, or if the container never finished. A release that fails does not
+    stop the others: its entry stays in the journal, and the failures are raised at the end."""
     fd = state.try_lock(cid)
     if fd is None:
         return False
     try:
         try:
             s = state.ContainerState.load(cid)
-        except (StateError, ValueError):  # a record half-written by a killed `pish run`
-            state.remove(cid)
-            return True
+        except (StateError, ValueError):  # not written yet: a killed `pish run`, or one being created now
+            os.close(fd)
+            fd = -1
+            return state.remove_unloadable(cid)
+        failed = []
         for record in reversed(list(s.resources)):
             kind = record["kind"]
-            options = s.spec.get(_SPEC_KEY.get(kind, kind), {}).get("options", {})
-            load(kind, record["driver"], options).release(record)
+            try:
+                options = s.spec.get(_SPEC_KEY.get(kind, kind), {}).get("options", {})
+                load(kind, record["driver"], options).release(record)
+            except Exception as exc:  # noqa: BLE001 - one failing release must not keep the rest
+                failed.append(f"{kind} ({record['driver']}): {exc}")
+                continue
             s.resources.remove(record)
             s.save()
-        if s.status != "stopped" or s.auto_remove:
+        if failed:
+            s.error = f"clean-up incomplete: {'; '.join(failed)}"
+            s.save()
+            raise PishError(f"container {s.name}: cannot release {'; '.join(failed)}; "
+                            f"its record is kept: fix that and run `pish gc` again")
+        if remove or s.status != "stopped" or s.auto_remove:
             state.remove(cid)
         return True
     finally:
-        os.close(fd)
+        if fd >= 0:
+            os.close(fd)
 
 
-def gc() -> list[str]:
-    """Clean up after every container whose supervisor died; return the ids cleaned."""
+def gc(failed: list[PishError] | None = None) -> list[str]:
+    """Clean up after every container whose supervisor died; return the ids cleaned. A container that
+    cannot be cleaned up fully does not stop the others: its error is appended to ``failed``."""
     cleaned = []
     with contextlib.suppress(FileNotFoundError):
         for cid in os.listdir(paths.containers_dir()):
@@ -150,7 +172,13 @@ def gc() -> list[str]:
                 s = state.ContainerState.load(cid)
             if s is not None and s.status == "stopped" and not s.resources and not s.auto_remove:
                 continue  # an exited container: kept until `pish rm`, as docker keeps it
-            if collect(cid):
+            try:
+                done = collect(cid)
+            except PishError as exc:
+                if failed is not None:
+                    failed.append(exc)
+                continue
+            if done:
                 _log.info("cleaned up container %s", cid[:12])
                 cleaned.append(cid)
     return cleaned

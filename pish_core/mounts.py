@@ -76,6 +76,8 @@ def apply(root: Path, mounts: Iterable[Mount]) -> None:
             rest = flags & ~(native.MS_BIND | native.MS_REC)
             if rest:  # bind mounts take ro/nosuid/... only on a remount
                 native.mount(None, str(target), None, native.MS_BIND | native.MS_REMOUNT | rest)
+            if m.readonly and flags & native.MS_REC:  # ...and that remount reaches the top mount only
+                native.mount_setattr_readonly(str(target))
         else:
             _make_target(target, True)
             native.mount(m.source or m.type, str(target), m.type, flags, ",".join(data) or None)

@@ -58,6 +58,7 @@ OPEN_TREE_CLONE = 1
 OPEN_TREE_CLOEXEC = os.O_CLOEXEC
 MOVE_MOUNT_F_EMPTY_PATH = 0x4
 MOUNT_ATTR_IDMAP = 0x00100000
+MOUNT_ATTR_RDONLY = 0x00000001
 
 
 def _check(ret: int, what: str, path: str | None = None) -> int:
@@ -191,6 +192,12 @@ def mount_setattr_idmap(fd: int, userns_fd: int, flags: int = AT_EMPTY_PATH) -> 
     """Make the detached mount ``fd`` id-mapped through the user namespace ``userns_fd``."""
     attr = ffi.new("uint64_t[4]", [MOUNT_ATTR_IDMAP, 0, 0, userns_fd])  # struct mount_attr
     _check(lib.pish_mount_setattr(fd, b"", flags, attr, ffi.sizeof(attr)), "mount_setattr")
+
+
+def mount_setattr_readonly(path: str) -> None:
+    """Make the mount at ``path`` and every mount below it read-only (a plain remount does only the top)."""
+    attr = ffi.new("uint64_t[4]", [MOUNT_ATTR_RDONLY, 0, 0, 0])  # struct mount_attr: attr_set
+    _check(lib.pish_mount_setattr(AT_FDCWD, _c(path), AT_RECURSIVE, attr, ffi.sizeof(attr)), "mount_setattr", path)
 
 
 def move_mount(fd: int, target: str) -> None:

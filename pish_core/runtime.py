@@ -75,7 +75,8 @@ def prepare(spec: ContainerSpec, *, auto_remove: bool = False) -> Prepared:
     userns.check_rootless(spec)  # what needs root, refused in one line when pish runs without it
     drivers = Drivers.for_spec(spec)
     record = state.ContainerState(id=spec.id, name=spec.name, image=spec.image, command=list(spec.process.args),
-                                  supervisor_pid=os.getpid(), spec=spec.to_dict(), auto_remove=auto_remove)
+                                  supervisor_pid=os.getpid(), supervisor_start=proc.start_time(os.getpid()),
+                                  spec=spec.to_dict(), auto_remove=auto_remove)
     return Prepared(spec, drivers, state.create(record))
 
 

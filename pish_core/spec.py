@@ -309,7 +309,8 @@ def parse_publish(item: str) -> PortMapping:
     """``-p HOSTPORT:CPORT[/tcp|udp]``, as docker reads it (without docker's optional host address)."""
     ports, _, protocol = item.partition("/")
     host, sep, container = ports.partition(":")
-    if not sep or protocol not in ("", "tcp", "udp") or not host.isdigit() or not container.isdigit():
+    if not sep or protocol not in ("", "tcp", "udp") or not (host + container).isascii() \
+            or not host.isdigit() or not container.isdigit():
         raise SpecError(f"invalid -p {item!r}: use HOSTPORT:CONTAINERPORT[/tcp|udp], e.g. 8080:80")
     mapping = PortMapping(int(host), int(container), protocol or "tcp")
     if not (0 < mapping.host_port < 65536 and 0 < mapping.container_port < 65536):
@@ -356,7 +357,9 @@ def parse_tmpfs(item: str) -> Mount:
             options.append(f"size={parse_size(value, '--tmpfs size')}")
         elif key == "mode" and re.fullmatch(r"[0-7]{3,4}", value):
             options[2] = f"mode={value}"
-        elif opt in ("ro", "noexec", "exec"):
+        elif opt == "exec":  # the default: take back an earlier noexec (the kernel knows no "exec")
+            options = [o for o in options if o != "noexec"]
+        elif opt in ("ro", "noexec"):
             options.append(opt)
         else:
             raise SpecError(f"invalid --tmpfs {item!r}: options are size=N, mode=OCTAL, ro, noexec")

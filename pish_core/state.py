@@ -56,6 +56,7 @@ class ContainerState:
     pid: int | None = None
     pid_start: str | None = None
     supervisor_pid: int | None = None
+    supervisor_start: str | None = None  # with the pid, names the supervisor for good (pids get reused)
     started: float | None = None
     finished: float | None = None
     exit_code: int | None = None
@@ -140,20 +141,23 @@ def create(state: ContainerState) -> Journal:
             if other.name == state.name:
                 raise StateError(f"the container name {state.name!r} is already in use by {other.id[:12]}")
         paths.container_dir(state.id).mkdir(parents=True, mode=0o700)
-        lock_fd = try_lock(state.id)
-        assert lock_fd is not None, "a new container's lock cannot be held by anyone else"
+        # A `pish gc` may hold it a moment, having found the directory without a record: it lets go
+        # without removing anything, as we hold the names lock (see remove_unloadable).
+        lock_fd = try_lock(state.id, wait=True)
+        assert lock_fd is not None, "a new container's directory cannot vanish while we hold the names lock"
         state.save()
     return Journal(state, lock_fd)
 
 
-def try_lock(cid: str) -> int | None:
-    """Take the supervisor lock of ``cid`` if it is free; return its fd (close it to let go), else None."""
+def try_lock(cid: str, wait: bool = False) -> int | None:
+    """Take the supervisor lock of ``cid`` if it is free (or once it is, with ``wait``); return its fd
+    (close it to let go), else None."""
     try:
         fd = os.open(paths.supervisor_lock(cid), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except FileNotFoundError:  # the container directory is gone
         return None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
     except BlockingIOError:
         os.close(fd)
         return None
@@ -180,6 +184,25 @@ def wait_supervisor_gone(cid: str, timeout: float) -> bool:
 
 def remove(cid: str) -> None:
     shutil.rmtree(paths.container_dir(cid), ignore_errors=True)
+
+
+def remove_unloadable(cid: str) -> bool:
+    """Remove the directory of a container whose record does not load (a run killed before it wrote it);
+    True if it did. Not while it is being created: ``create`` holds the names lock from mkdir to the
+    first write, so under that lock a record still missing, with its supervisor lock free, is debris.
+    The caller must not hold the supervisor lock: ``create`` waits for it while holding the names lock."""
+    with flocked(_names_lock()):
+        fd = try_lock(cid)
+        if fd is None:
+            return False
+        try:
+            ContainerState.load(cid)
+        except (StateError, ValueError):
+            remove(cid)
+            return True
+        finally:
+            os.close(fd)
+        return False  # written meanwhile: an ordinary record now
 
 
 def finish(record: ContainerState) -> None:

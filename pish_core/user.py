@@ -62,7 +62,7 @@ def parse_group(text: str | None) -> list[GroupEntry]:
 
 
 def _number(text: str) -> int | None:
-    return int(text) if text.isdigit() else None
+    return int(text) if text.isascii() and text.isdigit() else None  # "²".isdigit(), but int("²") fails
 
 
 def _in_range(value: int, what: str, spec: str) -> int:

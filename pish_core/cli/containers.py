@@ -173,11 +173,17 @@ def rm(force: bool, refs: tuple[str, ...]) -> None:
 @click.option("--log-level", default="info", type=click.Choice(log.LEVELS), show_default=True)
 def gc(log_level: str) -> None:
     """Release everything held by containers whose supervisor died (after a crash or a SIGKILL)."""
+    from pish_core.errors import PishError
     from pish_core.lifecycle import gc as collect_all
 
     log.setup(log_level)
-    for cid in collect_all():
+    failed: list[PishError] = []
+    for cid in collect_all(failed):
         click.echo(cid[:12])
+    for exc in failed:
+        print(f"pish: {exc}", file=sys.stderr)
+    if failed:
+        sys.exit(failed[0].exit_code)
 
 
 @click.command("exec", context_settings={"allow_interspersed_args": False})

@@ -54,6 +54,13 @@ def cli(root: str | None) -> None:
 
 
 
+def entry() -> None:
+    """The ``pish`` command. Descriptors beyond stdio that the caller left open (a shell's ``3>file``, a
+    test harness's pipe) are not pish's: they are closed first, so no supervisor or container holds them."""
+    os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+    main()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; pish's own errors exit 125 (126/127 when the command cannot start), as docker's do."""
     try:
@@ -76,4 +83,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    entry()

@@ -213,12 +213,14 @@ def _manifests(src: Source, index: Any, what: str, names: list[str], depth: int)
     if not isinstance(manifests, list) or not manifests:
         raise ImageError(f"{what} in {src.description} lists no images")
     for d in manifests:
-        ann = (d.get("annotations") or {}) if isinstance(d, dict) else {}
+        ann = d.get("annotations") if isinstance(d, dict) else None
+        ann = ann if isinstance(ann, dict) else {}
         tags = names + ([ann[REF_NAME]] if isinstance(ann.get(REF_NAME), str) else [])
         if isinstance(d, dict) and d.get("mediaType") in INDEX_TYPES:
             path, hexd = _blob(d, f"image index in {what}")
             _, nested = src.read_json(path, hexd)
-            platform_ok = [m for m in nested.get("manifests", []) if _for_this_host(m)]
+            listed = nested.get("manifests") if isinstance(nested, dict) else None
+            platform_ok = [m for m in listed if _for_this_host(m)] if isinstance(listed, list) else []
             if not platform_ok:
                 raise ImageError(f"{path} in {src.description} has no image for linux/{_host_arch()}")
             yield from _manifests(src, {"manifests": platform_ok[:1]}, path, tags, depth + 1)
@@ -228,6 +230,8 @@ def _manifests(src: Source, index: Any, what: str, names: list[str], depth: int)
 
 def _for_this_host(descriptor: Any) -> bool:
     plat = descriptor.get("platform") if isinstance(descriptor, dict) else None
+    if plat and not isinstance(plat, dict):
+        return False
     return not plat or (plat.get("os") == "linux" and plat.get("architecture") == _host_arch())
 
 

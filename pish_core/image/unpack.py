@@ -55,9 +55,17 @@ def _check(member: tarfile.TarInfo, dest: Path) -> str:
     if member.ischr() or member.isblk() or member.isfifo():
         raise ImageError(f"refusing tar member {member.name!r}: device nodes and fifos are not allowed in images")
     if member.islnk():
-        _no_symlink_on_the_way(dest, _inside(member.linkname, member.name) + "/x", member.name)
+        link = _inside(member.linkname, member.name)
+        _no_symlink_on_the_way(dest, link + "/x", member.name)
+        if not os.path.isfile(dest / link) or os.path.islink(dest / link):
+            raise ImageError(f"refusing tar member {member.name!r}: it links to {member.linkname!r}, "
+                             f"which is no file the archive wrote before it")
+        member.linkname = link
     elif not (member.isreg() or member.isdir() or member.issym()):
         raise ImageError(f"refusing tar member {member.name!r}: unsupported member type")
+    # tarfile extracts by the raw name, which the kernel resolves component by component: `sym/../x`
+    # would go through the symlink `sym` that the checks above, on the normalised `x`, never saw.
+    member.name = rel
     return rel
 
 

@@ -33,8 +33,15 @@ def prepare(sec: Security) -> None:
         seccomp.prepare(sec.capabilities)
 
 
+#: <linux/prctl.h>. Not dumpable: no process of the container may ptrace this one, or open its
+#: /proc/PID/exe (pish's interpreter, on the host) and fds, once its capabilities are no more than the
+#: container's and before execve makes it the container's command (which execve makes dumpable again).
+PR_SET_DUMPABLE = 4
+
+
 def lock_down(sec: Security) -> None:
     """no_new_privs, seccomp, then the final capability sets: the last step before execve."""
+    native.prctl(PR_SET_DUMPABLE, 0)
     if os.geteuid() != 0:
         capabilities.raise_effective()  # a user switch (with KEEPCAPS) cleared them; we need a few still
     capabilities.narrow_bounding(sec.capabilities)  # done by confine() in a container's init; not for exec

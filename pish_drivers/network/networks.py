@@ -91,6 +91,7 @@ def get(name: str) -> NetworkDef | None:
 
 
 def require(name: str) -> NetworkDef:
+    names.check_ifname(name, "network name")  # `pish network rm ../x` would unlink files outside
     net = get(name)
     if net is None:
         raise SpecError(f"network {name} not found: create it with `pish network create {name}`")
