@@ -25,7 +25,8 @@ from types import FrameType
 from pish_core import log, paths, proc, state, userns
 from pish_core.drivers import Child, Isolation, Limits, Network, RunContext, Storage, load
 from pish_core.errors import Interrupted, PishError
-from pish_core.spec import ContainerSpec, check_image
+from pish_core.flags import check_image
+from pish_core.spec import ContainerSpec
 from pish_core.terminal import ProcessIO, open_io
 
 _log = log.get("runtime")

@@ -7,12 +7,9 @@ The CLI turns strings into a spec with the ``parse_*`` helpers; Python callers b
 from __future__ import annotations
 
 import ipaddress
-import os
-import posixpath
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 from pish_core import names
@@ -21,12 +18,6 @@ from pish_core.security import capabilities as caps
 from pish_core.security import masks
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-_SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([bkmgt]?)i?b?", re.IGNORECASE)
-_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-_CPUSET_RE = re.compile(r"\d+(-\d+)?(,\d+(-\d+)?)*")
-_LIMIT_KEY_RE = re.compile(r"([a-z_]+)\.([a-z0-9_.]+)")
-_ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
 
 @dataclass(frozen=True)
 class DriverChoice:
@@ -220,7 +211,7 @@ class ContainerSpec:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready form, kept in the state record (``pish inspect`` shows it, ``pish exec`` reads it)."""
         data = asdict(self)
-        data["network"]["ip"] = str(self.network.ip) if self.network.ip else None
+        data["network"].update(ip=str(self.network.ip) if self.network.ip else None)
         return data
 
     @classmethod
@@ -232,7 +223,8 @@ class ContainerSpec:
         res = dict(d.pop("resources"))
         res["extra"] = tuple(tuple(x) for x in res["extra"])
         net = dict(d.pop("network"))
-        net["ip"] = ipaddress.IPv4Interface(net["ip"]) if net["ip"] else None
+        address = net.pop("ip")
+        net.update(ip=ipaddress.IPv4Interface(address) if address else None)
         drivers = {k: DriverChoice(d[k]["name"], d[k]["options"]) for k in ("storage", "limits", "net", "isolation")}
         d.update(drivers)
         d["mounts"] = tuple(Mount(m["destination"], m["source"], m["type"], tuple(m["options"]))
@@ -240,150 +232,6 @@ class ContainerSpec:
         d["security"] = Security(**d.get("security", {}))
         d["userns"] = UserNamespace(**d.get("userns", {}))
         return cls(process=Process(**proc), resources=Resources(**res), network=NetworkSpec(**net), **d)
-
-
-# -- parsing strings from the edge (CLI, options) ---------------------------------------------------
-
-
-def parse_size(text: str, what: str = "size") -> int:
-    """``64m``, ``1g``, ``512k``, ``1048576`` -> bytes, as docker's ``--memory`` reads them."""
-    m = _SIZE_RE.fullmatch(text.strip())
-    if not m:
-        raise SpecError(f"invalid {what} {text!r}: use a number with an optional unit b, k, m or g (e.g. 64m)")
-    value = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
-    if value <= 0:
-        raise SpecError(f"invalid {what} {text!r}: must be more than 0")
-    return value
-
-
-def parse_cpus(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise SpecError(f"invalid --cpus {text!r}: use a number of CPUs such as 0.5") from None
-    if not 0.01 <= value <= 1024:
-        raise SpecError(f"invalid --cpus {text!r}: must be between 0.01 and 1024")
-    return value
-
-
-def parse_cpuset(text: str) -> str:
-    if not _CPUSET_RE.fullmatch(text):
-        raise SpecError(f"invalid --cpuset-cpus {text!r}: use a list such as 0-1 or 0,2")
-    return text
-
-
-def parse_positive_int(text: str, what: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise SpecError(f"invalid {what} {text!r}: use a whole number") from None
-    if value <= 0:
-        raise SpecError(f"invalid {what} {text!r}: must be more than 0")
-    return value
-
-
-def parse_limit(text: str) -> tuple[str, str, str]:
-    """``memory.swappiness=0`` -> ("memory", "memory.swappiness", "0"); the driver checks the key exists."""
-    key, sep, value = text.partition("=")
-    m = _LIMIT_KEY_RE.fullmatch(key)
-    if not sep or not m or "\n" in value:
-        raise SpecError(f"invalid --limit {text!r}: use controller.key=value, e.g. memory.swappiness=0")
-    return m.group(1), key, value
-
-
-def parse_ip(text: str) -> ipaddress.IPv4Interface:
-    """An address in CIDR form, ``10.0.4.6/24``; a bare address is refused (which network would it be?)."""
-    if "/" not in text:
-        raise SpecError(f"invalid --ip {text!r}: use CIDR form, e.g. 10.0.4.6/24")
-    try:
-        iface = ipaddress.IPv4Interface(text)
-    except ValueError:
-        raise SpecError(f"invalid --ip {text!r}: not an IPv4 address in CIDR form") from None
-    net = iface.network
-    if net.prefixlen < 31 and iface.ip in (net.network_address, net.broadcast_address):
-        raise SpecError(f"invalid --ip {text!r}: that is the network's own or broadcast address")
-    return iface
-
-
-def parse_publish(item: str) -> PortMapping:
-    """``-p HOSTPORT:CPORT[/tcp|udp]``, as docker reads it (without docker's optional host address)."""
-    ports, _, protocol = item.partition("/")
-    host, sep, container = ports.partition(":")
-    if not sep or protocol not in ("", "tcp", "udp") or not (host + container).isascii() \
-            or not host.isdigit() or not container.isdigit():
-        raise SpecError(f"invalid -p {item!r}: use HOSTPORT:CONTAINERPORT[/tcp|udp], e.g. 8080:80")
-    mapping = PortMapping(int(host), int(container), protocol or "tcp")
-    if not (0 < mapping.host_port < 65536 and 0 < mapping.container_port < 65536):
-        raise SpecError(f"invalid -p {item!r}: ports go from 1 to 65535")
-    return mapping
-
-
-def parse_dns(text: str) -> str:
-    """``--dns ADDRESS``: a nameserver's IPv4 address."""
-    try:
-        return str(ipaddress.IPv4Address(text))
-    except ValueError:
-        raise SpecError(f"invalid --dns {text!r}: use a nameserver's IPv4 address, e.g. 192.0.2.53") from None
-
-
-def _container_path(path: str, flag: str, item: str) -> str:
-    norm = posixpath.normpath(path)
-    if not path.startswith("/") or norm == "/" or ".." in path.split("/"):
-        raise SpecError(f"invalid {flag} {item!r}: the container path must be absolute, not /, without ..")
-    return norm
-
-
-def parse_volume(item: str) -> Mount:
-    """``-v HOSTPATH:CPATH[:ro|rw]``: bind an existing host path into the container, as docker does."""
-    parts = item.split(":")
-    if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] not in ("ro", "rw")):
-        raise SpecError(f"invalid -v {item!r}: use HOSTPATH:CONTAINERPATH[:ro]")
-    host = parts[0]
-    if not host.startswith("/"):
-        raise SpecError(f"invalid -v {item!r}: the host path must be absolute (named volumes are not supported)")
-    if not os.path.exists(host):
-        raise SpecError(f"invalid -v {item!r}: host path {host} does not exist")
-    options = ("rbind", "ro") if len(parts) == 3 and parts[2] == "ro" else ("rbind",)
-    return Mount(_container_path(parts[1], "-v", item), os.path.realpath(host), "bind", options)
-
-
-def parse_tmpfs(item: str) -> Mount:
-    """``--tmpfs CPATH[:size=N]``: a fresh tmpfs, nosuid and nodev as docker makes it."""
-    path, _, opts = item.partition(":")
-    options = ["nosuid", "nodev", "mode=1777"]
-    for opt in filter(None, opts.split(",")):
-        key, _, value = opt.partition("=")
-        if key == "size":
-            options.append(f"size={parse_size(value, '--tmpfs size')}")
-        elif key == "mode" and re.fullmatch(r"[0-7]{3,4}", value):
-            options[2] = f"mode={value}"
-        elif opt == "exec":  # the default: take back an earlier noexec (the kernel knows no "exec")
-            options = [o for o in options if o != "noexec"]
-        elif opt in ("ro", "noexec"):
-            options.append(opt)
-        else:
-            raise SpecError(f"invalid --tmpfs {item!r}: options are size=N, mode=OCTAL, ro, noexec")
-    return Mount(_container_path(path, "--tmpfs", item), "tmpfs", "tmpfs", tuple(options))
-
-
-def parse_env(items: tuple[str, ...]) -> tuple[str, ...]:
-    out = []
-    for item in items:
-        key, sep, _ = item.partition("=")
-        if not _ENV_KEY_RE.fullmatch(key) or "\0" in item:
-            raise SpecError(f"invalid environment variable {item!r}: use KEY=VALUE")
-        out.append(item if sep else f"{key}=")
-    return tuple(out)
-
-
-def parse_options(items: tuple[str, ...], flag: str) -> dict[str, str]:
-    opts: dict[str, str] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SpecError(f"invalid {flag} {item!r}: use key=value")
-        opts[key] = value
-    return opts
 
 
 def container_env(spec: ContainerSpec) -> dict[str, str]:
@@ -395,17 +243,3 @@ def container_env(spec: ContainerSpec) -> dict[str, str]:
         key, _, value = item.partition("=")
         env[key] = value
     return env
-
-
-def check_image(image: str) -> Path:
-    path = Path(image)
-    if not path.exists():
-        from pish_core.image import store  # lazy: only a run by image name needs the store
-
-        if store.find(image) is None:
-            raise SpecError(f"image {image!r} not found: give an image name (pish image ls), "
-                            f"an image archive, or a rootfs tar or directory")
-        return path
-    if not (path.is_dir() or path.is_file()):
-        raise SpecError(f"image {image!r} is neither a file nor a directory")
-    return path

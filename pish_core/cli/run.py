@@ -58,9 +58,9 @@ def container_options(f: Any) -> Any:
 
 def _image_process(opts: dict[str, Any]) -> tuple[Any, Any]:
     """The image (an archive is imported on the way) and the Process its config and the flags make."""
+    from pish_core.flags import parse_env
     from pish_core.image.cache import resolve
     from pish_core.image.config import process_for
-    from pish_core.spec import parse_env
 
     image = resolve(opts["image"])
     process = process_for(image.config, image.layers, args=tuple(opts["command"]), env=parse_env(opts["env"]),
@@ -73,11 +73,7 @@ def build_spec(opts: dict[str, Any]) -> Any:
     """Turn the flags into a validated ContainerSpec: the one place input from the edge is checked."""
     from pish_core import names
     from pish_core.drivers import load_class
-    from pish_core.spec import (
-        ContainerSpec,
-        DriverChoice,
-        NetworkSpec,
-        Resources,
+    from pish_core.flags import (
         check_image,
         parse_cpus,
         parse_cpuset,
@@ -91,6 +87,7 @@ def build_spec(opts: dict[str, Any]) -> Any:
         parse_tmpfs,
         parse_volume,
     )
+    from pish_core.spec import ContainerSpec, DriverChoice, NetworkSpec, Resources
 
     name = names.check_name(opts["name"]) if opts["name"] is not None else names.random_name()
     resources = Resources(
@@ -119,7 +116,7 @@ def build_spec(opts: dict[str, Any]) -> Any:
         names.check_name(choice.name, f"{slot} driver name")
         load_class("network" if slot == "net" else slot, choice.name)
     hostname = names.check_hostname(opts["hostname"]) if opts["hostname"] else names.hostname_for(name)
-    network = NetworkSpec(network=opts["network"], ip=parse_ip(opts["ip"]) if opts["ip"] else None,
+    network = NetworkSpec(network=opts["network"], ip=parse_ip(address) if (address := opts.get("ip")) else None,
                           ports=tuple(parse_publish(p) for p in opts["publish"]),
                           dns=tuple(parse_dns(d) for d in opts["dns"]))
     mounts = tuple(parse_volume(v) for v in opts["volume"]) + tuple(parse_tmpfs(t) for t in opts["tmpfs"])

@@ -140,7 +140,7 @@ def test_network_rm_refuses_a_name_that_leaves_the_directory(pish_env: object, t
 def test_publish_with_a_non_ascii_digit_is_a_spec_error() -> None:
     """`-p ²:80`: str.isdigit() says yes, int() says no: a ValueError traceback."""
     from pish_core.errors import SpecError
-    from pish_core.spec import parse_publish
+    from pish_core.flags import parse_publish
 
     with pytest.raises(SpecError):
         parse_publish("²:80")
@@ -161,7 +161,7 @@ def test_user_with_a_non_ascii_digit_is_a_spec_error() -> None:
 
 def test_tmpfs_exec_option_is_not_handed_to_the_kernel() -> None:
     """`--tmpfs /x:exec` was accepted and then failed in the init with EINVAL (tmpfs knows no "exec")."""
-    from pish_core.spec import parse_tmpfs
+    from pish_core.flags import parse_tmpfs
 
     assert "exec" not in parse_tmpfs("/x:exec").options
     assert "noexec" not in parse_tmpfs("/x:noexec,exec").options

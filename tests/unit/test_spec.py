@@ -7,7 +7,8 @@ import pytest
 
 from pish_core import names
 from pish_core.errors import SpecError
-from pish_core.spec import ContainerSpec, Process, parse_cpus, parse_ip, parse_limit, parse_size
+from pish_core.flags import parse_cpus, parse_ip, parse_limit, parse_size
+from pish_core.spec import ContainerSpec, Process
 
 
 @pytest.mark.parametrize(("text", "expected"), [
