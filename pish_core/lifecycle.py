@@ -37,7 +37,7 @@ def status_text(s: state.ContainerState, alive: bool | None = None) -> str:
 
 def _running(ref: str) -> state.ContainerState:
     s = state.resolve(ref)
-    if s.status != "running" or not proc.is_same(s.pid, s.pid_start):
+    if not s.command_running():
         raise StateError(f"container {s.name} is not running")
     return s
 
@@ -83,7 +83,7 @@ def kill(ref: str, sig: int = signal.SIGKILL) -> state.ContainerState:
 def stop(ref: str, timeout: float = 10) -> state.ContainerState:
     """SIGTERM, then SIGKILL after ``timeout`` seconds, as ``docker stop``; return once all is released."""
     s = state.resolve(ref)
-    if s.status != "running" or not proc.is_same(s.pid, s.pid_start):
+    if not s.command_running():
         return s  # stopping a stopped container is not an error, as with docker
     assert s.pid is not None
     with contextlib.suppress(ProcessLookupError):
@@ -102,7 +102,7 @@ def remove(ref: str, force: bool = False) -> state.ContainerState:
     if state.supervisor_alive(s.id):
         if not force:
             raise StateError(f"container {s.name} is {status_text(s, True)}: stop it first or use pish rm -f")
-        if s.status == "running" and proc.is_same(s.pid, s.pid_start):
+        if s.command_running():
             assert s.pid is not None
             with contextlib.suppress(ProcessLookupError):
                 os.kill(s.pid, signal.SIGKILL)

@@ -14,12 +14,18 @@ from pish_core.errors import SpecError
 _NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}")
 _HOSTNAME_RE = re.compile(r"[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?(\.[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)*")
 _IFNAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,14}")
+_ID_RE = re.compile(r"[0-9a-f]{64}")
 IFNAMSIZ = 15  # Linux interface names hold at most 15 bytes
 
 
 def new_id() -> str:
     """A container id: 64 hex characters, as docker and the OCI runtimes use."""
     return secrets.token_hex(32)
+
+
+def is_id(text: str) -> bool:
+    """True for a container id as ``new_id`` makes them."""
+    return bool(_ID_RE.fullmatch(text))
 
 
 def short_id(cid: str) -> str:
@@ -48,7 +54,7 @@ def check_ifname(name: str, what: str = "interface name") -> str:
 
 
 def hostname_for(name: str) -> str:
-    """The default hostname: the container name when it is a valid hostname, else the short id."""
+    """The default hostname: the container name with ``_`` and ``.`` made ``-`` (``pish`` if nothing is left)."""
     return name.replace("_", "-").replace(".", "-")[:63].strip("-") or "pish"
 
 

@@ -129,6 +129,16 @@ def store_lock() -> Path:
     return lib_root() / "store.lock"
 
 
+def unpack_lock() -> Path:
+    """Held by an import while it unpacks a layer into the store."""
+    return lib_root() / "unpack.lock"
+
+
+def refs_lock() -> Path:
+    """Guards ``refs.json`` (``image_refs``)."""
+    return lib_root() / "refs.lock"
+
+
 def image_sources_dir() -> Path:
     """What ``pish run PATH`` found at a path, keyed by the file's identity: the fast pre-check in front
     of the content hash."""
@@ -149,8 +159,28 @@ def networks_dir() -> Path:
     return run_root() / "networks"
 
 
+def bridge_users(bridge: str) -> Path:
+    """Which containers use a bridge, and whether pish made it (``bridge_lock`` guards it)."""
+    return networks_dir() / f"{bridge}.json"
+
+
 def locks_dir() -> Path:
     return run_root() / "locks"
+
+
+def names_lock() -> Path:
+    """Held while a container name is checked and taken, so two containers never get the same one."""
+    return locks_dir() / "names.lock"
+
+
+def subid_lock() -> Path:
+    """Held while pish reads, and may add, its range in /etc/subuid and /etc/subgid."""
+    return locks_dir() / "subid.lock"
+
+
+def bridge_lock(bridge: str) -> Path:
+    """Held while a container joins or leaves a bridge (its users are counted in ``bridge_users``)."""
+    return locks_dir() / f"net-{bridge}.lock"
 
 
 def demo_image() -> Path:

@@ -2,12 +2,12 @@
 
 Field names follow the OCI runtime spec where one exists (``process.args``, ``process.env``,
 ``process.cwd``, ``hostname``, ``root``, ``linux.resources``), so an OCI bundle maps onto it later.
-The CLI turns strings into a spec with the ``parse_*`` helpers; Python callers build one directly.
+The CLI turns strings into spec values with the ``parse_*`` helpers of ``flags.py``; Python callers build a
+spec directly.
 """
 from __future__ import annotations
 
 import ipaddress
-import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -195,7 +195,7 @@ class ContainerSpec:
     def __post_init__(self) -> None:
         names.check_name(self.name)
         names.check_hostname(self.hostname)
-        if not re.fullmatch(r"[0-9a-f]{64}", self.id):
+        if not names.is_id(self.id):
             raise SpecError(f"invalid container id {self.id!r}")
         if not self.process.args:
             raise SpecError("no command given and the image has none")

@@ -2,7 +2,7 @@
 
 The record is also the container's journal: a driver writes what it is about to acquire into
 ``resources`` *before* acquiring it and drops the entry after releasing it. Whatever a killed run leaves
-behind is therefore listed here, and ``pish gc`` can undo it. Writes are atomic (write, fsync, rename);
+behind is therefore listed here, and ``pish gc`` can undo it. Writes are atomic (write, then rename);
 anything that reads-then-writes shared state holds an ``flock``.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from pish_core import paths
+from pish_core import paths, proc
 from pish_core.errors import StateError
 
 STATUSES = ("creating", "created", "running", "stopped")
@@ -65,6 +65,10 @@ class ContainerState:
     auto_remove: bool = False
     spec: dict[str, Any] = dataclasses.field(default_factory=dict)
     resources: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+    def command_running(self) -> bool:
+        """True while the record says running and its pid is still that same process (pids get reused)."""
+        return self.status == "running" and proc.is_same(self.pid, self.pid_start)
 
     def save(self) -> None:
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # shallow: json copies
@@ -126,17 +130,13 @@ class Journal:
             self.state.save()
 
 
-def _names_lock() -> Path:
-    return paths.locks_dir() / "names.lock"
-
-
 def create(state: ContainerState) -> Journal:
     """Write a new container's record, its supervisor lock already held; refuse a name in use.
 
     The lock is taken before the record becomes visible, so ``pish gc`` can never mistake a container
     being created for one whose supervisor died.
     """
-    with flocked(_names_lock()):
+    with flocked(paths.names_lock()):
         for other in list_all():
             if other.name == state.name:
                 raise StateError(f"the container name {state.name!r} is already in use by {other.id[:12]}")
@@ -191,7 +191,7 @@ def remove_unloadable(cid: str) -> bool:
     True if it did. Not while it is being created: ``create`` holds the names lock from mkdir to the
     first write, so under that lock a record still missing, with its supervisor lock free, is debris.
     The caller must not hold the supervisor lock: ``create`` waits for it while holding the names lock."""
-    with flocked(_names_lock()):
+    with flocked(paths.names_lock()):
         fd = try_lock(cid)
         if fd is None:
             return False

@@ -11,7 +11,7 @@ How it is made (``pish_drivers/isolation/unshare.py``): the intermediate process
 first and waits; pish, still host root, writes its ``uid_map`` and ``gid_map`` (``write_maps``); the
 intermediate becomes uid 0 of the new namespace and unshares the others, which the new user namespace
 then owns. The image is shared, read-only, by every container and owned by host ids, so the overlay gets
-an **id-mapped** view of it as its lower layer (``mapped_lower``: open_tree + mount_setattr(MOUNT_ATTR_IDMAP),
+an **id-mapped** view of it as its lower layer (``mapped_lowers``: open_tree + mount_setattr(MOUNT_ATTR_IDMAP),
 Linux >= 5.19 for overlayfs on id-mapped layers); overlayfs itself cannot be id-mapped (the kernel refuses
 with EINVAL), and no chowned copy is made. The upper layer is chowned to the container root's host id.
 
@@ -29,7 +29,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,7 +107,7 @@ def _own_range(files: tuple[Path, Path]) -> int:
     """The start of pish's range, the same in both files; added to both if it is missing."""
     from pish_core import state
 
-    with state.flocked(paths.locks_dir() / "subid.lock"):
+    with state.flocked(paths.subid_lock()):
         uids, gids = (read_ranges(f) for f in files)
         mine = [r for r in (*uids, *gids) if r.owner == OWNER]
         if mine:
@@ -372,6 +371,8 @@ def enter_rootless(spec: ContainerSpec) -> None:
 
 def _unshare_with_helpers(ns: UserNamespace, flags: int) -> None:
     """unshare, then have a child (still outside) run the setuid newuidmap/newgidmap on us."""
+    import subprocess  # lazy: only this (rootless, with a subordinate range) starts a program
+
     from pish_core import native
 
     go_r, go_w = os.pipe()

@@ -1,4 +1,5 @@
-"""``pish run``: parse docker-style flags into a ContainerSpec and run it in the foreground."""
+"""``pish run`` and ``pish create``: parse docker-style flags into a ContainerSpec, then run it in the
+foreground or hand it to a supervisor (``-d``, ``create``)."""
 from __future__ import annotations
 
 import sys

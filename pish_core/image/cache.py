@@ -59,10 +59,11 @@ def resolve(image: str) -> Resolved:
     if not path.exists():
         named = store.lookup(image)
         return Resolved(named.id, named.layer_dirs(), named.config)
-    from pish_core.image import oci
+    if path.is_dir():
+        from pish_core.image import oci  # lazy: it imports tarfile, which a remembered archive does not need
 
-    if path.is_dir() and oci.kind_of(path) == "rootfs-dir":
-        return Resolved("", [path.resolve()])
+        if oci.kind_of(path) == "rootfs-dir":
+            return Resolved("", [path.resolve()])
     key = _identity(path)
     img = _remembered(key)
     if img is not None:

@@ -20,7 +20,7 @@ from pish_core import log, paths
 from pish_core.errors import ImageError
 from pish_core.image import digest, oci
 from pish_core.image.progress import Progress, human
-from pish_core.image.store import Image, _load_refs, _refs_lock, _save_refs, get, parse_name
+from pish_core.image.store import Image, get, parse_name, tag
 from pish_core.image.unpack import unpack_stream
 from pish_core.state import flocked, write_json_atomic
 
@@ -133,7 +133,7 @@ def _ensure_layer(diff_id: str, blob_digest: str | None, opener: Any, what: str,
     final = paths.store_layer(diff_id)
     if final.is_dir():
         return
-    with flocked(paths.lib_root() / "unpack.lock"):
+    with flocked(paths.unpack_lock()):
         if final.is_dir():  # another import unpacked it while we waited
             return
         _clean_stale_tmp()
@@ -210,10 +210,7 @@ def _commit(raw: bytes, config: dict[str, Any], diff_ids: list[str], names: list
         except OSError:  # imported at the same time by another pish: the same bytes
             shutil.rmtree(tmp, ignore_errors=True)
     if names:
-        with _refs_lock():
-            refs = _load_refs()
-            refs.update({n: image_id for n in names})
-            _save_refs(refs)
+        tag(image_id, names)
     img = get(image_id)
     assert img is not None
     _log.info("imported image %s%s", img.short_id, f" as {', '.join(names)}" if names else "")

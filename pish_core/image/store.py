@@ -91,7 +91,15 @@ def _save_refs(refs: dict[str, str]) -> None:
 
 
 def _refs_lock() -> contextlib.AbstractContextManager[None]:
-    return flocked(paths.lib_root() / "refs.lock")
+    return flocked(paths.refs_lock())
+
+
+def tag(image_id: str, names: list[str]) -> None:
+    """Point each of ``names`` (already parsed) at ``image_id``."""
+    with _refs_lock():
+        refs = _load_refs()
+        refs.update({n: image_id for n in names})
+        _save_refs(refs)
 
 
 # -- reading the store -------------------------------------------------------------------------------

@@ -16,13 +16,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import re
 import signal
 import time
 from pathlib import Path
 from typing import Any
 
 from pish_core import log as pish_log
+from pish_core import names
 from pish_core.errors import DriverError, SpecError
 
 log = pish_log.get("limits")
@@ -31,8 +31,6 @@ log = pish_log.get("limits")
 RELEASE_TIMEOUT = 5.0
 #: The CFS period pish uses, in microseconds: `--cpus 0.5` means 50 ms of CPU time every 100 ms.
 CPU_PERIOD_US = 100_000
-
-_ID_RE = re.compile(r"[0-9a-f]{64}")
 
 
 # -- reading and writing cgroup files ---------------------------------------------------------------
@@ -85,7 +83,7 @@ def ensure_dir(path: Path, what: str) -> None:
 def owned(path: Path, driver: str) -> Path:
     """``path`` if it is a container's cgroup (``.../pish/<id>``), so a damaged journal cannot make
     ``pish gc`` kill the processes of some other cgroup, or the whole machine."""
-    if path.parent.name != "pish" or not _ID_RE.fullmatch(path.name):
+    if path.parent.name != "pish" or not names.is_id(path.name):
         raise DriverError(f"{driver}: refusing to remove {path}: it is not a pish container cgroup")
     return path
 

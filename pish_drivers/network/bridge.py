@@ -31,7 +31,6 @@ import importlib.util
 import ipaddress
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pish_core import names, paths, state
@@ -39,13 +38,11 @@ from pish_core.drivers import Attachment, Network, RunContext
 from pish_core.errors import DriverError, SpecError
 from pish_core.spec import Mount, PortMapping
 from pish_drivers.network import hosts, links, nat, networks
+from pish_drivers.network.hosts import FILE_MOUNT_OPTIONS
 from pish_drivers.network.links import CONTAINER_IFNAME
 
 if TYPE_CHECKING:
     from pish_core.spec import ContainerSpec
-
-#: How the shared files are mounted: read-only, and nothing in them can be executed or a device.
-FILE_MOUNT_OPTIONS = ("bind", "ro", "nosuid", "nodev", "noexec")
 
 
 class BridgeNetwork(Network):
@@ -104,10 +101,9 @@ class BridgeNetwork(Network):
                 self._journal(ctx, undo, "port", address=str(ip), **dataclasses.asdict(port))
                 nat.publish(port, str(ip))
 
-            hosts.write_resolv_conf(paths.resolv_conf(cid), spec.network.dns)
+            resolv_conf = hosts.resolv_conf_mount(cid, spec.network.dns)
             yield Attachment(ifname=CONTAINER_IFNAME, address=str(address), network=net.name, mounts=[
-                Mount("/etc/hosts", str(paths.hosts_file(net.name)), "bind", FILE_MOUNT_OPTIONS),
-                Mount("/etc/resolv.conf", str(paths.resolv_conf(cid)), "bind", FILE_MOUNT_OPTIONS),
+                Mount("/etc/hosts", str(paths.hosts_file(net.name)), "bind", FILE_MOUNT_OPTIONS), resolv_conf,
             ])
 
     def release(self, record: dict[str, Any]) -> None:
@@ -134,17 +130,9 @@ class BridgeNetwork(Network):
 # -- step 2: the shared bridge, reference-counted under a lock ---------------------------------------
 
 
-def _lock_file(bridge: str) -> Path:
-    return paths.locks_dir() / f"net-{bridge}.lock"
-
-
-def _users_file(bridge: str) -> Path:
-    return paths.networks_dir() / f"{bridge}.json"
-
-
 def _read_users(bridge: str) -> dict[str, Any] | None:
     """The bridge's bookkeeping, ``{"created_by_pish": bool, "users": [ids], ...}``, or None."""
-    path = _users_file(bridge)
+    path = paths.bridge_users(bridge)
     try:
         data: dict[str, Any] = json.loads(path.read_text())
     except FileNotFoundError:
@@ -156,7 +144,7 @@ def _read_users(bridge: str) -> dict[str, Any] | None:
 
 def _write_users(bridge: str, data: dict[str, Any]) -> None:
     paths.networks_dir().mkdir(parents=True, exist_ok=True)
-    state.write_json_atomic(_users_file(bridge), data)
+    state.write_json_atomic(paths.bridge_users(bridge), data)
 
 
 def _live(users: list[str], leaving: str | None = None) -> list[str]:
@@ -166,7 +154,7 @@ def _live(users: list[str], leaving: str | None = None) -> list[str]:
 
 def _join_bridge(ipr: Any, bridge: str, gateway: ipaddress.IPv4Interface, cid: str) -> int:
     """Add ``cid`` to the bridge's users; the first user sets up the bridge and its NAT. Return its index."""
-    with state.flocked(_lock_file(bridge)):
+    with state.flocked(paths.bridge_lock(bridge)):
         data = _read_users(bridge) or {"created_by_pish": False, "users": []}
         link = links.link(ipr, bridge)
         if link is not None and not links.is_bridge(link):
@@ -191,7 +179,7 @@ def _join_bridge(ipr: Any, bridge: str, gateway: ipaddress.IPv4Interface, cid: s
 def _leave_bridge(bridge: str, cid: str, gateway: ipaddress.IPv4Interface | None) -> None:
     """Remove ``cid`` from the bridge's users; the last one out undoes the NAT and the bridge (or, on a
     bridge pish did not make, the gateway address pish added)."""
-    with state.flocked(_lock_file(bridge)):
+    with state.flocked(paths.bridge_lock(bridge)):
         data = _read_users(bridge)
         if data is None:  # never joined, or already cleaned up
             return
@@ -205,4 +193,4 @@ def _leave_bridge(bridge: str, cid: str, gateway: ipaddress.IPv4Interface | None
             links.delete_bridge(bridge)
         elif data.get("gateway_added") and gateway is not None:
             links.remove_gateway(bridge, gateway)
-        _users_file(bridge).unlink(missing_ok=True)
+        paths.bridge_users(bridge).unlink(missing_ok=True)

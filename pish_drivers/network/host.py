@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from pish_core import log as pish_log
 from pish_core.drivers import Attachment, Network, RunContext
 from pish_core.errors import SpecError
-from pish_drivers.network.none import resolv_conf_mounts
+from pish_drivers.network import hosts
 
 if TYPE_CHECKING:
     from pish_core.spec import ContainerSpec
@@ -34,7 +34,7 @@ class HostNetwork(Network):
     @contextlib.contextmanager
     def attach(self, ctx: RunContext, pid: int) -> Iterator[Attachment]:
         """Nothing to wire; the container gets the host's nameservers (or ``--dns``) as docker gives."""
-        yield Attachment(mounts=resolv_conf_mounts(ctx))
+        yield Attachment(mounts=[hosts.resolv_conf_mount(ctx.id, ctx.spec.network.dns)])
 
     def release(self, record: dict[str, Any]) -> None:
         """Nothing to undo: nothing was created."""

@@ -18,7 +18,12 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from pish_core import paths
+from pish_core.spec import Mount
+
 HOST_RESOLV_CONF = Path("/etc/resolv.conf")
+#: How these files are mounted into a container: read-only, and nothing in them can be executed or a device.
+FILE_MOUNT_OPTIONS = ("bind", "ro", "nosuid", "nodev", "noexec")
 #: What docker falls back to when the host has no nameserver a container can reach.
 FALLBACK_NAMESERVERS = ("8.8.8.8", "8.8.4.4")
 
@@ -92,3 +97,10 @@ def resolv_conf_text(dns: Sequence[str], host: Path = HOST_RESOLV_CONF) -> str:
 
 def write_resolv_conf(path: Path, dns: Sequence[str]) -> None:
     write_in_place(path, resolv_conf_text(dns))
+
+
+def resolv_conf_mount(cid: str, dns: Sequence[str]) -> Mount:
+    """Write the container's /etc/resolv.conf (``dns``, else the host's nameservers); its read-only mount."""
+    path = paths.resolv_conf(cid)
+    write_resolv_conf(path, dns)
+    return Mount("/etc/resolv.conf", str(path), "bind", FILE_MOUNT_OPTIONS)

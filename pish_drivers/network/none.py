@@ -15,11 +15,9 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from pish_core import log as pish_log
-from pish_core import paths
 from pish_core.drivers import Attachment, Network, RunContext
 from pish_core.errors import SpecError
-from pish_core.spec import Mount
-from pish_drivers.network import inside_netns
+from pish_drivers.network import hosts, inside_netns
 
 if TYPE_CHECKING:
     from pish_core.spec import ContainerSpec
@@ -52,19 +50,11 @@ class NoNetwork(Network):
         with sock:
             bring_up(sock, "lo")
         log.debug("lo of process %d is up", pid)
-        yield Attachment(mounts=resolv_conf_mounts(ctx) if ctx.spec.network.dns else [])
+        dns = ctx.spec.network.dns
+        yield Attachment(mounts=[hosts.resolv_conf_mount(ctx.id, dns)] if dns else [])
 
     def release(self, record: dict[str, Any]) -> None:
         """Nothing to undo: ``lo`` goes away with the namespace, and nothing was journaled."""
-
-
-def resolv_conf_mounts(ctx: RunContext) -> list[Mount]:
-    """The container's own /etc/resolv.conf (``--dns`` or the host's nameservers), mounted read-only."""
-    from pish_drivers.network import hosts
-
-    path = paths.resolv_conf(ctx.id)
-    hosts.write_resolv_conf(path, ctx.spec.network.dns)
-    return [Mount("/etc/resolv.conf", str(path), "bind", ("bind", "ro", "nosuid", "nodev", "noexec"))]
 
 
 def bring_up(sock: socket.socket, ifname: str) -> None:
