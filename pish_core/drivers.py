@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pish_core.errors import DriverError, SpecError
 
 if TYPE_CHECKING:
-    from pish_core.spec import ContainerSpec, Mount, Process
+    from pish_core.spec import ContainerSpec, Mount, Process, Security
     from pish_core.state import Journal
 
 KINDS = ("storage", "limits", "network", "isolation")
@@ -152,11 +152,11 @@ class Isolation(Driver):
         terminal, and sends the master back on the socket.
         """
 
-    def enter(self, pid: int, process: Process, env: dict[str, str], *,
+    def enter(self, pid: int, process: Process, env: dict[str, str], security: Security, *,
               stdio: tuple[int, int, int] = (0, 1, 2), console: int | None = None) -> ContextManager[Child]:
         """Start ``process`` (args, cwd, user) with ``env`` inside the running container whose first
-        process is ``pid`` (``pish exec``),
-        blocked until released like ``spawn``'s child; kill and reap it on exit."""
+        process is ``pid`` (``pish exec``), confined by the container's ``security``; blocked until
+        released like ``spawn``'s child; kill and reap it on exit."""
         raise DriverError(f"isolation driver {self.name!r} cannot run a process in a running container")
 
 

@@ -211,7 +211,8 @@ def exec_in(ref: str, args: tuple[str, ...], *, env: tuple[str, ...] = (), cwd: 
     limits = cast(Limits, load("limits", spec.limits.name, spec.limits.options))
     group = next((r for r in s.resources if r["kind"] == "limits"), None)
     with open_io(spec.with_changes(process=process)) as io, \
-            isolation.enter(s.pid, process, full_env, stdio=io.child_fds, console=io.console) as child:
+            isolation.enter(s.pid, process, full_env, spec.security, stdio=io.child_fds,
+                             console=io.console) as child:
         if group is not None:
             limits.join(group, child.pid)
         child.release()

@@ -21,7 +21,7 @@ from pish_core.drivers import Child, Isolation, RunContext
 from pish_core.errors import ExecError, PishError
 from pish_core.init import container_main, joined_main
 from pish_core.security import enforce
-from pish_core.spec import ContainerSpec, Mount, Process, Security, UserNamespace
+from pish_core.spec import Mount, Process, Security, UserNamespace
 
 _log = log.get("isolation")
 
@@ -99,15 +99,14 @@ class UnshareIsolation(Isolation):
             ctx.journal.drop(record)
 
     @contextlib.contextmanager
-    def enter(self, pid: int, process: Process, env: dict[str, str], *,
+    def enter(self, pid: int, process: Process, env: dict[str, str], security: Security, *,
               stdio: tuple[int, int, int] = (0, 1, 2), console: int | None = None) -> Iterator[Child]:
         # Open every namespace first: once we are in the container's mount namespace, /proc/PID may differ.
         # The container's user namespace, if it is not ours, comes first: it owns the others.
         own_userns = os.stat(f"/proc/{pid}/ns/user").st_ino == os.stat("/proc/self/ns/user").st_ino
         order = JOIN_ORDER if own_userns else ("user", *JOIN_ORDER)
         fds = [os.open(f"/proc/{pid}/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC) for ns in order]
-        sec = _security_of(pid) or Security()
-        enforce.prepare(sec)
+        enforce.prepare(security)
 
         def join() -> None:
             for number, fd in enumerate(fds):
@@ -117,7 +116,7 @@ class UnshareIsolation(Isolation):
             native.prctl(native.PR_SET_KEEPCAPS, 1)  # see pish_core/security: lock_down decides
 
         def in_child(go_fd: int, err_fd: int) -> NoReturn:
-            joined_main(process, env, go_fd, err_fd, stdio, console, sec)
+            joined_main(process, env, go_fd, err_fd, stdio, console, security)
 
         try:
             child = _fork_twice(join, in_child, "cannot join the container's namespaces")
@@ -177,16 +176,6 @@ class _UsernsSync:
         finally:
             os.close(self.ready_r)
             os.close(self.mapped_w)
-
-
-def _security_of(pid: int) -> Security | None:
-    """The security settings of the container whose first process is ``pid``, from its state record."""
-    from pish_core import state
-
-    for s in state.list_all():
-        if s.pid == pid and s.spec:
-            return ContainerSpec.from_dict(s.spec).security
-    return None
 
 
 def _fork_twice(in_middle: Callable[[], None], in_child: Callable[[int, int], NoReturn],
