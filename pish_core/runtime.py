@@ -84,51 +84,60 @@ def prepare(spec: ContainerSpec, *, auto_remove: bool = False) -> Prepared:
 def supervise(p: Prepared, io_cm: ContextManager[ProcessIO], *, wait_for_start: bool = False,
               notify: Notify = lambda error: None) -> int:
     """Acquire everything, run the command, wait for it, release everything; return its exit status."""
-    spec, record, ctx = p.spec, p.record, RunContext(p.spec, p.journal)
-    oom = False
-    with _signals_handled() as signals, contextlib.ExitStack() as stack:
-        try:
-            if paths.rootless():  # pish becomes root of a user namespace of its own (pish_core/userns.py)
-                userns.enter_rootless(spec)
-            rootfs = stack.enter_context(p.drivers.storage.mount(ctx))  # 2. the root filesystem
-            _stage("storage")
-            io = stack.enter_context(io_cm)
-            child = stack.enter_context(  # 3. the process, in new namespaces, blocked
-                p.drivers.isolation.spawn(ctx, rootfs, netns=not p.drivers.network.shares_host_netns,
-                                          stdio=io.child_fds, console=io.console))
-            _stage("isolation")
-            group = stack.enter_context(p.drivers.limits.apply(ctx, child.pid))  # 4. its cgroup...
-            _stage("limits")
-            attachment = stack.enter_context(p.drivers.network.attach(ctx, child.pid))  # ...and network
-            _stage("network")
-            record.status, record.pid, record.address = "created", child.pid, attachment.address
-            record.pid_start = proc.start_time(child.pid)
-            record.save()
-            if wait_for_start:  # `pish create`: hold here until `pish start`
-                notify(None)
-                _wait_for_start(spec.id)
-            child.release(attachment.mounts)  # 5. let it exec the command
-            signals.forward_to(child, io, spec.stop_timeout)
-            io.started()
-            record.status, record.started = "running", time.time()
-            record.save()
-            _stage("running")
-            if not wait_for_start:
-                notify(None)
-            io.pump()
-            status = exit_status(child.wait())  # 6. wait
-            signals.done()
-            oom = group.oom_killed()
-        except BaseException:
-            signals.done()  # from here on a signal must not cut the clean-up short
-            raise
-    # The stack has released everything, in reverse order.
-    record.status, record.exit_code, record.finished = "stopped", status, time.time()
-    record.save()
+    record = p.record
+    with _signals_handled() as signals:
+        with contextlib.ExitStack() as stack:
+            try:
+                status, oom = _start_and_wait(p, stack, signals, io_cm, wait_for_start, notify)
+            except BaseException:
+                signals.done()  # from here on a signal must not cut the clean-up short
+                raise
+        # The stack has released everything, in reverse order. Signals are still ours (ignored) until
+        # the record says so: a SIGTERM now must not lose the exit status.
+        _stage("released")
+        record.status, record.exit_code, record.finished = "stopped", status, time.time()
+        record.save()
     if oom:
-        print(f"pish: container {spec.name} was killed by the OOM killer "
-              f"(memory limit {_mib(spec.resources.memory)})", file=sys.stderr)
+        print(f"pish: container {p.spec.name} was killed by the OOM killer "
+              f"(memory limit {_mib(p.spec.resources.memory)})", file=sys.stderr)
     return status
+
+
+def _start_and_wait(p: Prepared, stack: contextlib.ExitStack, signals: _Signals,
+                    io_cm: ContextManager[ProcessIO], wait_for_start: bool, notify: Notify) -> tuple[int, bool]:
+    """Steps 2-6 of the run, each resource entered on ``stack``; return (exit status, OOM-killed)."""
+    spec, record, ctx = p.spec, p.record, RunContext(p.spec, p.journal)
+    if paths.rootless():  # pish becomes root of a user namespace of its own (pish_core/userns.py)
+        userns.enter_rootless(spec)
+    rootfs = stack.enter_context(p.drivers.storage.mount(ctx))  # 2. the root filesystem
+    _stage("storage")
+    io = stack.enter_context(io_cm)
+    child = stack.enter_context(  # 3. the process, in new namespaces, blocked
+        p.drivers.isolation.spawn(ctx, rootfs, netns=not p.drivers.network.shares_host_netns,
+                                  stdio=io.child_fds, console=io.console))
+    _stage("isolation")
+    group = stack.enter_context(p.drivers.limits.apply(ctx, child.pid))  # 4. its cgroup...
+    _stage("limits")
+    attachment = stack.enter_context(p.drivers.network.attach(ctx, child.pid))  # ...and network
+    _stage("network")
+    record.status, record.pid, record.address = "created", child.pid, attachment.address
+    record.pid_start = proc.start_time(child.pid)
+    record.save()
+    if wait_for_start:  # `pish create`: hold here until `pish start`
+        notify(None)
+        _wait_for_start(spec.id)
+    child.release(attachment.mounts)  # 5. let it exec the command
+    signals.forward_to(child, io, spec.stop_timeout)
+    io.started()
+    record.status, record.started = "running", time.time()
+    record.save()
+    _stage("running")
+    if not wait_for_start:
+        notify(None)
+    io.pump()
+    status = exit_status(child.wait())  # 6. wait
+    signals.done()
+    return status, group.oom_killed()
 
 
 def run(spec: ContainerSpec) -> int:

@@ -225,3 +225,28 @@ def test_gc_never_removes_a_container_being_created(pish_env, monkeypatch):
     finally:
         journal.close()
         state.remove(record.id)
+
+
+def test_sigterm_to_a_supervisor_after_release_keeps_the_exit_status(pish, pish_env, busybox_tar, tmp_path,
+                                                                      leaks):
+    """A SIGTERM that reaches a detached supervisor after everything is released but before the record
+    says `stopped` must not kill it then: the container's exit status would be lost (shown `dead`)."""
+    stages = tmp_path / "stages"
+    env = {"PISH_TEST_STAGES": str(stages), "PISH_TEST_STAGE_DELAY": "0.3"}
+    proc = subprocess.run([*pish_command(), "run", "-d", "--net", "none", "--name", "term-late", str(busybox_tar),
+                           "sh", "-c", "exit 3"], check=False, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, **pish_env.env, **env})
+    assert proc.returncode == 0, proc.stderr
+    cid = proc.stdout.strip()
+    deadline = time.monotonic() + 30
+    while "released" not in (stages.read_text() if stages.exists() else ""):
+        assert time.monotonic() < deadline, "the supervisor never reached the 'released' stage"
+        time.sleep(0.02)
+    os.kill(_record(pish_env, cid)["supervisor_pid"], signal.SIGTERM)  # inside the 0.3 s after 'released'
+    deadline = time.monotonic() + 30
+    while _record(pish_env, cid)["status"] != "stopped":
+        assert time.monotonic() < deadline, _record(pish_env, cid)
+        time.sleep(0.05)
+    assert _record(pish_env, cid)["exit_code"] == 3
+    pish("rm", "term-late", check=True)
+    leaks.assert_clean()
