@@ -80,16 +80,40 @@ def parse_ip(text: str) -> ipaddress.IPv4Interface:
 
 
 def parse_publish(item: str) -> PortMapping:
-    """``-p HOSTPORT:CPORT[/tcp|udp]``, as docker reads it (without docker's optional host address)."""
+    """``-p [[IP:]HOSTPORT:]CPORT[/tcp|udp]`` and ``-p IP::CPORT``, as docker reads them. A missing host
+    port is 0, for the driver to pick; IP 0.0.0.0 is every address, as no IP is. Whether the IP belongs
+    to this host is the driver's question (it looks at the host; this function looks at the text)."""
+    usage = f"invalid -p {item!r}: use [IP:][HOSTPORT:]CONTAINERPORT[/tcp|udp], e.g. 8080:80"
     ports, _, protocol = item.partition("/")
-    host, sep, container = ports.partition(":")
-    if not sep or protocol not in ("", "tcp", "udp") or not (host + container).isascii() \
-            or not host.isdigit() or not container.isdigit():
-        raise SpecError(f"invalid -p {item!r}: use HOSTPORT:CONTAINERPORT[/tcp|udp], e.g. 8080:80")
-    mapping = PortMapping(int(host), int(container), protocol or "tcp")
-    if not (0 < mapping.host_port < 65536 and 0 < mapping.container_port < 65536):
+    parts = ports.split(":")
+    if protocol not in ("", "tcp", "udp") or len(parts) > 3:
+        raise SpecError(usage)
+    host_ip = _publish_ip(parts[0], item) if len(parts) == 3 else ""
+    host = parts[-2] if len(parts) > 1 else ""
+    container = parts[-1]
+    if len(parts) == 2 and not host:  # `:80`: docker reads it as `80`; a typo is likelier
+        raise SpecError(usage)
+    mapping = PortMapping(_port_number(host, usage) if host else 0, _port_number(container, usage),
+                          protocol or "tcp", host_ip)
+    if (host and not 0 < mapping.host_port < 65536) or not 0 < mapping.container_port < 65536:
         raise SpecError(f"invalid -p {item!r}: ports go from 1 to 65535")
     return mapping
+
+
+def _port_number(text: str, usage: str) -> int:
+    """ASCII digits only: ``str.isdigit`` accepts ``²``, which ``int`` then refuses with a traceback."""
+    if not text.isascii() or not text.isdigit():
+        raise SpecError(usage)
+    return int(text)
+
+
+def _publish_ip(text: str, item: str) -> str:
+    """The host address of ``-p IP:...``: an IPv4 address, "" for 0.0.0.0 (every address)."""
+    try:
+        address = ipaddress.IPv4Address(text)
+    except ValueError:
+        raise SpecError(f"invalid -p {item!r}: {text!r} is not an IPv4 address") from None
+    return "" if address.is_unspecified else str(address)
 
 
 def parse_dns(text: str) -> str:

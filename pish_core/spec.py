@@ -83,14 +83,19 @@ class Mount:
 
 @dataclass(frozen=True)
 class PortMapping:
-    """``-p HOSTPORT:CPORT/PROTO``: traffic to the host's port goes to the container's."""
+    """``-p [IP:][HOSTPORT:]CPORT/PROTO``: traffic to the host's port goes to the container's.
+
+    ``host_ip`` "" means every address of the host (docker's 0.0.0.0); ``host_port`` 0 means one pish
+    picks from the ephemeral range when it publishes (the journal then holds the port it got).
+    """
 
     host_port: int
     container_port: int
     protocol: str = "tcp"
+    host_ip: str = ""
 
     def __str__(self) -> str:
-        return f"{self.host_port}:{self.container_port}/{self.protocol}"
+        return f"{self.host_ip or '0.0.0.0'}:{self.host_port}:{self.container_port}/{self.protocol}"
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,14 @@ def _ago(ts: float | None) -> str:
     return f"{secs} seconds ago"
 
 
+def _ports(resources: list[dict[str, Any]]) -> list[str]:
+    """The ports a container publishes now, as docker shows them (``0.0.0.0:8080->80/tcp``). From its
+    journal, the one place that holds the host port pish picked for ``-p CPORT`` (a released port
+    leaves it)."""
+    return [f"{r.get('host_ip') or '0.0.0.0'}:{r['host_port']}->{r['container_port']}/{r['protocol']}"
+            for r in resources if r.get("kind") == "network" and r.get("what") == "port"]
+
+
 @click.command()
 @click.option("-a", "--all", "show_all", is_flag=True, help="Show every container, not only running ones.")
 @click.option("-q", "--quiet", is_flag=True, help="Only print ids.")
@@ -55,16 +63,17 @@ def ps(show_all: bool, quiet: bool, as_json: bool) -> None:
         if not show_all and status != "running":
             continue
         rows.append({"id": s.id, "name": s.name, "image": s.image, "command": " ".join(s.command),
-                     "status": status, "created": s.created, "address": s.address})
+                     "status": status, "created": s.created, "address": s.address,
+                     "ports": _ports(s.resources)})
     if quiet:
         for r in rows:
             click.echo(r["id"][:12])
     elif as_json:
         click.echo(json.dumps(rows, indent=2))
     else:
-        table = [("CONTAINER ID", "NAME", "IMAGE", "COMMAND", "STATUS", "CREATED", "ADDRESS")]
+        table = [("CONTAINER ID", "NAME", "IMAGE", "COMMAND", "STATUS", "CREATED", "ADDRESS", "PORTS")]
         table += [(r["id"][:12], r["name"], os.path.basename(r["image"]), _clip(r["command"]), r["status"],
-                   _ago(r["created"]), r["address"] or "") for r in rows]
+                   _ago(r["created"]), r["address"] or "", ", ".join(r["ports"])) for r in rows]
         widths = [max(len(row[c]) for row in table) for c in range(len(table[0]))]
         for row in table:
             click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
@@ -77,7 +86,7 @@ def _clip(text: str, width: int = 24) -> str:
 @click.command()
 @click.argument("refs", nargs=-1, required=True)
 def inspect(refs: tuple[str, ...]) -> None:
-    """Print containers as JSON: spec, state, processes and the resources they hold."""
+    """Print containers as JSON: spec, state, processes, published ports and the resources they hold."""
     import dataclasses
 
     from pish_core import proc, state
@@ -90,6 +99,7 @@ def inspect(refs: tuple[str, ...]) -> None:
         data["state"] = status_text(s)
         data["pids"] = proc.pids_in_pidns_of(s.pid) if s.pid and proc.is_same(s.pid, s.pid_start) else []
         data["created_at"] = datetime.fromtimestamp(s.created).isoformat()
+        data["ports"] = _ports(s.resources)
         out.append(data)
     click.echo(json.dumps(out, indent=2))
 

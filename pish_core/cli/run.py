@@ -23,7 +23,7 @@ def container_options(f: Any) -> Any:
         click.option("--net-opt", multiple=True, help="Network driver option key=value."),
         click.option("--network", default="pish0", show_default=True, help="Bridge (network) to join."),
         click.option("--ip", help="Address in CIDR form, e.g. 10.0.4.6/24 (default: the next free one)."),
-        click.option("-p", "--publish", multiple=True, help="Publish a port HOSTPORT:CONTAINERPORT[/tcp|udp]."),
+        click.option("-p", "--publish", multiple=True, help="Publish a port: [IP:][HOSTPORT:]CONTAINERPORT[/tcp|udp] (no HOSTPORT: pish picks one)."),
         click.option("--dns", multiple=True, help="Nameserver for the container (default: the host's)."),
         click.option("--isolation", default="unshare", show_default=True, help="Isolation driver."),
         click.option("--memory", "-m", help="Memory limit, e.g. 64m."),

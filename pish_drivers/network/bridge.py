@@ -15,7 +15,9 @@ How a container gets its network here, in five steps, each written to the contai
    free; moving it there afterwards would cost 20-40 ms).
 4. **Configure the container's end**, through a netlink socket opened inside its namespace: ``lo``
    and ``eth0`` up, the address, a default route via the gateway.
-5. **Publish ports** (``-p``): one DNAT map element each in the nftables table.
+5. **Publish ports** (``-p``): one DNAT map element each in the nftables table. A port pish picks
+   (``-p CPORT``) is journaled as host port 0 and updated to the port it got once published; a
+   killed run's 0 releases whatever host port maps to the container's address.
 
 The container then gets two read-only bind mounts from the attachment: the network's /etc/hosts and
 its own /etc/resolv.conf (``hosts.py``). Undoing runs in reverse.
@@ -59,12 +61,18 @@ class BridgeNetwork(Network):
 
     def validate(self, spec: ContainerSpec) -> None:
         """Refuse, before anything exists: an unknown network, an --ip outside the pool or taken, a host
-        port given twice. (A port published by another container is found at attach, under a lock.)"""
-        seen: set[tuple[int, str]] = set()
-        for port in spec.network.ports:
-            if (port.host_port, port.protocol) in seen:
+        port given twice, a ``-p IP:...`` whose IP is not the host's. (A port published by another
+        container is found at attach, under a lock.)"""
+        ports = spec.network.ports
+        for i, port in enumerate(ports):
+            if port.host_port and any(nat.clashes(port, other) for other in ports[:i]):
                 raise SpecError(f"host port {port.host_port}/{port.protocol} is given twice with -p")
-            seen.add((port.host_port, port.protocol))
+        wanted = {port.host_ip for port in ports if port.host_ip}
+        if wanted:
+            strangers = sorted(wanted - links.host_addresses(), key=ipaddress.IPv4Address)
+            if strangers:
+                raise SpecError(f"invalid -p {strangers[0]}:...: {strangers[0]} is not an IPv4 address of "
+                                "this host")
         ip = spec.network.ip
         networks.usable_by(spec.network.network, ip.ip if ip else None)
 
@@ -98,8 +106,8 @@ class BridgeNetwork(Network):
 
             # 5. Publish ports.
             for port in spec.network.ports:
-                self._journal(ctx, undo, "port", address=str(ip), **dataclasses.asdict(port))
-                nat.publish(port, str(ip))
+                entry = self._journal(ctx, undo, "port", address=str(ip), **dataclasses.asdict(port))
+                ctx.journal.update(entry, host_port=nat.publish(port, str(ip)).host_port)
 
             resolv_conf = hosts.resolv_conf_mount(cid, spec.network.dns)
             yield Attachment(ifname=CONTAINER_IFNAME, address=str(address), network=net.name, mounts=[
@@ -109,7 +117,8 @@ class BridgeNetwork(Network):
     def release(self, record: dict[str, Any]) -> None:
         what = record.get("what")
         if what == "port":
-            port = PortMapping(record["host_port"], record["container_port"], record["protocol"])
+            port = PortMapping(record["host_port"], record["container_port"], record["protocol"],
+                               record.get("host_ip", ""))  # none in records of a pish before -p IP:...
             nat.unpublish(port, record["address"])
         elif what == "veth":
             links.delete_veth(record["ifname"])

@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import os
+import socket
 from typing import Any
 
 from pish_core import log as pish_log
@@ -34,6 +35,14 @@ def link(ipr: Any, ifname: str) -> Any | None:
         if exc.code == errno.ENODEV:
             return None
         raise
+
+
+def host_addresses() -> set[str]:
+    """The IPv4 addresses of the host's interfaces, 127.0.0.1 included: what ``-p IP:...`` may name."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        return {a.get("IFA_LOCAL") or a.get("IFA_ADDRESS") for a in ipr.addr("dump", family=socket.AF_INET)}
 
 
 def index(ipr: Any, ifname: str) -> int:

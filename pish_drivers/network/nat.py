@@ -5,12 +5,17 @@ never touches anyone else's rules and ``nft list table ip pish`` shows all of it
 change; what changes is the content of four named sets and maps:
 
 - ``subnets`` and ``bridges``: one element each per network in use;
-- ``tcp_ports`` and ``udp_ports``: host port -> container address . container port, one per ``-p``.
+- ``tcp_ports`` and ``udp_ports``: host port -> container address . container port, one per ``-p``
+  published on every host address;
+- ``tcp_addr_ports`` and ``udp_addr_ports``: host address . host port -> the same, one per
+  ``-p IP:...``; their rules come first, so a port published on one address is found before the
+  every-address maps are looked at (and a packet to another address finds nothing in either).
 
 so a network or a port comes and goes with ``add element``/``delete element`` (no rule handles to
-track), and the kernel's map is itself the host-wide registry of published ports: adding a host port
-that maps elsewhere already fails with EEXIST. The table is made by the first user and deleted when
-every set and map is empty again, under a host-wide lock (``paths.host_lock``).
+track), and the kernel's maps are themselves the host-wide registry of published ports: ``publish``
+reads them, under the lock, to refuse a port already taken on the same address or on every address.
+The table is made by the first user and deleted when every set and map is empty again, under a
+host-wide lock (``paths.host_lock``).
 
 How a published port is reached:
 
@@ -27,6 +32,7 @@ How a published port is reached:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import ipaddress
 import socket
@@ -50,14 +56,20 @@ table ip pish {
     set bridges { type ifname; }
     map tcp_ports { type inet_service : ipv4_addr . inet_service; }
     map udp_ports { type inet_service : ipv4_addr . inet_service; }
+    map tcp_addr_ports { type ipv4_addr . inet_service : ipv4_addr . inet_service; }
+    map udp_addr_ports { type ipv4_addr . inet_service : ipv4_addr . inet_service; }
 
     chain prerouting {
         type nat hook prerouting priority dstnat; policy accept;
+        fib daddr type local dnat ip to ip daddr . tcp dport map @tcp_addr_ports
+        fib daddr type local dnat ip to ip daddr . udp dport map @udp_addr_ports
         fib daddr type local dnat ip to tcp dport map @tcp_ports
         fib daddr type local dnat ip to udp dport map @udp_ports
     }
     chain output {
         type nat hook output priority -100; policy accept;
+        fib daddr type local dnat ip to ip daddr . tcp dport map @tcp_addr_ports
+        fib daddr type local dnat ip to ip daddr . udp dport map @udp_addr_ports
         fib daddr type local dnat ip to tcp dport map @tcp_ports
         fib daddr type local dnat ip to udp dport map @udp_ports
     }
@@ -104,9 +116,24 @@ def _ensure_table() -> None:
         libnft.run(_RULESET)
 
 
+def _add_address_maps() -> None:
+    """Bring a table made by a pish older than ``-p IP:...`` up to date, as containers may hold it for
+    a long time: the two maps, and their rules in front of the every-address ones."""
+    log.info("adding the per-address port maps to nftables table %s", TABLE)
+    commands = []
+    for proto in ("udp", "tcp"):  # each rule is inserted at the head: tcp ends up first
+        commands.append(f"add map {TABLE} {proto}_addr_ports "
+                        "{ type ipv4_addr . inet_service : ipv4_addr . inet_service; }")
+        commands += [f"insert rule {TABLE} {chain} fib daddr type local "
+                     f"dnat ip to ip daddr . {proto} dport map @{proto}_addr_ports"
+                     for chain in ("prerouting", "output")]
+    libnft.run("\n".join(commands))
+
+
 def contents() -> dict[str, list[Any]]:
     """The elements of every set and map of the table ({} if there is no table): for ``_maybe_drop``
-    and for tests. Map elements are [key, [address, port]]."""
+    and for tests. Map elements are [key, [address, port]], the key [address, port] in the
+    ``*_addr_ports`` maps."""
     try:
         objects = libnft.list_json(f"table {TABLE}")
     except libnft.NftError as exc:
@@ -125,9 +152,8 @@ def _plain(elem: Any) -> Any:
     """nft's JSON element forms, flattened: a prefix to "a/n", a map entry to [key, [addr, port]]."""
     if isinstance(elem, dict) and "prefix" in elem:
         return f"{elem['prefix']['addr']}/{elem['prefix']['len']}"
-    if isinstance(elem, list):  # a map element: [key, {"concat": [addr, port]}]
-        key, value = elem
-        return [key, value.get("concat", value) if isinstance(value, dict) else value]
+    if isinstance(elem, list):  # a map element: [key or {"concat": [...]}, {"concat": [addr, port]}]
+        return [value.get("concat", value) if isinstance(value, dict) else value for value in elem]
     return elem
 
 
@@ -176,44 +202,102 @@ def remove_network(subnet: str, bridge: str) -> None:
         _maybe_drop()
 
 
+def clashes(one: PortMapping, other: PortMapping) -> bool:
+    """True if two mappings would take the same host port: same protocol and port, and the same
+    address or either one on every address (a host socket would clash the same way)."""
+    return (one.protocol == other.protocol and one.host_port == other.host_port
+            and (not one.host_ip or not other.host_ip or one.host_ip == other.host_ip))
+
+
+def _published(found: dict[str, list[Any]], protocol: str) -> list[tuple[PortMapping, str]]:
+    """What the maps in ``found`` publish for ``protocol``: each mapping, with its container's address."""
+    every = [(PortMapping(key, value[1], protocol), value[0]) for key, value in found.get(f"{protocol}_ports", [])]
+    return every + [(PortMapping(key[1], value[1], protocol, key[0]), value[0])
+                    for key, value in found.get(f"{protocol}_addr_ports", [])]
+
+
+def _where(port: PortMapping) -> str:
+    """``8080/tcp``, or ``127.0.0.1:8080/tcp``: the host side, for messages."""
+    return f"{port.host_ip + ':' if port.host_ip else ''}{port.host_port}/{port.protocol}"
+
+
+def _socket_kind(port: PortMapping) -> int:
+    return socket.SOCK_STREAM if port.protocol == "tcp" else socket.SOCK_DGRAM
+
+
 def _check_host_port_free(port: PortMapping) -> None:
     """Refuse a host port a program on the host listens on: DNAT would silently hide it."""
-    kind = socket.SOCK_STREAM if port.protocol == "tcp" else socket.SOCK_DGRAM
-    with socket.socket(socket.AF_INET, kind) as sock:
+    with socket.socket(socket.AF_INET, _socket_kind(port)) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind(("0.0.0.0", port.host_port))
+            sock.bind((port.host_ip or "0.0.0.0", port.host_port))
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
-                raise SpecError(f"host port {port.host_port}/{port.protocol} is in use on the host") from None
+                raise SpecError(f"host port {_where(port)} is in use on the host") from None
             raise
 
 
-def publish(port: PortMapping, address: str) -> None:
-    """DNAT the host's ``port.host_port`` to ``address:port.container_port``; refuse a port taken."""
+def _pick_host_port(port: PortMapping, taken: list[PortMapping]) -> PortMapping:
+    """``port`` with a host port the kernel hands out to a bind to port 0: from its ephemeral range
+    (``ip_local_port_range``, where docker picks too) and free on the host, so only pish's own maps,
+    which no socket shows, are left to check."""
+    for _ in range(64):
+        with socket.socket(socket.AF_INET, _socket_kind(port)) as sock:
+            sock.bind((port.host_ip or "0.0.0.0", 0))
+            picked = dataclasses.replace(port, host_port=sock.getsockname()[1])
+        if not any(clashes(picked, other) for other in taken):
+            return picked
+    raise SpecError(f"no free host port for -p {port.container_port}/{port.protocol}: "
+                    "the ephemeral range is published")
+
+
+def _element(port: PortMapping) -> tuple[str, str]:
+    """The map that holds ``port`` and its key there, in nft syntax."""
+    if port.host_ip:
+        return f"{port.protocol}_addr_ports", f"{port.host_ip} . {port.host_port}"
+    return f"{port.protocol}_ports", str(port.host_port)
+
+
+def publish(port: PortMapping, address: str) -> PortMapping:
+    """DNAT the host's ``port.host_port`` (on ``port.host_ip``, or every address) to
+    ``address:port.container_port``; refuse a port taken; pick one for host port 0. Return the
+    mapping as published, so the caller can journal the port picked."""
     with _host_locked():
-        _check_host_port_free(port)
-        _ensure_table()
+        found = contents()
+        taken = [mapping for mapping, _ in _published(found, port.protocol)]
+        if port.host_port == 0:
+            port = _pick_host_port(port, taken)
+        elif any(clashes(port, other) for other in taken):
+            raise SpecError(f"host port {_where(port)} is already published")
+        else:
+            _check_host_port_free(port)
+        if not found:
+            _ensure_table()
+        elif f"{port.protocol}_addr_ports" not in found:
+            _add_address_maps()
+        name, key = _element(port)
         try:
-            libnft.run(f"add element {TABLE} {port.protocol}_ports "
-                       f"{{ {port.host_port} : {address} . {port.container_port} }}")
+            libnft.run(f"add element {TABLE} {name} {{ {key} : {address} . {port.container_port} }}")
         except libnft.NftError as exc:
             if exc.errno == errno.EEXIST:
                 _maybe_drop()
-                raise SpecError(f"host port {port.host_port}/{port.protocol} is already published") from None
+                raise SpecError(f"host port {_where(port)} is already published") from None
             raise
-        log.info("publishing host port %d/%s on %s:%d", port.host_port, port.protocol, address,
-                 port.container_port)
+        log.info("publishing host port %s on %s:%d", _where(port), address, port.container_port)
+        return port
 
 
 def unpublish(port: PortMapping, address: str) -> None:
-    """Undo ``publish``, only if the host port still maps to this address; idempotent."""
+    """Undo ``publish``, only if the host port still maps to this address; idempotent. Host port 0
+    (killed before the port picked was journaled): whichever host port maps to this address."""
     with _host_locked():
         found = contents()
         if not found:
             return
-        mine = [port.host_port, [address, port.container_port]]
-        if mine in found.get(f"{port.protocol}_ports", []):
-            log.info("unpublishing host port %d/%s", port.host_port, port.protocol)
-            libnft.run(f"delete element {TABLE} {port.protocol}_ports {{ {port.host_port} }}")
+        for mine, to in _published(found, port.protocol):
+            if (to == address and mine.container_port == port.container_port and mine.host_ip == port.host_ip
+                    and port.host_port in (0, mine.host_port)):
+                log.info("unpublishing host port %s", _where(mine))
+                name, key = _element(mine)
+                libnft.run(f"delete element {TABLE} {name} {{ {key} }}")
         _maybe_drop()

@@ -1,7 +1,7 @@
 """Networks with real containers: names, NAT, published ports, IPAM at scale, bad input, gc.
 
 What these tests may touch, so they can run beside other test runs on this machine: the networks
-``pisht4a``/``pisht4b`` (10.0.6.0/24, 10.0.7.0/24), one test of the default ``pish0`` (10.88.0.0/16), and
+``pisht4a``/``pisht4b``/``pishp88`` (10.0.6.0/24, 10.0.7.0/24, 10.0.88.0/24), one test of the default ``pish0`` (10.88.0.0/16), and
 an "upstream" network namespace the test makes itself, reached through a veth from the host. The
 upstream takes the first of the documentation ranges TEST-NET-1/2/3 (192.0.2.0/24, 198.51.100.0/24,
 203.0.113.0/24) that no route of the host uses: on a VM whose own uplink is in TEST-NET-1 (as here), a
@@ -41,6 +41,8 @@ NET_B, SUBNET_B = "pisht4b", "10.0.7.0/24"
 UPSTREAM_NS = f"pisht4up{os.getpid() % 100000}"
 UPSTREAM_VETH = "pisht4u0"
 HOST_PORT = 18080
+NET_P, SUBNET_P = "pishp88", "10.0.88.0/24"  # -p IP:..., -p CPORT
+LOOPBACK_PORT, NEAR_PORT = 18181, 18182
 Pish = Callable[..., "subprocess.CompletedProcess[str]"]
 
 
@@ -80,7 +82,8 @@ def our_nft() -> list[Any]:
     """The elements of pish's nftables table that belong to this module (others run tests meanwhile)."""
     found = nft_contents()
     return sorted((str(e) for name, elems in found.items() for e in elems
-                   if any(mark in str(e) for mark in ("pisht4", "10.0.6.", "10.0.7.", str(HOST_PORT)))))
+                   if any(mark in str(e) for mark in ("pisht4", "pishp", "10.0.6.", "10.0.7.", "10.0.88.",
+                                                      str(HOST_PORT), str(LOOPBACK_PORT), str(NEAR_PORT)))))
 
 
 def snapshot(pish: Pish) -> tuple[str, str, list[Any]]:
@@ -88,12 +91,14 @@ def snapshot(pish: Pish) -> tuple[str, str, list[Any]]:
     return pish("network", "ls").stdout, pish("ps", "-a", "-q").stdout, our_nft()
 
 
-def ours_left(subnets: tuple[str, ...] = (SUBNET_A, SUBNET_B)) -> list[str]:
+def ours_left(subnets: tuple[str, ...] = (SUBNET_A, SUBNET_B, SUBNET_P)) -> list[str]:
     """Links, nftables elements and published test ports of this module still on the host."""
-    left = [n for n in os.listdir("/sys/class/net") if n.startswith("pisht4") and n != UPSTREAM_VETH]
+    left = [n for n in os.listdir("/sys/class/net") if n.startswith(("pisht4", "pishp")) and n != UPSTREAM_VETH]
     found = nft_contents()
     left += [f"nft subnet {s}" for s in found.get("subnets", []) if s in subnets]
     left += [f"nft port {p}" for p in found.get("tcp_ports", []) if p[0] == HOST_PORT]
+    left += [f"nft port {p}" for p in found.get("tcp_ports", []) + found.get("tcp_addr_ports", [])
+             if p[1][0].startswith("10.0.88.")]
     return left
 
 
@@ -244,6 +249,98 @@ def test_published_port_from_the_host_and_from_another_namespace(
         fetch(f"http://127.0.0.1:{HOST_PORT}/")
 
 
+def test_a_port_published_on_one_address_only(pish: Pish, busybox_tar: Path, clean: None,
+                                              upstream: tuple[str, str]) -> None:
+    """``-p 127.0.0.1:PORT:80``: the host's loopback reaches it; the host's other address does not, from
+    the host or from another namespace, while ``-p NEAR:PORT2:80`` on that address does."""
+    _, near = upstream
+    img = str(busybox_tar)
+    pish("network", "create", NET_P, "--subnet", SUBNET_P, check=True)
+    cid = pish("run", "-d", "--net", "bridge", "--network", NET_P, "-p", f"127.0.0.1:{LOOPBACK_PORT}:80",
+               "-p", f"{near}:{NEAR_PORT}:80", img, "httpd", "-f", "-p", "80", "-h", "/www",
+               check=True).stdout.strip()
+    published = nft_contents()["tcp_addr_ports"]
+    assert [["127.0.0.1", LOOPBACK_PORT], ["10.0.88.2", 80]] in published
+    assert [[near, NEAR_PORT], ["10.0.88.2", 80]] in published
+
+    assert "hello from pish" in fetch(f"http://127.0.0.1:{LOOPBACK_PORT}/")
+    with pytest.raises(OSError):
+        fetch(f"http://{near}:{LOOPBACK_PORT}/")  # the host's other address, from the host
+    other = netns_exec("busybox", "wget", "-qO-", f"http://{near}:{LOOPBACK_PORT}/")
+    assert other.returncode != 0 and "hello from pish" not in other.stdout  # ... and from another netns
+    control = netns_exec("busybox", "wget", "-qO-", f"http://{near}:{NEAR_PORT}/")
+    assert control.returncode == 0 and "hello from pish" in control.stdout, control.stderr
+    with pytest.raises(OSError):
+        fetch(f"http://127.0.0.1:{NEAR_PORT}/")  # published on near only
+
+    ports = json.loads(pish("inspect", cid, check=True).stdout)[0]["ports"]
+    assert ports == [f"127.0.0.1:{LOOPBACK_PORT}->80/tcp", f"{near}:{NEAR_PORT}->80/tcp"]
+    assert f"127.0.0.1:{LOOPBACK_PORT}->80/tcp" in pish("ps", check=True).stdout
+
+    # The port on every address clashes with the one on 127.0.0.1: refused, nothing changed.
+    before = snapshot(pish)
+    again = pish("run", "-d", "--net", "bridge", "--network", NET_P, "-p", f"{LOOPBACK_PORT}:80", img, "true")
+    one_line_refusal(again, f"host port {LOOPBACK_PORT}/tcp is already published")
+    assert snapshot(pish) == before
+
+    pish("rm", "-f", cid, check=True)
+    assert ours_left() == []
+    with pytest.raises(OSError):
+        fetch(f"http://127.0.0.1:{LOOPBACK_PORT}/")
+    pish("network", "rm", NET_P, check=True)
+
+
+def test_a_port_pish_picks(pish: Pish, busybox_tar: Path, pish_env: Any, clean: None) -> None:
+    """``-p 80``: a host port from the kernel's ephemeral range, shown by inspect and ps, serving the
+    container; journaled, so ``pish gc`` releases it after a SIGKILL."""
+    low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    img = str(busybox_tar)
+    pish("network", "create", NET_P, "--subnet", SUBNET_P, check=True)
+    cid = pish("run", "-d", "--net", "bridge", "--network", NET_P, "-p", "80", "-p", "127.0.0.1::80", img,
+               "httpd", "-f", "-p", "80", "-h", "/www", check=True).stdout.strip()
+    every, loopback = json.loads(pish("inspect", cid, check=True).stdout)[0]["ports"]
+    assert every.startswith("0.0.0.0:") and every.endswith("->80/tcp")
+    assert loopback.startswith("127.0.0.1:") and loopback.endswith("->80/tcp")
+    port = int(every.split(":")[1].split("-")[0])
+    port2 = int(loopback.split(":")[1].split("-")[0])
+    assert low <= port <= high and low <= port2 <= high and port != port2
+    assert [port, ["10.0.88.2", 80]] in nft_contents()["tcp_ports"]
+    row = next(r for r in json.loads(pish("ps", "--json", check=True).stdout) if r["id"] == cid)
+    assert row["ports"] == [every, loopback]
+    assert "hello from pish" in fetch(f"http://127.0.0.1:{port}/")
+    assert "hello from pish" in fetch(f"http://127.0.0.1:{port2}/")
+
+    record = json.loads((pish_env.root / "containers" / cid / "state.json").read_text())
+    assert sorted(r["host_port"] for r in record["resources"] if r["what"] == "port") == sorted([port, port2])
+    os.kill(record["supervisor_pid"], signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(record["pid"], signal.SIGKILL)
+    time.sleep(0.2)
+    assert cid[:12] in pish("gc", check=True).stdout
+    assert ours_left() == []
+    with pytest.raises(OSError):
+        fetch(f"http://127.0.0.1:{port}/")
+    pish("network", "rm", NET_P, check=True)
+
+
+def test_bad_publish_is_refused_in_one_line_and_changes_nothing(pish: Pish, busybox_tar: Path,
+                                                                clean: None) -> None:
+    img = str(busybox_tar)
+    pish("network", "create", NET_P, "--subnet", SUBNET_P, check=True)
+    on_p = ("--net", "bridge", "--network", NET_P)
+    cases = [
+        ("1.2.3.4:8080:80", "1.2.3.4 is not an IPv4 address of this host"),
+        (":80", "invalid -p ':80'"),
+        ("70000:80", "invalid -p '70000:80': ports go from 1 to 65535"),
+    ]
+    for value, message in cases:
+        before = snapshot(pish)
+        one_line_refusal(pish("run", "-d", *on_p, "-p", value, img, "true"), message)
+        assert snapshot(pish) == before, value
+        assert not link_exists(NET_P)
+    pish("network", "rm", NET_P, check=True)
+
+
 # -- IPAM at scale -----------------------------------------------------------------------------------
 
 
@@ -289,7 +386,7 @@ def test_bad_input_is_refused_in_one_line_and_changes_nothing(pish: Pish, busybo
          "--ip 10.0.9.9 is outside the pool of network pisht4a"),
         (("run", "--net", "bridge", "--network", "pisht4nope", img, "true"), "network pisht4nope not found"),
         (("network", "rm", NET_A), "network pisht4a is in use by container(s) holder"),
-        (("run", "-p", "80", "--net", "bridge", "--network", NET_A, img, "true"), "invalid -p '80'"),
+        (("run", "-p", "80/sctp", "--net", "bridge", "--network", NET_A, img, "true"), "invalid -p '80/sctp'"),
     ]
     for args, message in cases:
         before = snapshot(pish)
