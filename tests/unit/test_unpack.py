@@ -6,54 +6,25 @@ test looks rather than into the host's /etc.
 """
 from __future__ import annotations
 
-import io
 import os
 import stat
 import tarfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from fixtures.images import imagebuild as ib
+from fixtures.images.imagebuild import Member, directory, hardlink, layer_tar, symlink
 
 from pish_core.errors import ImageError
 from pish_core.image.unpack import unpack_tar
 
 
-@dataclass
-class Member:
-    name: str
-    type: bytes = tarfile.REGTYPE
-    data: bytes = b""
-    link: str = ""
-    mode: int = 0o644
-    uid: int = 0
-
-
 def file(name: str, data: bytes = b"pwned\n") -> Member:
-    return Member(name, tarfile.REGTYPE, data)
-
-
-def symlink(name: str, link: str) -> Member:
-    return Member(name, tarfile.SYMTYPE, link=link, mode=0o777)
-
-
-def hardlink(name: str, link: str, mode: int = 0o644) -> Member:
-    return Member(name, tarfile.LNKTYPE, link=link, mode=mode)
-
-
-def directory(name: str, mode: int = 0o755, uid: int = 0) -> Member:
-    return Member(name, tarfile.DIRTYPE, mode=mode, uid=uid)
+    return ib.file(name, data)
 
 
 def make_tar(path: Path, members: list[Member]) -> Path:
-    with tarfile.open(path, "w") as tar:
-        for m in members:
-            info = tarfile.TarInfo(m.name)
-            info.type, info.linkname, info.mode, info.size = m.type, m.link, m.mode, len(m.data)
-            info.uid = info.gid = m.uid
-            if m.type == tarfile.CHRTYPE:
-                info.devmajor, info.devminor = 1, 3  # /dev/null
-            tar.addfile(info, io.BytesIO(m.data) if m.type == tarfile.REGTYPE else None)
+    path.write_bytes(layer_tar(members))
     return path
 
 
