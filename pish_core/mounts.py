@@ -1,4 +1,5 @@
-"""Mounting into a container's root before it pivots: volumes (-v), tmpfs, files other drivers provide.
+"""Mounting into a container's root before it pivots: volumes (-v), tmpfs, files other drivers provide;
+and ``detach``, the idempotent unmount every driver's release needs.
 
 The destination is a path *inside* the container, so it must be resolved the way the container will see
 it: an absolute symlink in the image (``/data -> /etc``) means the container's /etc, never the host's.
@@ -7,6 +8,8 @@ runc's filepath-securejoin does.
 """
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import posixpath
 from collections.abc import Iterable
@@ -19,6 +22,17 @@ _MAX_LINKS = 40  # like the kernel's ELOOP limit
 
 _FLAGS = {"ro": native.MS_RDONLY, "nosuid": native.MS_NOSUID, "nodev": native.MS_NODEV,
           "noexec": native.MS_NOEXEC, "rbind": native.MS_BIND | native.MS_REC, "bind": native.MS_BIND}
+
+
+def detach(path: Path, log: logging.Logger) -> None:
+    """Lazily unmount ``path``. Not mounted, or already gone, counts as done: releases must be idempotent."""
+    try:
+        native.umount2(str(path), native.MNT_DETACH)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOENT):
+            raise
+        return
+    log.info("unmounted %s", path)
 
 
 def resolve_in_root(root: Path, path: str) -> Path:

@@ -24,7 +24,6 @@ mounts vanish with the supervisor. What needs real root is refused in one line (
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import re
 import shutil
@@ -256,17 +255,11 @@ def _check_reachable(path: Path) -> None:
 def release_lowers(layer: Path) -> None:
     """Unmount what ``mapped_lowers`` mounted under ``layer/lower``: before anyone removes the layer,
     or the removal would walk into the image."""
-    from pish_core import native
+    from pish_core import mounts
 
-    top = layer / "lower"
     with contextlib.suppress(FileNotFoundError):
-        for view in sorted(top.iterdir()):
-            try:
-                native.umount2(str(view), native.MNT_DETACH)
-                _log.info("unmounted %s", view)
-            except OSError as exc:
-                if exc.errno != errno.EINVAL:  # EINVAL: not mounted
-                    raise
+        for view in sorted((layer / "lower").iterdir()):
+            mounts.detach(view, _log)
 
 
 @contextlib.contextmanager

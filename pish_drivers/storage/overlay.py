@@ -6,14 +6,13 @@ per-container ``upperdir`` that takes every write, so starting a container copie
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pish_core import log, native, paths, userns
+from pish_core import log, mounts, native, paths, userns
 from pish_core.drivers import RunContext, Storage
 from pish_core.image.cache import layers_for
 
@@ -51,13 +50,7 @@ class OverlayStorage(Storage):
 
     def release(self, record: dict[str, Any]) -> None:
         layer = Path(record["layer"])
-        merged = layer / "merged"
-        try:
-            native.umount2(str(merged), native.MNT_DETACH)
-            _log.info("unmounted %s", merged)
-        except OSError as exc:
-            if exc.errno not in (errno.EINVAL, errno.ENOENT):  # not mounted, or already gone
-                raise
+        mounts.detach(layer / "merged", _log)
         userns.release_lowers(layer)  # id-mapped image views (--userns), before the layer is removed
         if layer.exists():
             shutil.rmtree(layer, ignore_errors=True)
