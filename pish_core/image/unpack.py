@@ -21,6 +21,10 @@ from typing import IO
 from pish_core.errors import ImageError
 from pish_core.image import whiteout
 
+#: pish checks every member itself (``_check``) and needs none of tarfile's own extraction filters (PEP 706,
+#: Python 3.11.4+; the default from 3.14), which would refuse what a rootfs rightly holds, such as absolute
+#: symlinks. Where they exist we ask for "fully_trusted", which is what 3.11.0-3.11.3 do with no argument.
+_NO_TARFILE_FILTER: dict[str, str] = {"filter": "fully_trusted"} if hasattr(tarfile, "fully_trusted_filter") else {}
 
 @dataclass
 class UnpackStats:
@@ -145,7 +149,7 @@ def _unpack(tar: tarfile.TarFile, dest: Path, whiteouts: bool) -> UnpackStats:
             # A later member replaces an earlier one (a directory replacing a symlink too): never
             # write, chmod or chown through what the archive planted before.
             os.unlink(target)
-        tar.extract(member, dest, set_attrs=True, numeric_owner=True, filter="fully_trusted")
+        tar.extract(member, dest, set_attrs=True, numeric_owner=True, **_NO_TARFILE_FILTER)  # type: ignore[arg-type]
         if member.isreg():
             stats.file_bytes += member.size
         elif member.isdir():
