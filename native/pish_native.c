@@ -1,11 +1,13 @@
 /* Thin wrappers over the syscalls pish needs and Python lacks: no logic beyond the call. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <linux/bpf.h>
 #include <linux/capability.h>
 #include <sched.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <seccomp.h>
+#include <string.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
@@ -74,4 +76,65 @@ int pish_mount_setattr(int dfd, const char *path, unsigned int flags, const uint
 }
 int pish_move_mount(int from_dfd, const char *from_path, int to_dfd, const char *to_path, unsigned int flags) {
     RET(syscall(SYS_move_mount, from_dfd, from_path, to_dfd, to_path, flags));
+}
+
+/* bpf(2), for the cgroup v2 device filter: the program itself is assembled in Python
+   (pish_drivers/limits/bpfdevices.py); these only fill union bpf_attr and make the call. ``insns`` is an
+   array of ``insn_cnt`` struct bpf_insn. A verifier log is written to ``log_buf`` when ``log_level`` > 0
+   (pass NULL and 0 with level 0: the kernel refuses a buffer without a level). */
+static int pish_bpf(int cmd, union bpf_attr *attr) {
+    int r = (int)syscall(SYS_bpf, cmd, attr, sizeof(*attr));
+    return r < 0 ? -errno : r;
+}
+int pish_bpf_prog_load(uint32_t prog_type, const void *insns, uint32_t insn_cnt, const char *license,
+                       uint32_t log_level, char *log_buf, uint32_t log_size) {
+    union bpf_attr attr;
+    memset(&attr, 0, sizeof(attr));
+    attr.prog_type = prog_type;
+    attr.insns = (uint64_t)(uintptr_t)insns;
+    attr.insn_cnt = insn_cnt;
+    attr.license = (uint64_t)(uintptr_t)license;
+    attr.log_level = log_level;
+    attr.log_buf = (uint64_t)(uintptr_t)log_buf;
+    attr.log_size = log_size;
+    return pish_bpf(BPF_PROG_LOAD, &attr);
+}
+int pish_bpf_prog_attach(int prog_fd, int target_fd, uint32_t attach_type, uint32_t flags) {
+    union bpf_attr attr;
+    memset(&attr, 0, sizeof(attr));
+    attr.target_fd = (uint32_t)target_fd;
+    attr.attach_bpf_fd = (uint32_t)prog_fd;
+    attr.attach_type = attach_type;
+    attr.attach_flags = flags;
+    return pish_bpf(BPF_PROG_ATTACH, &attr);
+}
+int pish_bpf_prog_detach(int prog_fd, int target_fd, uint32_t attach_type) {
+    union bpf_attr attr;
+    memset(&attr, 0, sizeof(attr));
+    attr.target_fd = (uint32_t)target_fd;
+    attr.attach_bpf_fd = (uint32_t)prog_fd;
+    attr.attach_type = attach_type;
+    return pish_bpf(BPF_PROG_DETACH, &attr);
+}
+/* ``prog_ids`` holds ``*prog_cnt`` ids; the kernel sets ``*prog_cnt`` to how many are attached (and fails
+   with ENOSPC if the array is too small). */
+int pish_bpf_prog_query(int target_fd, uint32_t attach_type, uint32_t query_flags, uint32_t *attach_flags,
+                        uint32_t *prog_ids, uint32_t *prog_cnt) {
+    union bpf_attr attr;
+    memset(&attr, 0, sizeof(attr));
+    attr.query.target_fd = (uint32_t)target_fd;
+    attr.query.attach_type = attach_type;
+    attr.query.query_flags = query_flags;
+    attr.query.prog_ids = (uint64_t)(uintptr_t)prog_ids;
+    attr.query.prog_cnt = *prog_cnt;
+    int r = pish_bpf(BPF_PROG_QUERY, &attr);
+    *attach_flags = attr.query.attach_flags;
+    *prog_cnt = attr.query.prog_cnt;
+    return r;
+}
+int pish_bpf_prog_get_fd_by_id(uint32_t id) {
+    union bpf_attr attr;
+    memset(&attr, 0, sizeof(attr));
+    attr.prog_id = id;
+    return pish_bpf(BPF_PROG_GET_FD_BY_ID, &attr);
 }

@@ -26,3 +26,10 @@ int pish_seccomp_load_bpf(const void *filter, unsigned int len);
 int pish_open_tree(int dfd, const char *path, unsigned int flags);
 int pish_mount_setattr(int dfd, const char *path, unsigned int flags, const uint64_t *attr, size_t size);
 int pish_move_mount(int from_dfd, const char *from_path, int to_dfd, const char *to_path, unsigned int flags);
+int pish_bpf_prog_load(uint32_t prog_type, const void *insns, uint32_t insn_cnt, const char *license,
+                       uint32_t log_level, char *log_buf, uint32_t log_size);
+int pish_bpf_prog_attach(int prog_fd, int target_fd, uint32_t attach_type, uint32_t flags);
+int pish_bpf_prog_detach(int prog_fd, int target_fd, uint32_t attach_type);
+int pish_bpf_prog_query(int target_fd, uint32_t attach_type, uint32_t query_flags, uint32_t *attach_flags,
+                        uint32_t *prog_ids, uint32_t *prog_cnt);
+int pish_bpf_prog_get_fd_by_id(uint32_t id);

@@ -202,3 +202,47 @@ def mount_setattr_readonly(path: str) -> None:
 
 def move_mount(fd: int, target: str) -> None:
     _check(lib.pish_move_mount(fd, b"", AT_FDCWD, _c(target), MOVE_MOUNT_F_EMPTY_PATH), "move_mount", target)
+
+
+# -- bpf(2): the cgroup v2 device filter (pish_drivers/limits/bpfdevices.py assembles the program) ---------
+
+# <linux/bpf.h>
+BPF_PROG_TYPE_CGROUP_DEVICE = 15
+BPF_CGROUP_DEVICE = 6  # enum bpf_attach_type
+BPF_F_ALLOW_MULTI = 1 << 1
+BPF_F_QUERY_EFFECTIVE = 1 << 0
+
+
+def bpf_prog_load(prog_type: int, insns: bytes, license: str, log: bytearray | None = None) -> int:
+    """Load a program (``insns``: packed struct bpf_insn) and return its fd. With ``log``, the verifier
+    writes its log there (NUL-terminated), which says why a program was refused."""
+    if not insns or len(insns) % 8:
+        raise OSError(22, "not a BPF program")
+    buf, level = (ffi.from_buffer(log), 1) if log else (ffi.NULL, 0)
+    return _check(lib.pish_bpf_prog_load(prog_type, insns, len(insns) // 8, license.encode(), level, buf,
+                                         len(log) if log else 0), "bpf(BPF_PROG_LOAD)")
+
+
+def bpf_prog_attach(prog_fd: int, target_fd: int, attach_type: int, flags: int = 0) -> None:
+    _check(lib.pish_bpf_prog_attach(prog_fd, target_fd, attach_type, flags), "bpf(BPF_PROG_ATTACH)")
+
+
+def bpf_prog_detach(prog_fd: int, target_fd: int, attach_type: int) -> None:
+    _check(lib.pish_bpf_prog_detach(prog_fd, target_fd, attach_type), "bpf(BPF_PROG_DETACH)")
+
+
+def bpf_prog_query(target_fd: int, attach_type: int, query_flags: int = 0) -> list[int]:
+    """The ids of the programs attached to ``target_fd`` (with BPF_F_QUERY_EFFECTIVE: also those
+    inherited from its ancestors, the ones that run)."""
+    count = ffi.new("uint32_t *", 64)
+    while True:
+        ids, flags = ffi.new("uint32_t[]", count[0]), ffi.new("uint32_t *")
+        ret = lib.pish_bpf_prog_query(target_fd, attach_type, query_flags, flags, ids, count)
+        if ret != -28:  # ENOSPC: more than that; ``count`` now says how many
+            _check(ret, "bpf(BPF_PROG_QUERY)")
+            return [int(ids[i]) for i in range(count[0])]
+
+
+def bpf_prog_get_fd_by_id(prog_id: int) -> int:
+    """An fd of the loaded program ``prog_id`` (ENOENT once the kernel has freed it)."""
+    return _check(lib.pish_bpf_prog_get_fd_by_id(prog_id), "bpf(BPF_PROG_GET_FD_BY_ID)")
