@@ -77,6 +77,10 @@ class Storage(Driver):
 class Group(abc.ABC):
     """A container's cgroup, as the limits driver made it."""
 
+    #: mounts the container gets from its limits driver, applied by its init (a read-only cgroup2 at
+    #: /sys/fs/cgroup, showing the container its own cgroup through its cgroup namespace)
+    mounts: Sequence[Mount] = ()
+
     @abc.abstractmethod
     def stats(self) -> dict[str, int]:
         """Current figures, such as memory_bytes, cpu_ns, pids."""
@@ -88,6 +92,12 @@ class Group(abc.ABC):
 
 class Limits(Driver):
     kind = "limits"
+    #: True when the driver keeps the container to the devices of its own /dev (a devices cgroup, a BPF
+    #: device program): only then does a container get docker's CAP_MKNOD.
+    device_allowlist: ClassVar[bool] = False
+    #: True when the container's cgroup is in a cgroup v2 hierarchy: it then gets a cgroup namespace of its
+    #: own by default, with that hierarchy mounted read-only at /sys/fs/cgroup (as docker does).
+    unified: ClassVar[bool] = False
 
     @abc.abstractmethod
     def apply(self, ctx: RunContext, pid: int) -> ContextManager[Group]:

@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 from pish_core.errors import SpecError
-from pish_core.spec import Mount, PortMapping
+from pish_core.spec import DeviceLimit, Mount, PortMapping
 
 _SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([bkmgt]?)i?b?", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -44,6 +44,41 @@ def parse_cpuset(text: str) -> str:
     if not _CPUSET_RE.fullmatch(text):
         raise SpecError(f"invalid --cpuset-cpus {text!r}: use a list such as 0-1 or 0,2")
     return text
+
+
+def parse_memory_swap(text: str) -> int:
+    """``--memory-swap``: memory plus swap as a size, or -1 for unlimited swap (docker's meaning)."""
+    return -1 if text.strip() == "-1" else parse_size(text, "--memory-swap")
+
+
+def parse_cpuset_mems(text: str) -> str:
+    if not _CPUSET_RE.fullmatch(text):
+        raise SpecError(f"invalid --cpuset-mems {text!r}: use a list of memory nodes such as 0 or 0-1")
+    return text
+
+
+#: docker's device throttling flags -> the io.max key each sets
+DEVICE_LIMIT_FLAGS = {"--device-read-bps": "rbps", "--device-write-bps": "wbps",
+                      "--device-read-iops": "riops", "--device-write-iops": "wiops"}
+
+
+def parse_device_limit(text: str, flag: str) -> DeviceLimit:
+    """``/dev/vda:1mb`` (a rate in bytes for the -bps flags, a count for the -iops ones) on a block device
+    of this host, named by its path and recorded by its numbers."""
+    import stat
+
+    path, sep, rate_text = text.rpartition(":")
+    if not sep or not path:
+        raise SpecError(f"invalid {flag} {text!r}: use DEVICE:RATE, e.g. /dev/vda:1mb")
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise SpecError(f"invalid {flag} {text!r}: {path}: {(exc.strerror or '').lower()}") from None
+    if not stat.S_ISBLK(st.st_mode):
+        raise SpecError(f"invalid {flag} {text!r}: {path} is not a block device")
+    what = DEVICE_LIMIT_FLAGS[flag]
+    rate = parse_size(rate_text, flag) if what.endswith("bps") else parse_positive_int(rate_text, flag)
+    return DeviceLimit(os.major(st.st_rdev), os.minor(st.st_rdev), what, rate)
 
 
 def parse_positive_int(text: str, what: str) -> int:

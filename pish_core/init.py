@@ -163,6 +163,8 @@ def container_main(spec: ContainerSpec, root: Path, go_fd: int, err_fd: int,
     """The container's first process: wait for go, build its world, exec the command. Never returns."""
     try:
         extra_mounts = _await_go(go_fd)
+        if spec.cgroupns == "private":  # now, once the supervisor has put us in our cgroup: it is our root
+            native.unshare(native.CLONE_NEWCGROUP)
         native.sethostname(spec.hostname)
         mount_rootfs(root)
         mounts.apply(root, [*spec.mounts, *extra_mounts])

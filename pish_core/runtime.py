@@ -126,7 +126,7 @@ def _start_and_wait(p: Prepared, stack: contextlib.ExitStack, signals: _Signals,
     if wait_for_start:  # `pish create`: hold here until `pish start`
         notify(None)
         _wait_for_start(spec.id)
-    child.release(attachment.mounts)  # 5. let it exec the command
+    child.release([*group.mounts, *attachment.mounts])  # 5. let it exec the command
     signals.forward_to(child, io, spec.stop_timeout)
     io.started()
     record.status, record.started = "running", time.time()
@@ -137,7 +137,8 @@ def _start_and_wait(p: Prepared, stack: contextlib.ExitStack, signals: _Signals,
     io.pump()
     status = exit_status(child.wait())  # 6. wait
     signals.done()
-    return status, group.oom_killed()
+    record.oom_killed = group.oom_killed()
+    return status, record.oom_killed
 
 
 def run(spec: ContainerSpec) -> int:

@@ -54,14 +54,54 @@ class Process:
 
 
 @dataclass(frozen=True)
+class DeviceLimit:
+    """One ``--device-read-bps /dev/sda:1mb`` (docker's spelling): a rate on one block device, found by its
+    major:minor numbers when the flag is read. ``what`` is ``rbps``, ``wbps``, ``riops`` or ``wiops``, the
+    keys of cgroup v2's io.max."""
+
+    major: int
+    minor: int
+    what: str
+    rate: int
+
+
+@dataclass(frozen=True)
 class Resources:
-    """linux.resources: None means "no limit". ``extra`` holds ``--limit controller.key=value``."""
+    """linux.resources: None means "no limit". ``extra`` holds ``--limit controller.key=value``.
+
+    Memory in bytes: ``memory`` is the hard limit (v2 memory.max), ``memory_swap`` docker's memory *plus*
+    swap (-1: unlimited swap; v2 memory.swap.max gets the difference), ``memory_reservation`` the soft floor
+    (docker's --memory-reservation, v2 memory.low). ``cpu_shares`` is docker's relative weight (2-262144,
+    1024 the default; v2 cpu.weight), ``blkio_weight`` docker's 10-1000 (v2 io.weight)."""
 
     memory: int | None = None
     cpus: float | None = None
     cpuset_cpus: str | None = None
     pids_limit: int | None = None
     extra: tuple[tuple[str, str, str], ...] = ()
+    memory_swap: int | None = None
+    memory_reservation: int | None = None
+    cpu_shares: int | None = None
+    cpuset_mems: str | None = None
+    blkio_weight: int | None = None
+    device_limits: tuple[DeviceLimit, ...] = ()
+
+    def __post_init__(self) -> None:  # from JSON (``from_dict``) lists arrive as lists, limits as dicts
+        object.__setattr__(self, "extra", tuple(tuple(x) for x in self.extra))
+        object.__setattr__(self, "device_limits", tuple(
+            d if isinstance(d, DeviceLimit) else DeviceLimit(**d) for d in self.device_limits))
+        if self.memory_swap is not None and self.memory_swap != -1:
+            if self.memory is None:
+                raise SpecError("--memory-swap needs --memory (it is memory plus swap)")
+            if self.memory_swap < self.memory:
+                raise SpecError("--memory-swap must be at least --memory (it is memory plus swap), or -1")
+        if self.cpu_shares is not None and not 2 <= self.cpu_shares <= 262144:
+            raise SpecError(f"invalid --cpu-shares {self.cpu_shares}: must be between 2 and 262144")
+        if self.blkio_weight is not None and not 10 <= self.blkio_weight <= 1000:
+            raise SpecError(f"invalid --blkio-weight {self.blkio_weight}: must be between 10 and 1000")
+        for d in self.device_limits:
+            if d.what not in ("rbps", "wbps", "riops", "wiops") or d.rate <= 0:
+                raise SpecError(f"invalid device limit {d.what}={d.rate}")
 
     def empty(self) -> bool:
         return self == Resources()
@@ -196,8 +236,13 @@ class ContainerSpec:
     readonly_rootfs: bool = False  # OCI root.readonly: --read-only
     security: Security = Security()
     userns: UserNamespace = UserNamespace()
+    #: linux.namespaces "cgroup": ``private`` gives the container a cgroup namespace rooted at its own cgroup
+    #: (docker's default on cgroup v2), ``host`` shows it the host's tree (docker's default on v1).
+    cgroupns: str = "host"
 
     def __post_init__(self) -> None:
+        if self.cgroupns not in ("private", "host"):
+            raise SpecError(f"invalid --cgroupns {self.cgroupns!r}: use private or host")
         names.check_name(self.name)
         names.check_hostname(self.hostname)
         if not names.is_id(self.id):
@@ -226,7 +271,6 @@ class ContainerSpec:
         for key in ("args", "env"):
             proc[key] = tuple(proc[key])
         res = dict(d.pop("resources"))
-        res["extra"] = tuple(tuple(x) for x in res["extra"])
         net = dict(d.pop("network"))
         address = net.pop("ip")
         net.update(ip=ipaddress.IPv4Interface(address) if address else None)

@@ -60,6 +60,7 @@ class ContainerState:
     started: float | None = None
     finished: float | None = None
     exit_code: int | None = None
+    oom_killed: bool = False  # docker's State.OOMKilled: the kernel's OOM killer killed a process of it
     error: str | None = None
     address: str | None = None
     auto_remove: bool = False

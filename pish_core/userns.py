@@ -329,9 +329,14 @@ def check_rootless(spec: ContainerSpec) -> None:
     release = os.uname().release
     if spec.storage.name == "overlay" and _version(release) < (5, 11):
         raise SpecError(f"rootless overlay needs Linux 5.11 or later (this is {release}): run pish as root")
-    if spec.limits.name != "none":
-        raise SpecError(f"--limits {spec.limits.name} needs root or a delegated cgroup; rootless pish runs "
-                        "without limits: drop --memory, --cpus, --cpuset-cpus, --pids-limit and --limit")
+    if spec.limits.name not in ("none", "systemd"):  # systemd: the user's own manager, in its delegated cgroup
+        raise SpecError(f"--limits {spec.limits.name} needs root; rootless pish has limits only through "
+                        "systemd's user manager (--limits systemd), or none")
+    from pish_core import probe
+
+    why = probe.user_namespace()
+    if why:
+        raise SpecError(f"rootless pish needs a user namespace: {why}")
 
 
 def _version(release: str) -> tuple[int, int]:

@@ -30,7 +30,18 @@ def container_options(f: Any) -> Any:
         click.option("--cpus", help="CPU quota in CPUs, e.g. 0.5."),
         click.option("--cpuset-cpus", help="CPUs the container may use, e.g. 0-1."),
         click.option("--pids-limit", help="Maximum number of processes."),
+        click.option("--memory-swap", help="Memory plus swap, e.g. 128m; -1: unlimited swap."),
+        click.option("--memory-reservation", help="Soft memory floor (cgroup v2 memory.low), e.g. 32m."),
+        click.option("--cpu-shares", "-c", help="Relative CPU weight (default 1024; cgroup v2 cpu.weight)."),
+        click.option("--cpuset-mems", help="Memory nodes the container may use, e.g. 0."),
+        click.option("--blkio-weight", help="Relative block IO weight, 10 to 1000 (cgroup v2 io.weight)."),
+        click.option("--device-read-bps", multiple=True, help="Read rate limit on a device, e.g. /dev/vda:1mb."),
+        click.option("--device-write-bps", multiple=True, help="Write rate limit on a device, e.g. /dev/vda:1mb."),
+        click.option("--device-read-iops", multiple=True, help="Read IO/s limit on a device, e.g. /dev/vda:100."),
+        click.option("--device-write-iops", multiple=True, help="Write IO/s limit on a device, e.g. /dev/vda:100."),
         click.option("--limit", "limit", multiple=True, help="Raw cgroup setting controller.key=value."),
+        click.option("--cgroupns", type=click.Choice(["private", "host"]),
+                     help="Cgroup namespace (default: private on cgroup v2, host on v1, as docker)."),
         click.option("-e", "--env", multiple=True, help="Environment variable KEY=VALUE."),
         click.option("-v", "--volume", multiple=True, help="Bind mount HOSTPATH:CONTAINERPATH[:ro]."),
         click.option("--tmpfs", multiple=True, help="Mount a tmpfs at CONTAINERPATH[:size=64m]."),
@@ -75,12 +86,16 @@ def build_spec(opts: dict[str, Any]) -> Any:
     from pish_core import names
     from pish_core.drivers import load_class
     from pish_core.flags import (
+        DEVICE_LIMIT_FLAGS,
         check_image,
         parse_cpus,
         parse_cpuset,
+        parse_cpuset_mems,
+        parse_device_limit,
         parse_dns,
         parse_ip,
         parse_limit,
+        parse_memory_swap,
         parse_options,
         parse_positive_int,
         parse_publish,
@@ -97,8 +112,16 @@ def build_spec(opts: dict[str, Any]) -> Any:
         cpuset_cpus=parse_cpuset(opts["cpuset_cpus"]) if opts["cpuset_cpus"] else None,
         pids_limit=parse_positive_int(opts["pids_limit"], "--pids-limit") if opts["pids_limit"] else None,
         extra=tuple(parse_limit(item) for item in opts["limit"]),
+        memory_swap=parse_memory_swap(opts["memory_swap"]) if opts["memory_swap"] else None,
+        memory_reservation=(parse_size(opts["memory_reservation"], "--memory-reservation")
+                            if opts["memory_reservation"] else None),
+        cpu_shares=parse_positive_int(opts["cpu_shares"], "--cpu-shares") if opts["cpu_shares"] else None,
+        cpuset_mems=parse_cpuset_mems(opts["cpuset_mems"]) if opts["cpuset_mems"] else None,
+        blkio_weight=parse_positive_int(opts["blkio_weight"], "--blkio-weight") if opts["blkio_weight"] else None,
+        device_limits=tuple(parse_device_limit(item, flag) for flag in DEVICE_LIMIT_FLAGS
+                            for item in opts[flag.lstrip("-").replace("-", "_")]),
     )
-    limits, security, user_namespace = _security_choices(opts, resources)
+    limits, limits_class, security, user_namespace = _security_choices(opts, resources)
     try:
         stop_timeout = float(opts["stop_timeout"])
     except ValueError:
@@ -138,22 +161,25 @@ def build_spec(opts: dict[str, Any]) -> Any:
         stop_timeout=stop_timeout,
         security=security,
         userns=user_namespace,
+        cgroupns=opts["cgroupns"] or ("private" if limits_class.unified else "host"),
         **choices,
     )
 
 
-def _security_choices(opts: dict[str, Any], resources: Any) -> tuple[str, Any, Any]:
-    """The limits driver (``auto`` resolved), the security flags and ``--userns``."""
-    from pish_core import paths, userns
+def _security_choices(opts: dict[str, Any], resources: Any) -> tuple[str, Any, Any, Any]:
+    """The limits driver (``auto`` resolved) and its class, the security flags and ``--userns``."""
+    from pish_core import names, paths, userns
+    from pish_core.drivers import load_class
     from pish_core.security.options import security_from_flags
     from pish_drivers.limits.auto import choose
 
     limits = opts["limits_driver"]
     if limits == "auto":
         limits = choose(resources, rootless=paths.rootless())
+    limits_class: Any = load_class("limits", names.check_name(limits, "limits driver name"))
     security = security_from_flags(opts["cap_add"], opts["cap_drop"], opts["privileged"], opts["security_opt"],
-                                   limits_driver=limits)
-    return limits, security, userns.parse(opts["userns"])
+                                   device_allowlist=limits_class.device_allowlist)
+    return limits, limits_class, security, userns.parse(opts["userns"])
 
 
 log_level_option = click.option("--log-level", default="info", show_default=True,

@@ -21,7 +21,9 @@ _FALSE = ("false", "0", "no")
 
 
 def security_from_flags(cap_add: Iterable[str] = (), cap_drop: Iterable[str] = (), privileged: bool = False,
-                        security_opts: Iterable[str] = (), limits_driver: str = "cgroupv1") -> Security:
+                        security_opts: Iterable[str] = (), device_allowlist: bool = True) -> Security:
+    """``device_allowlist``: whether the limits driver keeps the container to its own devices (its class's
+    ``Limits.device_allowlist``); without one, docker's CAP_MKNOD is dropped unless asked for."""
     seccomp = True
     no_new_privileges: bool | None = None  # None: the default (on; off with --privileged)
     for opt in security_opts:
@@ -40,10 +42,10 @@ def security_from_flags(cap_add: Iterable[str] = (), cap_drop: Iterable[str] = (
                             "no-new-privileges[=false]")
     add, drop = list(cap_add), list(cap_drop)
     caps = capabilities.resolve(add, drop, privileged=privileged)
-    if (not privileged and limits_driver != "cgroupv1" and "CAP_MKNOD" in caps
+    if (not privileged and not device_allowlist and "CAP_MKNOD" in caps
             and "CAP_MKNOD" not in {capabilities.normalize(c, "--cap-add") for c in add}):
-        # Only the cgroupv1 driver keeps a device allowlist; without one, CAP_MKNOD would let root in the
-        # container make a node for the host's disk and open it. Ask for it with --cap-add MKNOD.
+        # Without a device allowlist (the v1 devices cgroup, or v2's BPF device program), CAP_MKNOD would let
+        # root in the container make a node for the host's disk and open it. Ask for it with --cap-add MKNOD.
         caps = tuple(c for c in caps if c != "CAP_MKNOD")
     if privileged:
         return Security(capabilities=caps, no_new_privileges=bool(no_new_privileges), seccomp=False,

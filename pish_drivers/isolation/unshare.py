@@ -16,12 +16,12 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from pish_core import log, native, proc, userns
+from pish_core import log, native, probe, proc, userns
 from pish_core.drivers import Child, Isolation, RunContext
-from pish_core.errors import ExecError, PishError
+from pish_core.errors import ExecError, PishError, SpecError
 from pish_core.init import container_main, joined_main
 from pish_core.security import enforce
-from pish_core.spec import Mount, Process, Security, UserNamespace
+from pish_core.spec import ContainerSpec, Mount, Process, Security, UserNamespace
 
 _log = log.get("isolation")
 
@@ -68,12 +68,20 @@ class ForkedChild(Child):
 
 class UnshareIsolation(Isolation):
     name = "unshare"
-    description = "new mount, uts, ipc, pid and net namespaces via unshare(2), two forks like runc's nsexec"
+    description = ("new mount, uts, ipc, pid, net (and user, cgroup) namespaces via unshare(2), two forks "
+                   "like runc's nsexec")
+
+    def validate(self, spec: ContainerSpec) -> None:
+        if spec.userns.private:  # tried, not guessed from sysctls: a security module may say no too
+            why = probe.user_namespace()
+            if why:
+                raise SpecError(f"--userns {spec.userns.mode}: {why}")
 
     @contextlib.contextmanager
     def spawn(self, ctx: RunContext, rootfs: Path, *, netns: bool = True,
               stdio: tuple[int, int, int] = (0, 1, 2), console: int | None = None) -> Iterator[Child]:
         namespaces = [ns for ns in NAMESPACES if ns != "net" or netns]
+        later = ["cgroup"] if ctx.spec.cgroupns == "private" else []  # unshared by the init, once in its cgroup
         flags = 0
         for ns in namespaces:
             flags |= NAMESPACES[ns]
@@ -91,7 +99,7 @@ class UnshareIsolation(Isolation):
         else:
             child = _fork_twice(lambda: native.unshare(flags), in_child, "cannot create namespaces")
         record = ctx.journal.add("isolation", self.name, "process", pid=child.pid, start=proc.start_time(child.pid))
-        _log.info("started container process %d in new namespaces (%s)", child.pid, ", ".join(namespaces))
+        _log.info("started container process %d in new namespaces (%s)", child.pid, ", ".join(namespaces + later))
         try:
             yield child
         finally:
@@ -138,7 +146,7 @@ class UnshareIsolation(Isolation):
 
 
 #: setns order for `pish exec`: mnt last, since it changes what paths mean; pid applies to our child.
-JOIN_ORDER = ("ipc", "uts", "net", "pid", "mnt")
+JOIN_ORDER = ("ipc", "uts", "net", "pid", "cgroup", "mnt")
 
 
 class _UsernsSync:

@@ -108,7 +108,8 @@ class CgroupV1Group(Group):
 
 class CgroupV1Limits(Limits):
     name = NAME
-    description = "cgroup v1 hierarchies: memory, cpu, cpuset, pids limits; freezer to stop a container"
+    description = "cgroup v1 hierarchies: memory, cpu, cpuset, pids, blkio limits; the devices allowlist; freezer"
+    device_allowlist = True
 
     @classmethod
     def check(cls) -> str | None:
@@ -126,6 +127,9 @@ class CgroupV1Limits(Limits):
     def validate(self, spec: ContainerSpec) -> None:
         res = spec.resources
         mounted = hierarchies()
+        if (res.blkio_weight is not None or res.device_limits) and "blkio" not in mounted:
+            raise SpecError(f"{NAME}: --blkio-weight and --device-*-bps/iops need the blkio controller, "
+                            "which is not mounted")
         for controller, key, value in res.extra:
             where = mounted.get(controller)
             if where is None:
@@ -148,7 +152,8 @@ class CgroupV1Limits(Limits):
         res = ctx.spec.resources
         mounted = hierarchies()
         devices = [DEVICES] if DEVICES in mounted else []
-        controllers = dict.fromkeys([*CONTROLLERS, *devices, *(c for c, _, _ in res.extra)])  # ordered, no repeats
+        blkio = ["blkio"] if res.blkio_weight is not None or res.device_limits else []
+        controllers = dict.fromkeys([*CONTROLLERS, *devices, *blkio, *(c for c, _, _ in res.extra)])  # no repeats
         dirs = {c: mounted[c] / names.cgroup_name(ctx.id) for c in controllers}
         unique = list(dict.fromkeys(dirs.values()))
         # Journal first: if we die half-way, `pish gc` finds the record and removes what was made.
@@ -210,6 +215,26 @@ def _set_limits(dirs: dict[str, Path], res: Resources) -> None:
     if res.memory is not None:
         log.info("setting memory limit %s", human_size(res.memory))
         write(dirs["memory"] / "memory.limit_in_bytes", res.memory, NAME)
+    if res.memory_swap is not None:  # memory plus swap, as docker's flag means it; -1: unlimited
+        log.info("setting memory+swap limit %s", "unlimited" if res.memory_swap == -1 else human_size(res.memory_swap))
+        write(dirs["memory"] / "memory.memsw.limit_in_bytes", res.memory_swap, NAME)
+    if res.memory_reservation is not None:
+        log.info("setting memory reservation %s", human_size(res.memory_reservation))
+        write(dirs["memory"] / "memory.soft_limit_in_bytes", res.memory_reservation, NAME)
+    if res.cpu_shares is not None:
+        log.info("setting cpu shares %d", res.cpu_shares)
+        write(dirs["cpu"] / "cpu.shares", res.cpu_shares, NAME)
+    if res.cpuset_mems is not None:
+        log.info("setting cpuset to memory nodes %s", res.cpuset_mems)
+        write(dirs["cpuset"] / "cpuset.mems", res.cpuset_mems, NAME)
+    if res.blkio_weight is not None:
+        weight = next((f for f in ("blkio.bfq.weight", "blkio.weight") if (dirs["blkio"] / f).exists()), "blkio.weight")
+        log.info("setting %s %d", weight, res.blkio_weight)
+        write(dirs["blkio"] / weight, res.blkio_weight, NAME)
+    for d in res.device_limits:
+        key = {"rbps": "read_bps", "wbps": "write_bps", "riops": "read_iops", "wiops": "write_iops"}[d.what]
+        log.info("setting io limit %d:%d %s=%d", d.major, d.minor, d.what, d.rate)
+        write(dirs["blkio"] / f"blkio.throttle.{key}_device", f"{d.major}:{d.minor} {d.rate}", NAME)
     if res.cpus is not None:
         # CFS bandwidth: the group may run `quota` microseconds in every `period` microseconds.
         quota = int(res.cpus * CPU_PERIOD_US)

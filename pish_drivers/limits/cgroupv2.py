@@ -11,14 +11,23 @@ How cgroup v2 differs from v1:
   then do its children get ``memory.*`` and ``cpu.*`` files. That is why we enable them in the root (for
   ``pish/``) and in ``pish/`` (for the container's cgroup).
 - Processes live only in leaves ("no internal processes"): ``pish/`` itself never holds one.
-- The limits have new names: ``memory.max``, ``cpu.max`` (``"quota period"``), ``pids.max``,
-  ``cpuset.cpus``. ``cgroup.kill`` kills everything inside (Linux 5.14), and ``cgroup.events`` says
-  ``populated 0`` once the cgroup is empty.
+- The limits have new names: ``memory.max``, ``memory.swap.max`` (swap alone, not memory plus swap as
+  v1's memsw), ``memory.low``, ``cpu.max`` (``"quota period"``), ``cpu.weight`` (1-10000, not v1's
+  shares), ``cpuset.cpus``/``cpuset.mems``, ``pids.max``, ``io.max`` (``"8:0 rbps=1048576"``) and
+  ``io.weight``. ``cgroup.kill`` kills everything inside (Linux 5.14), ``cgroup.events`` says
+  ``populated 0`` once the cgroup is empty, and ``memory.events`` counts OOM kills (``oom_kill``).
+- A container sees its own cgroup as ``/`` through a cgroup namespace of its own, with the hierarchy
+  mounted read-only at /sys/fs/cgroup (``Group.mounts``): programs that size themselves from
+  ``/sys/fs/cgroup/memory.max`` and ``cpu.max`` (the JVM, Go, Node) see their limits.
+- No device controller: the device allowlist is a BPF program attached to the cgroup (``bpfdevices.py``).
+
+``pish/`` is made by the first container and removed with the last one, so no empty cgroup of pish's stays.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -27,6 +36,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pish_core import names
 from pish_core.drivers import Group, Limits, RunContext
 from pish_core.errors import DriverError, SpecError
+from pish_core.spec import Mount
 from pish_drivers.limits import (
     CPU_PERIOD_US,
     RELEASE_TIMEOUT,
@@ -60,20 +70,38 @@ def default_root() -> Path | None:
     return next((root for root in USUAL_ROOTS if root in mounted), None)
 
 
+#: The container's view of its cgroup: the hierarchy read-only at /sys/fs/cgroup (with a private cgroup
+#: namespace, its root is the container's own cgroup), as docker mounts it.
+CGROUP_MOUNT = Mount("/sys/fs/cgroup", "cgroup2", "cgroup2", ("ro", "nosuid", "nodev", "noexec"))
+
+
 def needed_controllers(res: Resources) -> list[str]:
     """The controllers the requested limits need, in a stable order."""
     wanted = {
-        "memory": res.memory is not None,
-        "cpu": res.cpus is not None,
-        "cpuset": res.cpuset_cpus is not None,
+        "memory": res.memory is not None or res.memory_swap is not None or res.memory_reservation is not None,
+        "cpu": res.cpus is not None or res.cpu_shares is not None,
+        "cpuset": res.cpuset_cpus is not None or res.cpuset_mems is not None,
         "pids": res.pids_limit is not None,
+        "io": res.blkio_weight is not None or bool(res.device_limits),
     }
     return list(dict.fromkeys([c for c, yes in wanted.items() if yes] + [c for c, _, _ in res.extra]))
 
 
+def cpu_weight(shares: int) -> int:
+    """docker's --cpu-shares (2-262144, default 1024) as cgroup v2's cpu.weight (1-10000, default 100),
+    the conversion runc and crun use."""
+    return 1 + ((shares - 2) * 9999) // 262142
+
+
+def io_weight(blkio_weight: int) -> int:
+    """docker's --blkio-weight (10-1000) as cgroup v2's io.weight (1-10000), as runc converts it."""
+    return 1 + ((blkio_weight - 10) * 9999) // 990
+
+
 class CgroupV2Group(Group):
-    def __init__(self, cgroup: Path) -> None:
+    def __init__(self, cgroup: Path, mounts: tuple[Mount, ...] = ()) -> None:
         self.cgroup = cgroup
+        self.mounts = mounts
 
     def stats(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -94,7 +122,10 @@ class CgroupV2Group(Group):
 
 class CgroupV2Limits(Limits):
     name = NAME
-    description = "cgroup v2 (unified hierarchy): memory.max, cpu.max, cpuset.cpus, pids.max; cgroup.kill"
+    description = ("cgroup v2 (unified hierarchy, cgroupfs): memory, cpu, cpuset, pids, io; a BPF device "
+                   "allowlist; cgroup.kill")
+    unified = True
+    device_allowlist = True
     known_options: ClassVar[Mapping[str, str]] = {
         "root": "the cgroup2 hierarchy (default: /sys/fs/cgroup, or /sys/fs/cgroup/unified on a hybrid host)"
     }
@@ -131,6 +162,9 @@ class CgroupV2Limits(Limits):
                     raise SpecError(f"{NAME}: {controller} has no setting {key} (see the files in {pish})")
                 if not (pish / key).stat().st_mode & 0o200:
                     raise SpecError(f"{NAME}: {key} is read-only")
+        if res.memory_swap is not None and res.memory_swap != -1 and not _swap_accounted(self.root):
+            raise SpecError(f"{NAME}: --memory-swap needs swap accounting, which this kernel does not do "
+                            "(no memory.swap.max)")
         if res.cpuset_cpus is not None or res.cpus is not None:
             host = self.root / "cpuset.cpus.effective"
             if not host.exists():
@@ -143,16 +177,12 @@ class CgroupV2Limits(Limits):
         cgroup = self.root / names.cgroup_name(ctx.id)
         # Journal first: if we die half-way, `pish gc` finds the record and removes what was made.
         with ctx.journal.held("limits", NAME, "cgroup", self.release, paths=[str(cgroup)]):
-            controllers = needed_controllers(res)
-            _enable(self.root, controllers)  # root -> pish/
-            ensure_dir(cgroup.parent, f"cgroup pish in {self.root} (shared by all containers)")
-            _enable(cgroup.parent, controllers)  # pish/ -> pish/<id>
-            log.info("creating cgroup %s", label(cgroup))
-            cgroup.mkdir(exist_ok=True)
-            _set_limits(cgroup, res)
+            make_cgroup(self.root, cgroup, needed_controllers(res), NAME)
+            set_limits(cgroup, res, NAME)
+            allow_devices(cgroup, ctx.spec.security.privileged)
             log.debug("adding pid %d to cgroup %s", pid, label(cgroup))
             write(cgroup / "cgroup.procs", pid, NAME)
-            yield CgroupV2Group(cgroup)
+            yield CgroupV2Group(cgroup, (CGROUP_MOUNT,) if ctx.spec.cgroupns == "private" else ())
 
     def join(self, record: dict[str, Any], pid: int) -> None:
         join(record, pid, NAME)
@@ -167,39 +197,101 @@ class CgroupV2Limits(Limits):
                 write(cgroup / "cgroup.kill", 1, NAME)  # the kernel SIGKILLs the whole subtree, forks too
             else:
                 kill_all(everything, deadline, NAME)  # before Linux 5.14
-            _wait_until_empty(cgroup, deadline)
+            wait_until_empty(cgroup, deadline, NAME)
             remove_dirs(everything, deadline, NAME)
+            remove_parent_if_empty(cgroup.parent)
 
 
-def _enable(parent: Path, controllers: list[str]) -> None:
+def make_cgroup(root: Path, cgroup: Path, controllers: list[str], driver: str) -> None:
+    """Make ``root/pish/<id>`` with ``controllers`` enabled on the way down, as runc does. ``pish/`` is
+    made if missing; a release of the last container may remove it at any moment (it has no lock), so a
+    step that finds it gone starts again."""
+    for attempt in range(10):
+        try:
+            enable(root, controllers, driver)  # root -> pish/
+            ensure_dir(cgroup.parent, f"cgroup pish in {root} (shared by all containers)")
+            enable(cgroup.parent, controllers, driver)  # pish/ -> pish/<id>
+            log.info("creating cgroup %s", label(cgroup))
+            cgroup.mkdir()
+            return
+        except (FileNotFoundError, DriverError):
+            if cgroup.parent.is_dir() or attempt == 9:
+                raise
+
+
+def allow_devices(cgroup: Path, privileged: bool) -> None:
+    """The device allowlist (``pish_core/security/devices.py``) as a BPF program on ``cgroup``, before any
+    process is in it; it goes when the cgroup is removed."""
+    from pish_core.security import devices
+    from pish_drivers.limits import bpfdevices
+
+    bpfdevices.attach(cgroup, [devices.ALLOW_ALL] if privileged else devices.ALLOWLIST)
+
+
+def remove_parent_if_empty(parent: Path) -> None:
+    """rmdir ``pish/`` once no container's cgroup is left in it (EBUSY while one is: leave it)."""
+    try:
+        os.rmdir(parent)
+    except OSError:
+        return
+    log.info("removed cgroup %s (no container left in it)", parent)
+
+
+def enable(parent: Path, controllers: list[str], driver: str) -> None:
     """Let ``parent``'s children use ``controllers`` (those not enabled yet)."""
     enabled = read(parent / "cgroup.subtree_control").split()
     missing = [c for c in controllers if c not in enabled]
     if missing:
         log.info("enabling controllers %s below %s", " ".join(missing), parent)
-        write(parent / "cgroup.subtree_control", " ".join(f"+{c}" for c in missing), NAME)
+        write(parent / "cgroup.subtree_control", " ".join(f"+{c}" for c in missing), driver)
 
 
-def _set_limits(cgroup: Path, res: Resources) -> None:
+def _swap_accounted(root: Path) -> bool:
+    """Whether cgroup v2 can limit swap: the kernel then has memory.swap.* files in every memory cgroup
+    (CONFIG_MEMCG_SWAP and swap accounting on). The root cgroup has none; one below it tells."""
+    return any(root.glob("*/memory.swap.max"))
+
+
+def set_limits(cgroup: Path, res: Resources, driver: str) -> None:
+    """Write ``res`` into the files of a cgroup v2 ``cgroup`` (the systemd driver's scopes too)."""
     if res.memory is not None:
         log.info("setting memory limit %s", human_size(res.memory))
-        write(cgroup / "memory.max", res.memory, NAME)
+        write(cgroup / "memory.max", res.memory, driver)
+    if res.memory_swap is not None:
+        swap = "max" if res.memory_swap == -1 or res.memory is None else res.memory_swap - res.memory
+        log.info("setting swap limit %s", swap if swap == "max" else human_size(int(swap)))
+        write(cgroup / "memory.swap.max", swap, driver)
+    if res.memory_reservation is not None:
+        log.info("setting memory reservation %s", human_size(res.memory_reservation))
+        write(cgroup / "memory.low", res.memory_reservation, driver)
     if res.cpus is not None:
         quota = int(res.cpus * CPU_PERIOD_US)
         log.info("setting cpu limit %g CPUs (%d us every %d us)", res.cpus, quota, CPU_PERIOD_US)
-        write(cgroup / "cpu.max", f"{quota} {CPU_PERIOD_US}", NAME)
+        write(cgroup / "cpu.max", f"{quota} {CPU_PERIOD_US}", driver)
+    if res.cpu_shares is not None:
+        log.info("setting cpu weight %d (--cpu-shares %d)", cpu_weight(res.cpu_shares), res.cpu_shares)
+        write(cgroup / "cpu.weight", cpu_weight(res.cpu_shares), driver)
     if res.cpuset_cpus is not None:
         log.info("setting cpuset to CPUs %s", res.cpuset_cpus)
-        write(cgroup / "cpuset.cpus", res.cpuset_cpus, NAME)
+        write(cgroup / "cpuset.cpus", res.cpuset_cpus, driver)
+    if res.cpuset_mems is not None:
+        log.info("setting cpuset to memory nodes %s", res.cpuset_mems)
+        write(cgroup / "cpuset.mems", res.cpuset_mems, driver)
     if res.pids_limit is not None:
         log.info("setting pids limit %d", res.pids_limit)
-        write(cgroup / "pids.max", res.pids_limit, NAME)
+        write(cgroup / "pids.max", res.pids_limit, driver)
+    if res.blkio_weight is not None:
+        log.info("setting io weight %d (--blkio-weight %d)", io_weight(res.blkio_weight), res.blkio_weight)
+        write(cgroup / "io.weight", f"default {io_weight(res.blkio_weight)}", driver)
+    for d in res.device_limits:
+        log.info("setting io limit %d:%d %s=%d", d.major, d.minor, d.what, d.rate)
+        write(cgroup / "io.max", f"{d.major}:{d.minor} {d.what}={d.rate}", driver)
     for _, key, value in res.extra:
         log.info("setting %s to %s", key, value)
-        write(cgroup / key, value, NAME)
+        write(cgroup / key, value, driver)
 
 
-def _wait_until_empty(cgroup: Path, deadline: float) -> None:
+def wait_until_empty(cgroup: Path, deadline: float, driver: str) -> None:
     """Wait for ``populated 0`` in cgroup.events: every process of the subtree has exited."""
     while True:
         try:
@@ -209,6 +301,6 @@ def _wait_until_empty(cgroup: Path, deadline: float) -> None:
             return
         if time.monotonic() > deadline:
             raise DriverError(
-                f"{NAME}: {label(cgroup)} still has processes after SIGKILL; try `pish gc` later"
+                f"{driver}: {label(cgroup)} still has processes after SIGKILL; try `pish gc` later"
             )
         time.sleep(0.01)

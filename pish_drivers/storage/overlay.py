@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pish_core import log, mounts, native, paths, userns
+from pish_core import log, mounts, native, paths, probe, userns
 from pish_core.drivers import RunContext, Storage
 from pish_core.image.cache import layers_for
 
@@ -25,14 +25,14 @@ class OverlayStorage(Storage):
 
     @classmethod
     def check(cls) -> str | None:
-        try:
-            filesystems = Path("/proc/filesystems").read_text()
-        except OSError as exc:
-            return f"cannot read /proc/filesystems: {exc}"
-        if "\toverlay\n" in filesystems:
+        with contextlib.suppress(OSError):
+            if "\toverlay\n" in Path("/proc/filesystems").read_text():
+                return None  # the kernel has it (built in, or its module loaded): nothing to try
+        # Not listed: its module may just not be loaded yet, and a mount loads it. Try one.
+        why = probe.in_child(_mount_an_overlay)
+        if why is None:
             return None
-        return ("overlayfs is missing: the kernel does not list it in /proc/filesystems "
-                "(load it with `modprobe overlay`, or use --storage copy)")
+        return f"overlayfs cannot be mounted here ({why}); use --storage copy"
 
     @contextlib.contextmanager
     def mount(self, ctx: RunContext) -> Iterator[Path]:
@@ -55,6 +55,14 @@ class OverlayStorage(Storage):
         if layer.exists():
             shutil.rmtree(layer, ignore_errors=True)
             _log.info("removed %s", layer)
+
+
+def _mount_an_overlay() -> None:
+    """The probe: an overlay of empty directories on a private tmpfs (see pish_core/probe.py)."""
+    probe.private_mounts()
+    for sub in ("lower", "upper", "work", "merged"):
+        os.mkdir(f"/tmp/{sub}")
+    native.mount("overlay", "/tmp/merged", "overlay", 0, "lowerdir=/tmp/lower,upperdir=/tmp/upper,workdir=/tmp/work")
 
 
 def _escape(path: Path) -> str:

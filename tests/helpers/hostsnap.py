@@ -56,7 +56,9 @@ def _mount_points() -> tuple[str, ...]:
 
 def _cgroups() -> tuple[str, ...]:
     out: list[str] = []
-    for top in sorted(glob.glob(str(CGROUP_ROOT / "*" / "pish"))):
+    tops = [*glob.glob(str(CGROUP_ROOT / "*" / "pish")), *glob.glob(str(CGROUP_ROOT / "pish")),  # v1, hybrid v2, v2
+            *glob.glob(str(CGROUP_ROOT / "pish.slice"))]  # the systemd driver's scopes
+    for top in sorted(tops):
         for dirpath, dirnames, _ in os.walk(top, onerror=lambda _exc: None):
             out.extend(os.path.join(dirpath, d) for d in dirnames)
     return tuple(sorted(out))

@@ -27,6 +27,7 @@ from pish_drivers.limits.cgroupv2 import CgroupV2Limits
 
 pytestmark = [
     pytest.mark.integration,
+    pytest.mark.hostkind,
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root"),
 ]
 needs_v1 = pytest.mark.skipif(CgroupV1Limits.check() is not None, reason=str(CgroupV1Limits.check()))

@@ -27,7 +27,7 @@ from helpers.hostfiles import SUBID_FILES, preserved
 
 import pish_core
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.hostkind]
 
 
 @dataclass
@@ -162,8 +162,8 @@ def test_state_in_a_private_tmp_dir_without_xdg_runtime_dir(user):
 
 @pytest.mark.parametrize(("flags", "message"), [
     (("--net", "bridge"), "pish: --net bridge needs root"),
-    (("--memory", "64m"), "pish: limits need root (or a delegated cgroup)"),
-    (("--limits", "cgroupv1"), "pish: --limits cgroupv1 needs root or a delegated cgroup"),
+    (("--memory", "64m"), "pish: limits without root need systemd's user manager on a cgroup v2 host"),
+    (("--limits", "cgroupv1"), "pish: --limits cgroupv1 needs root; rootless pish has limits only through"),
     (("--userns", "0:100000:65536"), "pish: --userns 0:100000:65536: rootless pish always runs in its own"),
 ])
 def test_what_needs_root_is_one_line(user, flags, message):

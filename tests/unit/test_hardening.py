@@ -66,9 +66,9 @@ def test_privileged_turns_everything_off() -> None:
 
 
 def test_mknod_only_where_a_device_allowlist_exists() -> None:
-    assert "CAP_MKNOD" in security_from_flags(limits_driver="cgroupv1").capabilities
-    assert "CAP_MKNOD" not in security_from_flags(limits_driver="cgroupv2").capabilities
-    assert "CAP_MKNOD" in security_from_flags(["MKNOD"], limits_driver="cgroupv2").capabilities
+    assert "CAP_MKNOD" in security_from_flags(device_allowlist=True).capabilities
+    assert "CAP_MKNOD" not in security_from_flags(device_allowlist=False).capabilities
+    assert "CAP_MKNOD" in security_from_flags(["MKNOD"], device_allowlist=False).capabilities
 
 
 def test_security_round_trips_through_json() -> None:
@@ -142,10 +142,16 @@ def test_limits_auto(monkeypatch: pytest.MonkeyPatch) -> None:
     unified = [(Path("/sys/fs/cgroup"), "cgroup2", set())]
     monkeypatch.setattr(limits, "cgroup_mounts", lambda: hybrid)
     assert auto.choose(Resources(), rootless=False) == "cgroupv1"
+    monkeypatch.setattr(auto, "systemd_booted", lambda: True)
+    assert auto.choose(Resources(), rootless=False) == "cgroupv1", "systemd on a hybrid host: v1 has the controllers"
     monkeypatch.setattr(limits, "cgroup_mounts", lambda: unified)
+    assert auto.choose(Resources(memory=1 << 20), rootless=False) == "systemd"
+    monkeypatch.setattr(auto, "user_bus", lambda: Path("/run/user/1000/bus"))
+    assert auto.choose(Resources(pids_limit=10), rootless=True) == "systemd"
+    monkeypatch.setattr(auto, "systemd_booted", lambda: False)
     assert auto.choose(Resources(memory=1 << 20), rootless=False) == "cgroupv2"
     assert auto.choose(Resources(), rootless=True) == "none"
-    with pytest.raises(SpecError, match="need root"):
+    with pytest.raises(SpecError, match="limits without root need systemd's user manager"):
         auto.choose(Resources(pids_limit=10), rootless=True)
 
 

@@ -35,10 +35,12 @@ CONTROLLER_FILES = {
         "memory.current": "4096",
         "memory.swap.max": "max",
         "memory.events": "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\n",
+        "memory.low": "0",
     },
-    "cpu": {"cpu.max": "max 100000"},
-    "cpuset": {"cpuset.cpus": ""},
+    "cpu": {"cpu.max": "max 100000", "cpu.weight": "100"},
+    "cpuset": {"cpuset.cpus": "", "cpuset.mems": ""},
     "pids": {"pids.max": "max", "pids.current": "1"},
+    "io": {"io.max": "", "io.weight": "default 100"},
 }
 
 
@@ -47,6 +49,7 @@ class FakeKernel:
 
     def __init__(self, root: Path, controllers: str) -> None:
         self.root = root
+        self.device_programs: list[Path] = []
         self.real_mkdir, self.real_rmdir = os.mkdir, os.rmdir
         self.real_mkdir(root)
         self._fill(root, {"cgroup.controllers": controllers, "cgroup.subtree_control": ""})
@@ -119,9 +122,13 @@ def make_spec(**resources: Any) -> ContainerSpec:
 
 @pytest.fixture
 def kernel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeKernel:
+    from pish_drivers.limits import cgroupv2
+
     fake = FakeKernel(tmp_path / "cgroup", "cpuset cpu io memory pids")
     monkeypatch.setattr(os, "mkdir", fake.mkdir)
     monkeypatch.setattr(os, "rmdir", fake.rmdir)
+    # A BPF program attaches to a real cgroup only (tests/integration/test_bpfdevices_kernel.py): record it.
+    monkeypatch.setattr(cgroupv2, "allow_devices", lambda cgroup, privileged: fake.device_programs.append(cgroup))
     return fake
 
 
@@ -152,14 +159,49 @@ def test_apply_writes_the_limits_and_release_removes_the_cgroup(kernel: FakeKern
         assert (cgroup / "pids.max").read_text() == "64"
         assert (cgroup / "memory.swap.max").read_text() == "0"
         assert (cgroup / "cgroup.procs").read_text() == "4242"
+        assert kernel.device_programs == [cgroup]
         assert group.stats() == {"memory_bytes": 4096, "cpu_ns": 1_500_000, "pids": 1}
         assert not group.oom_killed()
         (cgroup / "memory.events").chmod(0o644)
         (cgroup / "memory.events").write_text("low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n")
         assert group.oom_killed()
     assert not cgroup.exists()
-    assert (kernel.root / "pish").is_dir(), "the shared parent stays"
+    assert not (kernel.root / "pish").exists(), "the parent goes with its last container"
     assert journal.records == []
+
+
+def test_the_parent_stays_while_another_container_uses_it(kernel: FakeKernel) -> None:
+    first, second = make_spec(), make_spec()
+    limits = driver(kernel)
+    with limits.apply(RunContext(first, FakeJournal()), 1):  # type: ignore[arg-type]
+        with limits.apply(RunContext(second, FakeJournal()), 2):  # type: ignore[arg-type]
+            pass
+        assert (kernel.root / "pish" / first.id).is_dir()
+    assert not (kernel.root / "pish").exists()
+
+
+def test_docker_resource_flags_map_to_v2_files(kernel: FakeKernel) -> None:
+    from pish_core.spec import DeviceLimit
+
+    spec = make_spec(memory=64 << 20, memory_swap=96 << 20, memory_reservation=32 << 20, cpu_shares=512,
+                     cpuset_mems="0", blkio_weight=500,
+                     device_limits=(DeviceLimit(253, 0, "rbps", 1 << 20), DeviceLimit(253, 0, "wiops", 100)))
+    with driver(kernel).apply(RunContext(spec, FakeJournal()), 4242):  # type: ignore[arg-type]
+        cgroup = kernel.root / "pish" / spec.id
+        assert (kernel.root / "cgroup.subtree_control").read_text() == "+memory +cpu +cpuset +io"
+        assert (cgroup / "memory.swap.max").read_text() == str(32 << 20)  # swap alone, not memory + swap
+        assert (cgroup / "memory.low").read_text() == str(32 << 20)
+        assert (cgroup / "cpu.weight").read_text() == "20"  # runc's conversion of 512 shares
+        assert (cgroup / "cpuset.mems").read_text() == "0"
+        assert (cgroup / "io.weight").read_text() == "default 4950"
+        assert (cgroup / "io.max").read_text() == "253:0 wiops=100"  # the fake keeps the last write only
+
+
+def test_default_shares_and_weights_convert_as_runc_does() -> None:
+    from pish_drivers.limits.cgroupv2 import cpu_weight, io_weight
+
+    assert cpu_weight(2) == 1 and cpu_weight(262144) == 10000 and cpu_weight(1024) == 39
+    assert io_weight(10) == 1 and io_weight(1000) == 10000
 
 
 def test_no_limits_touches_no_controller(kernel: FakeKernel) -> None:
