@@ -68,6 +68,17 @@ def cgroup_name(cid: str) -> str:
     return f"pish/{cid}"
 
 
+def systemd_slice() -> str:
+    """The systemd slice the ``systemd`` limits driver puts every container's scope in."""
+    return "pish.slice"
+
+
+def systemd_scope(cid: str) -> str:
+    """A container's transient scope unit (``systemd`` limits driver): ``pish-<id>.scope``, as podman's
+    ``libpod-<id>.scope``."""
+    return f"pish-{cid}.scope"
+
+
 _ADJECTIVES = ("agile", "brave", "calm", "clever", "eager", "fond", "gentle", "happy", "jolly", "keen",
                "lucid", "merry", "nifty", "proud", "quiet", "silly", "sleepy", "swift", "tender", "witty")
 _NOUNS = ("albatross", "badger", "beaver", "bison", "crane", "dingo", "falcon", "gecko", "heron", "ibis",

@@ -1,0 +1,503 @@
+"""systemd: a container's limits through systemd, as a transient scope unit (what podman and
+``runc --systemd-cgroup`` do).
+
+On a host whose PID 1 is systemd, systemd owns the cgroup tree: it makes a cgroup for every unit, writes
+their limits, and removes what it does not know about when it sees fit. A runtime that makes cgroups on its
+own (``cgroupv2``) works beside it, but the tree is then shared by two owners. This driver asks systemd
+instead, over D-Bus (``systemd_dbus.py``), for one *scope* per container. A scope is the unit for processes
+someone else started: we start the container's first process, then hand it to systemd with
+``StartTransientUnit("pish-<id>.scope", ..., PIDs=[pid])`` and the limits as unit properties.
+
+How the scope maps onto the cgroup tree::
+
+    pish.slice                          every container's scope is in it: /sys/fs/cgroup/pish.slice
+    pish.slice/pish-<id>.scope          the container's cgroup; systemd writes its limits:
+        MemoryMax=50331648                  memory.max
+        CPUQuotaPerSecUSec=500000           cpu.max "50000 100000" (with CPUQuotaPeriodUSec=100ms)
+        TasksMax=20                         pids.max
+        AllowedCPUs=<bitmask>               cpuset.cpus  ...
+
+systemd tells where the cgroup is (the scope's ``ControlGroup`` property, joined to /sys/fs/cgroup). The
+scope is made with ``Delegate=yes``: systemd leaves what is *below* it to us, so a container may make
+cgroups of its own. What systemd has no property for (``--limit io.latency=...``, or ``AllowedCPUs`` on a
+systemd older than 244) pish writes into the scope's files itself, as runc does.
+
+The rest of the life of a scope:
+
+- A user's ``systemctl stop pish-<id>.scope`` stops the container (SIGTERM, then SIGKILL).
+- When the container's last process exits, systemd stops the scope and removes its cgroup at once, so the
+  OOM killer's count in ``memory.events`` is read while the container runs (``_OomWatch``), not after.
+- ``release`` (``pish rm``, ``pish gc``): ``KillUnit`` SIGKILL, ``StopUnit`` and wait for the job,
+  ``ResetFailedUnit``; if the cgroup is still there (systemd could not be reached), ``cgroup.kill`` and rmdir.
+- ``pish.slice`` is made with the first scope (an auxiliary unit of its ``StartTransientUnit``) with
+  ``StopWhenUnneeded=yes``: systemd itself stops and forgets it once no scope needs it, so no lock is needed
+  between two pish runs and nothing of pish's stays in ``systemctl list-units`` (podman leaves its
+  ``machine.slice`` behind; that one is shared with systemd-machined, pish.slice is ours alone).
+
+For rootless pish the manager is the user's own systemd (``systemctl --user``), and the slice is
+``pish.slice`` below ``user@UID.service``. jeepney is imported only when the driver talks to systemd.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Self
+
+from pish_core import names, paths
+from pish_core.drivers import Group, Limits, RunContext
+from pish_core.errors import DriverError, SpecError
+from pish_drivers.limits import (
+    CPU_PERIOD_US,
+    RELEASE_TIMEOUT,
+    cgroup_mounts,
+    check_cpus,
+    kill_all,
+    log,
+    parse_cpu_list,
+    read,
+    remove_dirs,
+    subtree,
+    write,
+)
+from pish_drivers.limits.cgroupv2 import (
+    CGROUP_MOUNT,
+    CgroupV2Group,
+    cpu_weight,
+    io_weight,
+    needed_controllers,
+)
+
+if TYPE_CHECKING:
+    from pish_core.spec import ContainerSpec, Resources
+    from pish_drivers.limits.systemd_dbus import Manager, Property
+
+NAME = "systemd"
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+#: systemd's "no limit" for a uint64 property (MemoryMax=infinity).
+INFINITY = 2**64 - 1
+#: The first systemd version that takes each property we set only where it can (older ones refuse the
+#: whole unit for a property they do not know). Where a limit has a cgroup file, pish writes that instead.
+SINCE = {"CollectMode": 236, "MemoryMin": 240, "CPUQuotaPeriodUSec": 242, "AllowedCPUs": 244,
+         "AllowedMemoryNodes": 244, "OOMPolicy": 253}
+#: How often the OOM watch looks again without being woken (it is woken by every change of the files).
+OOM_POLL_MS = 1000
+
+
+def booted() -> bool:
+    """True when systemd is PID 1: ``sd_booted()``'s test, the directory systemd makes at start."""
+    return os.path.isdir("/run/systemd/system")
+
+
+def unified() -> bool:
+    """True when /sys/fs/cgroup is a cgroup2 hierarchy (no v1 hierarchies beside it)."""
+    return any(mount == CGROUP_ROOT and fstype == "cgroup2" for mount, fstype, _ in cgroup_mounts())
+
+
+# -- the unit's properties --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One limit: the unit property systemd sets it with, and the cgroup file it ends up in (which pish
+    writes itself where this systemd lacks the property)."""
+
+    prop: str
+    signature: str
+    value: Any
+    file: str | None = None
+    text: str = ""
+
+
+def bitmask(cpu_list: str) -> bytes:
+    """``0-2,5`` -> the bytes of AllowedCPUs: bit N of byte N // 8 is CPU N (systemd's CPU_SET order)."""
+    cpus = parse_cpu_list(cpu_list)
+    mask = bytearray(max(cpus, default=-1) // 8 + 1)
+    for cpu in cpus:
+        mask[cpu // 8] |= 1 << cpu % 8
+    return bytes(mask)
+
+
+def device_path(major: int, minor: int) -> str | None:
+    """A block device's node in /dev, named as /sys/dev/block knows it (IO*Max properties take a path)."""
+    try:
+        node = "/dev/" + os.path.basename(os.readlink(f"/sys/dev/block/{major}:{minor}"))
+        return node if os.stat(node).st_rdev == os.makedev(major, minor) else None
+    except OSError:
+        return None
+
+
+def _amount(text: str) -> int | None:
+    """A cgroup file's number, ``max`` as INFINITY; None for anything else (written as it is)."""
+    if text == "max":
+        return INFINITY
+    return int(text) if text.isdigit() else None
+
+
+#: ``--limit`` keys systemd has a property for (a value it would overwrite if written behind its back).
+EXTRA_PROPERTIES = {"memory.max": "MemoryMax", "memory.high": "MemoryHigh", "memory.low": "MemoryLow",
+                    "memory.min": "MemoryMin", "memory.swap.max": "MemorySwapMax", "pids.max": "TasksMax",
+                    "cpu.weight": "CPUWeight", "io.weight": "IOWeight"}
+
+
+def settings(res: Resources) -> list[Setting]:
+    """The limits of ``res`` as unit properties, each with its cgroup file."""
+    out: list[Setting] = []
+    if res.memory is not None:
+        out.append(Setting("MemoryMax", "t", res.memory, "memory.max", str(res.memory)))
+    if res.memory_swap is not None:
+        swap = INFINITY if res.memory_swap == -1 or res.memory is None else res.memory_swap - res.memory
+        text = "max" if swap == INFINITY else str(swap)
+        out.append(Setting("MemorySwapMax", "t", swap, "memory.swap.max", text))
+    if res.memory_reservation is not None:
+        low = res.memory_reservation
+        out.append(Setting("MemoryLow", "t", low, "memory.low", str(low)))
+    if res.cpus is not None:
+        quota = int(res.cpus * CPU_PERIOD_US)  # per period as cgroupv2 writes it; systemd wants it per second
+        out.append(Setting("CPUQuotaPerSecUSec", "t", quota * 1_000_000 // CPU_PERIOD_US, "cpu.max",
+                           f"{quota} {CPU_PERIOD_US}"))
+        out.append(Setting("CPUQuotaPeriodUSec", "t", CPU_PERIOD_US))  # also the default where it lacks it
+    if res.cpu_shares is not None:
+        weight = cpu_weight(res.cpu_shares)
+        out.append(Setting("CPUWeight", "t", weight, "cpu.weight", str(weight)))
+    if res.cpuset_cpus is not None:
+        out.append(Setting("AllowedCPUs", "ay", bitmask(res.cpuset_cpus), "cpuset.cpus", res.cpuset_cpus))
+    if res.cpuset_mems is not None:
+        mems = res.cpuset_mems
+        out.append(Setting("AllowedMemoryNodes", "ay", bitmask(mems), "cpuset.mems", mems))
+    # No --pids-limit is no limit, as with cgroupv2: not systemd's DefaultTasksMax (15% of pid_max).
+    pids = INFINITY if res.pids_limit is None else res.pids_limit
+    out.append(Setting("TasksMax", "t", pids, "pids.max", "max" if res.pids_limit is None else str(pids)))
+    if res.blkio_weight is not None:
+        weight = io_weight(res.blkio_weight)
+        out.append(Setting("IOWeight", "t", weight, "io.weight", f"default {weight}"))
+    rates: dict[str, list[tuple[str, int]]] = {}
+    for d in res.device_limits:
+        prop = {"rbps": "IOReadBandwidthMax", "wbps": "IOWriteBandwidthMax",
+                "riops": "IOReadIOPSMax", "wiops": "IOWriteIOPSMax"}[d.what]
+        node = device_path(d.major, d.minor)
+        if node is None:  # no node to name it by: the file then, which takes the numbers
+            out.append(Setting("", "", None, "io.max", f"{d.major}:{d.minor} {d.what}={d.rate}"))
+        else:
+            rates.setdefault(prop, []).append((node, d.rate))
+    out.extend(Setting(prop, "a(st)", pairs) for prop, pairs in rates.items())
+    for _, key, value in res.extra:
+        prop = EXTRA_PROPERTIES.get(key, "")
+        amount = _amount(value.removeprefix("default ") if key == "io.weight" else value)
+        out.append(Setting(prop if amount is not None else "", "t", amount, key, value))
+    return out
+
+
+def unit_properties(spec: ContainerSpec, pid: int,
+                    version: int) -> tuple[list[Property], list[tuple[str, str]]]:
+    """The properties of the container's scope for systemd ``version``, and the (file, value) pairs pish
+    writes itself: what has no property, or none this systemd knows."""
+    props: list[Property] = [
+        ("Description", ("s", f"pish container {spec.name}")),
+        ("Slice", ("s", names.systemd_slice())),
+        ("PIDs", ("au", [pid])),
+        ("Delegate", ("b", True)),  # the tree below the scope is the container's
+        ("DefaultDependencies", ("b", False)),  # no ordering against shutdown.target & co: as runc
+        ("CollectMode", ("s", "inactive-or-failed")),  # forgotten once stopped, even if it failed
+        ("OOMPolicy", ("s", "continue")),  # an OOM kill in the container is not a reason to stop it all
+    ]
+    writes: list[tuple[str, str]] = []
+    for s in settings(spec.resources):
+        if s.prop and version >= SINCE.get(s.prop, 0):
+            props.append((s.prop, (s.signature, s.value)))
+        elif s.file:
+            writes.append((s.file, s.text))
+    return [p for p in props if version >= SINCE.get(p[0], 0)], writes
+
+
+def slice_properties() -> list[Property]:
+    return [("Description", ("s", "pish containers")), ("StopWhenUnneeded", ("b", True))]
+
+
+def summary(props: list[Property]) -> str:
+    """The limits among ``props`` as ``MemoryMax=50331648 TasksMax=20`` for the log."""
+    skip = {"Description", "Slice", "PIDs", "Delegate", "DefaultDependencies", "CollectMode", "OOMPolicy"}
+    return " ".join(f"{name}={_shown(value)}" for name, (_, value) in props if name not in skip)
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, bytes):  # a bitmask: the CPUs or memory nodes, as a list
+        return ",".join(str(bit) for bit in range(len(value) * 8) if value[bit // 8] >> bit % 8 & 1)
+    return "infinity" if value == INFINITY else str(value)
+
+
+# -- the group --------------------------------------------------------------------------------------
+
+
+class _OomWatch:
+    """Notices an OOM kill while the container runs. systemd removes a scope's cgroup as soon as its last
+    process exits, which may be before pish has reaped that process and looked at ``memory.events``. So a
+    thread waits in poll(2) on ``cgroup.events`` and ``memory.events`` (the kernel wakes it at each change
+    of either, ``populated 0`` included) and reads them each time: ``cgroup.events`` first, so that once it
+    says ``populated 0`` the ``memory.events`` read after it has counted every kill there was."""
+
+    def __init__(self, cgroup: Path) -> None:
+        self.cgroup = cgroup
+        self.seen = False
+        self.done = threading.Event()  # set once the thread knows all it will know
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pish-oom-watch", daemon=True)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=OOM_POLL_MS / 1000 + 1)
+
+    def _run(self) -> None:
+        fds: list[int] = []
+        try:
+            for name in ("cgroup.events", "memory.events"):
+                fds.append(os.open(self.cgroup / name, os.O_RDONLY | os.O_CLOEXEC))
+            poller = select.poll()
+            for fd in fds:
+                poller.register(fd, select.POLLPRI)
+            while not self._stop.is_set():
+                # Reading a file is also how the kernel learns we have seen its last change.
+                empty = "populated 0" in os.pread(fds[0], 4096, 0).decode()
+                if _oom_kills(os.pread(fds[1], 4096, 0).decode()):
+                    self.seen = True
+                    return
+                if empty:
+                    return
+                poller.poll(OOM_POLL_MS)
+        except OSError:
+            return  # no memory controller, or the cgroup is gone: nothing more to see
+        finally:
+            self.done.set()
+            for fd in fds:
+                os.close(fd)
+
+
+def _oom_kills(memory_events: str) -> int:
+    for line in memory_events.splitlines():
+        key, _, value = line.partition(" ")
+        if key == "oom_kill":
+            return int(value)
+    return 0
+
+
+class SystemdGroup(CgroupV2Group):
+    def __init__(self, cgroup: Path, watch: _OomWatch, mounts: tuple[Any, ...] = ()) -> None:
+        super().__init__(cgroup, mounts)
+        self.watch = watch
+
+    def oom_killed(self) -> bool:
+        try:
+            return _oom_kills(read(self.cgroup / "memory.events")) > 0
+        except OSError:  # systemd removed the scope: what the watch saw before that
+            self.watch.done.wait(timeout=1.0)
+            return self.watch.seen
+
+
+# -- the driver -------------------------------------------------------------------------------------
+
+
+class SystemdLimits(Limits):
+    name = NAME
+    description = "systemd: a transient scope per container (pish.slice), made over D-Bus, as podman does"
+    unified = True
+    known_options: ClassVar[Mapping[str, str]] = {}
+
+    def __init__(self, options: Mapping[str, str] | None = None) -> None:
+        super().__init__(options)
+        self.user = paths.rootless()  # rootless pish asks the user's own systemd
+
+    @classmethod
+    def check(cls) -> str | None:
+        if not booted():
+            return "systemd is not PID 1 here (no /run/systemd/system)"
+        if not unified():
+            return f"{CGROUP_ROOT} is not a cgroup2 hierarchy alone (a cgroup v1 or hybrid host)"
+        try:
+            with _connect(paths.rootless()) as manager:
+                manager.version()
+        except DriverError as exc:
+            return str(exc).removeprefix("systemd: ")
+        return None
+
+    def validate(self, spec: ContainerSpec) -> None:
+        res = spec.resources
+        base = _manager_cgroup(self.user)
+        available = read(base / "cgroup.controllers").split()
+        for controller in needed_controllers(res):
+            if controller not in available:
+                where = "delegated to your systemd (user@.service)" if self.user else "available on this host"
+                raise SpecError(f"{NAME}: controller {controller} is not {where}")
+        sample = _sample_cgroup(base)
+        for controller, key, _ in res.extra:
+            if sample is not None and controller in read(sample / "cgroup.controllers").split():
+                if not (sample / key).is_file():
+                    raise SpecError(f"{NAME}: {controller} has no setting {key} (see the files in {sample})")
+                if not (sample / key).stat().st_mode & 0o200:
+                    raise SpecError(f"{NAME}: {key} is read-only")
+        if res.memory_swap not in (None, -1) and not any(CGROUP_ROOT.glob("*/memory.swap.max")):
+            raise SpecError(f"{NAME}: --memory-swap needs swap accounting, which this kernel does not do "
+                            "(no memory.swap.max)")
+        if res.cpuset_cpus is not None or res.cpus is not None:
+            check_cpus(NAME, res.cpus, res.cpuset_cpus, read(CGROUP_ROOT / "cpuset.cpus.effective"))
+        if res.cpuset_mems is not None:
+            # systemd only logs a memory node it cannot set: refuse it here, or the limit would silently go
+            try:
+                wanted = parse_cpu_list(res.cpuset_mems)
+                host = parse_cpu_list(read(CGROUP_ROOT / "cpuset.mems.effective"))
+            except ValueError:
+                raise SpecError(f"{NAME}: invalid --cpuset-mems {res.cpuset_mems!r}") from None
+            if not wanted or not wanted <= host:
+                raise SpecError(f"{NAME}: --cpuset-mems {res.cpuset_mems} is outside this host's memory "
+                                f"nodes ({read(CGROUP_ROOT / 'cpuset.mems.effective')})")
+
+    @contextlib.contextmanager
+    def apply(self, ctx: RunContext, pid: int) -> Iterator[Group]:
+        unit = names.systemd_scope(ctx.id)
+        expected = _manager_cgroup(self.user) / names.systemd_slice() / unit
+        bus = "user" if self.user else "system"
+        # Journal first: if we die half-way, `pish gc` finds the unit's name and stops it.
+        with ctx.journal.held("limits", NAME, "scope", self.release, unit=unit, bus=bus,
+                              path=str(expected)) as record:
+            with _connect(self.user) as manager:
+                props, writes = unit_properties(ctx.spec, pid, manager.version())
+                log.info("creating scope %s in %s%s", unit, names.systemd_slice(),
+                         f": {limits}" if (limits := summary(props)) else "")
+                _start_scope(manager, unit, props)
+                cgroup = CGROUP_ROOT / str(manager.unit_property(unit, "Scope", "ControlGroup")).lstrip("/")
+            if cgroup != expected:
+                ctx.journal.update(record, path=str(cgroup))
+            for key, value in writes:
+                log.info("setting %s to %s (no unit property for it in this systemd)", key, value)
+                write(cgroup / key, value, NAME)
+            mounts = (CGROUP_MOUNT,) if ctx.spec.cgroupns == "private" else ()
+            with _OomWatch(cgroup) as watch:
+                yield SystemdGroup(cgroup, watch, mounts)
+
+    def join(self, record: dict[str, Any], pid: int) -> None:
+        cgroup = _owned_path(record.get("path"), _owned_unit(record))
+        if cgroup is None or not cgroup.is_dir():
+            raise DriverError(f"{NAME}: the container's scope {record.get('unit')} is gone")
+        write(cgroup / "cgroup.procs", pid, NAME)  # as runc's exec does; systemd counts it as the scope's
+
+    def release(self, record: dict[str, Any]) -> None:
+        unit = _owned_unit(record)
+        cgroup = _owned_path(record.get("path"), unit)
+        try:
+            manager = _connect(record.get("bus") == "user")
+        except DriverError as exc:
+            if cgroup is None or not cgroup.is_dir():  # nothing of the scope is left that pish could remove
+                raise
+            log.warning("%s; removing %s without it", exc, unit)
+        else:
+            with manager:
+                _stop_scope(manager, unit)
+        if cgroup is not None and cgroup.is_dir():  # systemd could not be asked, or left it
+            log.info("removing cgroup %s", cgroup)
+            deadline = time.monotonic() + RELEASE_TIMEOUT
+            everything = subtree(cgroup)
+            if (cgroup / "cgroup.kill").exists():
+                write(cgroup / "cgroup.kill", 1, NAME)  # the kernel SIGKILLs the whole subtree, forks too
+            else:
+                kill_all(everything, deadline, NAME)  # before Linux 5.14
+            remove_dirs(everything, deadline, NAME)  # retried while the kernel still counts a process
+
+
+def _connect(user: bool) -> Manager:
+    try:
+        from pish_drivers.limits.systemd_dbus import Manager
+    except ImportError:
+        raise DriverError("systemd: the Python package jeepney is missing "
+                          "(pip install jeepney, or apt install python3-jeepney)") from None
+    return Manager(user)
+
+
+def _start_scope(manager: Manager, unit: str, props: list[Property]) -> None:
+    """StartTransientUnit and wait for its job. The first scope also makes pish.slice; once that exists,
+    systemd refuses to make it again (UnitExists), and the scope is made alone."""
+    from pish_drivers.limits.systemd_dbus import UNIT_EXISTS, BusError
+
+    try:
+        job = manager.start_transient_unit(unit, props, [(names.systemd_slice(), slice_properties())])
+    except BusError as exc:
+        if exc.name != UNIT_EXISTS:
+            raise
+        job = manager.start_transient_unit(unit, props)
+    result = manager.wait_job(job)
+    if result != "done":
+        raise DriverError(f"{NAME}: systemd could not start {unit} ({result}); see `journalctl -u {unit}`")
+
+
+def _stop_scope(manager: Manager, unit: str) -> None:
+    """SIGKILL what is left in the scope, stop it and wait, forget it if it failed. A unit systemd does not
+    know (NoSuchUnit) is already gone: systemd stops a scope by itself when its last process exits."""
+    from pish_drivers.limits.systemd_dbus import NO_SUCH_UNIT, BusError
+
+    try:
+        manager.kill_unit(unit, signal.SIGKILL)
+    except BusError as exc:
+        if exc.name != NO_SUCH_UNIT:
+            raise
+        log.debug("scope %s is already gone", unit)
+        return
+    log.info("removing scope %s", unit)
+    try:
+        job = manager.stop_unit(unit)
+    except BusError as exc:
+        if exc.name != NO_SUCH_UNIT:
+            raise
+        return  # it emptied and systemd collected it between the two calls
+    result = manager.wait_job(job)
+    if result not in ("done", "canceled"):  # canceled: a stop of its own (the scope emptied) came first
+        raise DriverError(f"{NAME}: systemd could not stop {unit} ({result}); try `pish gc` later")
+    with contextlib.suppress(BusError):  # NoSuchUnit: collected already
+        manager.reset_failed_unit(unit)
+
+
+def _manager_cgroup(user: bool) -> Path:
+    """The cgroup the manager's units are in: the root, or the user's ``user@UID.service``."""
+    if not user:
+        return CGROUP_ROOT
+    uid = paths.host_uid()
+    return CGROUP_ROOT / f"user.slice/user-{uid}.slice/user@{uid}.service"
+
+
+def _sample_cgroup(base: Path) -> Path | None:
+    """A cgroup beside where the scope will be, to see which files a controller gives: pish.slice, or a
+    slice systemd always has."""
+    for name in (names.systemd_slice(), "system.slice", "app.slice"):
+        if (base / name / "cgroup.controllers").is_file():
+            return base / name
+    return None
+
+
+def _owned_unit(record: dict[str, Any]) -> str:
+    """The record's unit if it is a container's scope, so a damaged journal cannot make `pish gc` stop some
+    other unit of the host."""
+    unit = str(record.get("unit"))
+    cid = unit.removeprefix("pish-").removesuffix(".scope")
+    if not names.is_id(cid) or unit != names.systemd_scope(cid):
+        raise DriverError(f"{NAME}: refusing to stop {unit!r}: it is not a pish container scope")
+    return unit
+
+
+def _owned_path(path: str | None, unit: str) -> Path | None:
+    """The record's cgroup if it is the unit's, in a pish.slice under /sys/fs/cgroup."""
+    if path is None:
+        return None
+    cgroup = Path(path)
+    if (cgroup.name != unit or cgroup.parent.name != names.systemd_slice()
+            or not cgroup.is_relative_to(CGROUP_ROOT) or ".." in cgroup.parts):
+        raise DriverError(f"{NAME}: refusing to remove {cgroup}: it is not a pish container scope")
+    return cgroup
+
