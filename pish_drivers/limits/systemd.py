@@ -70,6 +70,7 @@ from pish_drivers.limits import (
 from pish_drivers.limits.cgroupv2 import (
     CGROUP_MOUNT,
     CgroupV2Group,
+    allow_devices,
     cpu_weight,
     io_weight,
     needed_controllers,
@@ -311,6 +312,7 @@ class SystemdLimits(Limits):
     name = NAME
     description = "systemd: a transient scope per container (pish.slice), made over D-Bus, as podman does"
     unified = True
+    device_allowlist = True  # pish's BPF device filter on the scope, as cgroupv2 attaches it
     known_options: ClassVar[Mapping[str, str]] = {}
 
     def __init__(self, options: Mapping[str, str] | None = None) -> None:
@@ -380,6 +382,11 @@ class SystemdLimits(Limits):
             for key, value in writes:
                 log.info("setting %s to %s (no unit property for it in this systemd)", key, value)
                 write(cgroup / key, value, NAME)
+            if not self.user:  # rootless: no BPF for us; the kernel refuses device nodes in a userns anyway
+                # The child is in the scope already but holds before its init makes /dev: no device
+                # was opened yet. systemd attaches no device program of its own to a scope without
+                # DevicePolicy=/DeviceAllow=, and would attach it beside ours (BPF_F_ALLOW_MULTI) if it did.
+                allow_devices(cgroup, ctx.spec.security.privileged)
             mounts = (CGROUP_MOUNT,) if ctx.spec.cgroupns == "private" else ()
             with _OomWatch(cgroup) as watch:
                 yield SystemdGroup(cgroup, watch, mounts)

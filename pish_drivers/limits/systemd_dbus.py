@@ -94,6 +94,7 @@ class Manager:
         self.parser = Parser()
         self.serial = 0
         self.signals: list[Any] = []  # JobRemoved signals that came while we waited for something else
+        self.matching = False  # whether the bus sends us JobRemoved signals yet
         found = [(path, direct) for path, direct in addresses(user) if Path(path).exists()]
         if not found:
             where = " or ".join(path for path, _ in addresses(user))
@@ -107,9 +108,6 @@ class Manager:
             self.sock.settimeout(None)
             if not self.direct:
                 self.call(message_bus.Hello())
-                rule = MatchRule(type="signal", sender=SYSTEMD, interface=MANAGER.interface,
-                                 member="JobRemoved", path=MANAGER.object_path)
-                self.call(message_bus.AddMatch(rule))
         except OSError as exc:
             self.close()
             why = exc.strerror or exc
@@ -144,11 +142,13 @@ class Manager:
     def start_transient_unit(self, name: str, properties: Sequence[Property],
                              aux: Sequence[tuple[str, Sequence[Property]]] = ()) -> str:
         """Make and start the unit ``name``; return its job. ``aux``: units made along with it (its slice)."""
+        self._match_jobs()
         body = (name, "replace", list(properties), [(n, list(p)) for n, p in aux])
         (job,) = self.call(new_method_call(MANAGER, "StartTransientUnit", "ssa(sv)a(sa(sv))", body))
         return str(job)
 
     def stop_unit(self, name: str) -> str:
+        self._match_jobs()
         (job,) = self.call(new_method_call(MANAGER, "StopUnit", "ss", (name, "replace")))
         return str(job)
 
@@ -180,6 +180,15 @@ class Manager:
             self.signals.append(self._receive(deadline, f"job {job}"))
 
     # -- messages ---------------------------------------------------------------------------------
+
+    def _match_jobs(self) -> None:
+        """Ask the bus for systemd's JobRemoved signals, before the first job we will wait for. (systemd
+        sends them to every direct connection, and on the bus to the clients that made the job.)"""
+        if not self.direct and not self.matching:
+            rule = MatchRule(type="signal", sender=SYSTEMD, interface=MANAGER.interface,
+                             member="JobRemoved", path=MANAGER.object_path)
+            self.call(message_bus.AddMatch(rule))
+            self.matching = True
 
     def call(self, msg: Any) -> tuple[Any, ...]:
         """Send a method call, wait for its reply, return the reply's body; raise BusError for an error."""

@@ -41,6 +41,7 @@ class FakeSystemd:
         self.version = version
         self.units: dict[str, dict[str, Any]] = {}  # name -> its properties (as sent: name -> variant)
         self.calls: list[tuple[str, tuple[Any, ...]]] = []
+        self.device_programs: list[Path] = []  # where the driver attached its BPF device filter (patched in)
         self.stop_result = "done"  # what a stop job ends with
         self.answer = True  # False: take calls and never answer (a hung systemd)
         self._jobs = itertools.count(1)

@@ -226,6 +226,9 @@ class FakeJournal(Journal):
 def driver(fake: FakeSystemd, monkeypatch: pytest.MonkeyPatch) -> SystemdLimits:
     monkeypatch.setattr(systemd, "CGROUP_ROOT", fake.root)
     monkeypatch.setattr(systemd, "OOM_POLL_MS", 50)  # plain files never wake poll(2)
+    # A BPF program attaches to a real cgroup only (tests/integration/test_bpfdevices_kernel.py): record it.
+    monkeypatch.setattr(systemd, "allow_devices",
+                        lambda cgroup, privileged: fake.device_programs.append(cgroup))
     return SystemdLimits()
 
 
@@ -241,6 +244,7 @@ def test_apply_makes_the_scope_and_release_stops_it(fake: FakeSystemd, driver: S
         assert fake.units["pish.slice"]["StopWhenUnneeded"] == ("b", True)
         assert fake.units[unit]["MemoryMax"] == ("t", 48 << 20)
         assert (cgroup / "io.latency").read_text() == "8:0 target=10"  # no property for it: written
+        assert fake.device_programs == [cgroup]
         assert group.stats() == {"memory_bytes": 4096, "cpu_ns": 1_500_000, "pids": 1}
         assert not group.oom_killed()
         (cgroup / "memory.events").write_text("low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n")
