@@ -111,8 +111,15 @@ class UnshareIsolation(Isolation):
               stdio: tuple[int, int, int] = (0, 1, 2), console: int | None = None) -> Iterator[Child]:
         # Open every namespace first: once we are in the container's mount namespace, /proc/PID may differ.
         # The container's user namespace, if it is not ours, comes first: it owns the others.
-        own_userns = os.stat(f"/proc/{pid}/ns/user").st_ino == os.stat("/proc/self/ns/user").st_ino
-        order = JOIN_ORDER if own_userns else ("user", *JOIN_ORDER)
+        def same(ns: str) -> bool:
+            return os.stat(f"/proc/{pid}/ns/{ns}").st_ino == os.stat(f"/proc/self/ns/{ns}").st_ino
+
+        own_userns = same("user")
+        # The cgroup namespace is the host's unless the container has its own (--cgroupns): joining ours
+        # again would need CAP_SYS_ADMIN over the host's, which a rootless pish lacks.
+        order = [ns for ns in JOIN_ORDER if ns != "cgroup" or not same(ns)]
+        if not own_userns:
+            order.insert(0, "user")
         fds = [os.open(f"/proc/{pid}/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC) for ns in order]
         enforce.prepare(security)
 

@@ -115,6 +115,11 @@ def test_a_container_sees_its_own_cgroup_as_root_read_only(pish, busybox_tar, le
     assert "Read-only file system" in proc.stderr
     host = pish("run", *QUIET, "--limits", driver, "--cgroupns", "host", str(busybox_tar), "cat", "/proc/self/cgroup")
     assert "0::/" not in host.stdout.splitlines(), host.stdout
+    cid = run_detached(pish, *QUIET, "--limits", driver, str(busybox_tar), "sleep", "300")
+    try:  # `pish exec` joins the container's cgroup and its cgroup namespace
+        assert "0::/" in pish("exec", cid, "cat", "/proc/self/cgroup", check=True).stdout.splitlines()
+    finally:
+        pish("rm", "-f", cid, check=True)
     leaks.assert_clean()
 
 

@@ -153,7 +153,8 @@ def test_bad_input_is_one_line(pish, img, flags, message):
 
 def test_a_container_under_cgroupv2(pish, img, no_leaks):
     """On this hybrid host ``--limits auto`` is cgroupv1; ``--limits cgroupv2`` puts the container in the
-    (controller-less) unified hierarchy for real, and CAP_MKNOD is left out: v2 has no device allowlist."""
+    (controller-less) unified hierarchy for real, in a cgroup namespace of its own (its cgroup is ``/``; with
+    ``--cgroupns host`` the host's path shows), and CAP_MKNOD is kept: a BPF program is its device allowlist."""
     from pish_drivers.limits.cgroupv2 import CgroupV2Limits
 
     if CgroupV2Limits.check() is not None:
@@ -161,8 +162,11 @@ def test_a_container_under_cgroupv2(pish, img, no_leaks):
     proc = pish("run", *QUIET, "--net", "none", "--limits", "cgroupv2", img, "/bin/sh", "-c",
                 "sed -n 's/^0:://p' /proc/self/cgroup; sed -n 's/^CapEff:\\t//p' /proc/self/status", check=True)
     cgroup, capeff = proc.stdout.split()
-    assert re.fullmatch(r"/pish/[0-9a-f]{64}", cgroup)
-    assert int(capeff, 16) == 0xA80425FB & ~(1 << 27)
+    assert cgroup == "/"
+    assert int(capeff, 16) == 0xA80425FB
+    host_view = pish("run", *QUIET, "--net", "none", "--limits", "cgroupv2", "--cgroupns", "host", img,
+                     "sed", "-n", "s/^0:://p", "/proc/self/cgroup", check=True)
+    assert re.fullmatch(r"/pish/[0-9a-f]{64}", host_view.stdout.strip())
     auto = pish("run", *QUIET, "--net", "none", img, "sed", "-n", "s/^[0-9]*:memory://p", "/proc/self/cgroup",
                 check=True)
     assert auto.stdout.startswith("/pish/")  # cgroupv1's memory hierarchy
