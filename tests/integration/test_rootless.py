@@ -170,3 +170,49 @@ def test_what_needs_root_is_one_line(user, flags, message):
     proc = as_user(user, "run", "--log-level", "warning", *flags, str(user.image), "true")
     assert proc.returncode == 125
     assert proc.stderr.startswith(message) and proc.stderr.count("\n") == 1, proc.stderr
+
+
+def _user_manager_possible() -> str | None:
+    from pish_drivers.limits import auto
+
+    if not (auto.systemd_booted() and auto.unified()):
+        return "needs systemd as PID 1 on a cgroup v2 host (the Debian 12 VM stage has one)"
+    if not shutil.which("loginctl"):
+        return "needs loginctl"
+    return None
+
+
+@pytest.mark.skipif(_user_manager_possible() is not None, reason=str(_user_manager_possible()))
+def test_rootless_limits_through_the_users_systemd(user):
+    """systemd delegates a cgroup subtree to each user's manager (user@UID.service): a rootless
+    ``--memory 32m`` is a real limit there, seen inside at /sys/fs/cgroup and from the host."""
+    import time
+
+    subprocess.run(["loginctl", "enable-linger", user.name], check=True)
+    runtime = Path(f"/run/user/{user.uid}")
+    try:
+        deadline = time.monotonic() + 180  # a safety net: user@.service starts slowly under emulation
+        while not (runtime / "bus").exists():
+            assert time.monotonic() < deadline, "systemd --user did not start"
+            time.sleep(0.5)
+        env = {"XDG_RUNTIME_DIR": str(runtime), "DBUS_SESSION_BUS_ADDRESS": f"unix:path={runtime}/bus"}
+        proc = as_user(user, "run", "--log-level", "warning", "--net", "none", "--memory", "32m", str(user.image),
+                       "cat", "/sys/fs/cgroup/memory.max", env=env, timeout=180)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.split() == [str(32 << 20)]
+        started = as_user(user, "run", "-d", "--name", "lim", "--net", "none", "--memory", "32m", str(user.image),
+                          "sleep", "120", env=env, timeout=180)
+        assert started.returncode == 0, started.stderr
+        try:
+            record = as_user(user, "inspect", "lim", env=env)
+            pid = __import__("json").loads(record.stdout)[0]["pid"]
+            path = Path(f"/proc/{pid}/cgroup").read_text().strip().split("::", 1)[1]
+            assert f"user@{user.uid}.service" in path
+            assert (Path("/sys/fs/cgroup") / path.lstrip("/") / "memory.max").read_text().strip() == str(32 << 20)
+        finally:
+            assert as_user(user, "rm", "-f", "lim", env=env).returncode == 0
+        nothing_left(user, runtime)
+    finally:
+        subprocess.run(["loginctl", "disable-linger", user.name], check=False)
+        subprocess.run(["loginctl", "terminate-user", user.name], check=False, capture_output=True)
+        subprocess.run(["systemctl", "stop", f"user@{user.uid}.service"], check=False, capture_output=True)
