@@ -167,6 +167,9 @@ class Security:
     masked_paths: tuple[str, ...] = masks.MASKED
     readonly_paths: tuple[str, ...] = masks.READONLY
     privileged: bool = False
+    #: an OCI ``linux.seccomp`` object as JSON (a custom profile: ``--security-opt seccomp=FILE`` or an OCI
+    #: bundle's); "" means docker's default profile when ``seccomp`` is on
+    seccomp_profile: str = ""
 
     def __post_init__(self) -> None:  # from JSON (``from_dict``) the lists arrive as lists
         for key in ("capabilities", "masked_paths", "readonly_paths"):
