@@ -89,6 +89,17 @@ class Group(abc.ABC):
         """True when the kernel's OOM killer killed a process of this group."""
         return False
 
+    def pids(self) -> list[int]:
+        """Every process in the group (``pish-oci ps``, ``kill --all``)."""
+        raise DriverError("this limits driver cannot list a container's processes")
+
+    def freeze(self, frozen: bool) -> None:
+        """Stop every process of the group where it is (True), or let them go on (False): pause/resume."""
+        raise DriverError("this limits driver cannot pause a container")
+
+    def frozen(self) -> bool:
+        return False
+
 
 class Limits(Driver):
     kind = "limits"
@@ -106,6 +117,11 @@ class Limits(Driver):
     def join(self, record: dict[str, Any], pid: int) -> None:
         """Put ``pid`` in the existing group described by ``record`` (its journal entry): ``pish exec``."""
         raise DriverError(f"limits driver {self.name!r} cannot add a process to a running container")
+
+    def group(self, record: dict[str, Any]) -> Group:
+        """The group a journal ``record`` describes, found again by another process (``pish-oci ps``,
+        ``pause``, ``events``)."""
+        raise DriverError(f"limits driver {self.name!r} cannot find a running container's group")
 
 
 @dataclass
@@ -135,9 +151,13 @@ class Child(abc.ABC):
     pid: int
 
     @abc.abstractmethod
-    def release(self, mounts: Sequence[Mount] = ()) -> None:
+    def release(self, mounts: Sequence[Mount] = (), exec_fifo: str | None = None) -> None:
         """Let the child exec the command, after applying ``mounts`` (from the drivers that ran after it
-        was forked). Raises ExecError if the command cannot start."""
+        was forked). Raises ExecError if the command cannot start.
+
+        With ``exec_fifo`` (``pish-oci create``) the child sets everything up and then waits, before
+        exec, until someone opens that fifo to read (``pish-oci start``); this returns once it waits. It
+        no longer dies with us then: the caller leaves it to its engine."""
 
     @abc.abstractmethod
     def wait(self) -> int:

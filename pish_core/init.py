@@ -21,12 +21,10 @@ import termios
 from pathlib import Path
 from typing import NoReturn
 
-from pish_core import mounts, native, user, userns
-from pish_core.security import enforce
+from pish_core import mounts, native, ocisetup, user, userns
+from pish_core.security import devices, enforce
 from pish_core.spec import ContainerSpec, Mount, Process, Security, container_env
 
-# The devices a container gets, as docker and runc give them: (name, major, minor).
-DEVICES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0))
 _NOSUID_NODEV_NOEXEC = native.MS_NOSUID | native.MS_NODEV | native.MS_NOEXEC
 
 
@@ -70,7 +68,7 @@ def mount_dev(root: Path) -> None:
     dev.mkdir(exist_ok=True)
     native.mount("tmpfs", str(dev), "tmpfs", native.MS_NOSUID, "mode=755,size=65536k")
     in_userns = userns.running_in_userns()
-    for name, major, minor in DEVICES:
+    for name, major, minor in devices.NODES:
         if in_userns:  # a node made there would not open (its filesystem is nodev): bind the host's
             (dev / name).touch()
             native.mount(f"/dev/{name}", str(dev / name), None, native.MS_BIND)
@@ -131,25 +129,29 @@ def exec_command(args: tuple[str, ...], cwd: str, env: dict[str, str]) -> NoRetu
         raise InitError(f"exec {args[0]}: {os.strerror(exc.errno or 0).lower()}", code) from None
 
 
-def _await_go(go_fd: int) -> list[Mount]:
-    """Block until the supervisor says go: ``g`` + a JSON line of extra mounts. Exit quietly if it died
-    first (the pipe then ends early). The supervisor keeps its end open while it lives, which lets us
-    close the gap between its "go" and our PDEATHSIG: if the pipe has hung up by then, it is gone."""
+def _await_go(go_fd: int) -> tuple[list[Mount], str | None]:
+    """Block until the supervisor says go: ``g`` + a JSON line of extra mounts (and an exec fifo, see
+    ``Child.release``). Exit quietly if it died first (the pipe then ends early). The supervisor keeps its
+    end open while it lives, which lets us close the gap between its "go" and our PDEATHSIG: if the pipe
+    has hung up by then, it is gone. With an exec fifo no supervisor stays: the engine watches us."""
     message = b""
     while not message.endswith(b"\n"):
         chunk = os.read(go_fd, 65536)
         if not chunk:
             os._exit(1)
         message += chunk
-    native.prctl(native.PR_SET_PDEATHSIG, signal.SIGKILL)  # die with the supervisor, never run unwatched
-    if _hung_up(go_fd):
-        os._exit(1)
+    go = json.loads(message[1:])
+    exec_fifo: str | None = go.get("exec_fifo")
+    if exec_fifo is None:
+        native.prctl(native.PR_SET_PDEATHSIG, signal.SIGKILL)  # die with the supervisor, never run unwatched
+        if _hung_up(go_fd):
+            os._exit(1)
     os.close(go_fd)
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE, signal.SIGCHLD,
                 signal.SIGALRM, signal.SIGWINCH):
         signal.signal(sig, signal.SIG_DFL)
-    go = json.loads(message[1:])
-    return [Mount(m["destination"], m["source"], m["type"], tuple(m["options"])) for m in go["mounts"]]
+    mounts = [Mount(m["destination"], m["source"], m["type"], tuple(m["options"])) for m in go["mounts"]]
+    return mounts, exec_fifo
 
 
 def _hung_up(fd: int) -> bool:
@@ -161,25 +163,46 @@ def _hung_up(fd: int) -> bool:
 def container_main(spec: ContainerSpec, root: Path, go_fd: int, err_fd: int,
                    stdio: tuple[int, int, int], console: int | None) -> NoReturn:
     """The container's first process: wait for go, build its world, exec the command. Never returns."""
+    ready = False
     try:
-        extra_mounts = _await_go(go_fd)
+        extra_mounts, exec_fifo = _await_go(go_fd)
+        fifo_fd = os.open(exec_fifo, os.O_PATH | os.O_CLOEXEC) if exec_fifo else -1  # reachable after pivot
         if spec.cgroupns == "private":  # now, once the supervisor has put us in our cgroup: it is our root
             native.unshare(native.CLONE_NEWCGROUP)
-        native.sethostname(spec.hostname)
-        mount_rootfs(root)
-        mounts.apply(root, [*spec.mounts, *extra_mounts])
+        if spec.hostname:
+            native.sethostname(spec.hostname)
+        if spec.domainname:
+            Path("/proc/sys/kernel/domainname").write_text(spec.domainname)  # our own uts namespace's
+        if spec.mounts_complete:  # OCI: the config's mounts are the whole table, /proc /dev /sys included
+            ocisetup.prepare_root(root, spec.rootfs_propagation)
+            mounts.apply(root, [*spec.mounts, *extra_mounts])
+            ocisetup.make_devices(root, spec.devices)
+        else:
+            mount_rootfs(root)
+            mounts.apply(root, [*spec.mounts, *extra_mounts])
+        ocisetup.write_sysctls(root, spec.sysctl)  # before /proc/sys turns read-only
         if spec.readonly_rootfs:
             remount_readonly(root)
         enforce.confine(root, spec)  # masked and read-only paths, the bounding set
         pivot_into(root)
+        if spec.mounts_complete:
+            ocisetup.set_propagation(spec.rootfs_propagation)
+        ocisetup.set_process_limits(spec.process)  # rlimits, oom_score_adj, umask: while we are still root
         setup_stdio(stdio, console)
         user.become(spec.process.user, spec.process.cwd)
+        env = container_env(spec)
+        if fifo_fd >= 0:
+            ocisetup.look_path(spec.process.args[0], env)  # as runc: a missing command fails `create`, not `start`
+            os.write(err_fd, b"0 ready")
+            ready = True
+            ocisetup.wait_for_start(fifo_fd)
+            ocisetup.run_hooks_inside(spec, "startContainer")
         enforce.lock_down(spec.security)  # no_new_privs, seccomp, capabilities: last before exec
-        exec_command(spec.process.args, spec.process.cwd, container_env(spec))
+        exec_command(spec.process.args, spec.process.cwd, env)
     except InitError as exc:
-        _report(err_fd, exc.code, str(exc))
+        _report(err_fd, exc.code, str(exc), ready)
     except BaseException as exc:  # noqa: BLE001 - anything here must reach the parent, not a traceback
-        _report(err_fd, 125, f"container init failed: {exc}")
+        _report(err_fd, 125, f"container init failed: {exc}", ready)
 
 
 def joined_main(process: Process, env: dict[str, str], go_fd: int, err_fd: int,
@@ -188,6 +211,7 @@ def joined_main(process: Process, env: dict[str, str], go_fd: int, err_fd: int,
     the container's ``sec`` (capabilities, no_new_privs, seccomp), docker's defaults if none is given."""
     try:
         _await_go(go_fd)
+        ocisetup.set_process_limits(process)
         setup_stdio(stdio, console)
         user.become(process.user, process.cwd)
         enforce.lock_down(sec or Security())
@@ -198,9 +222,14 @@ def joined_main(process: Process, env: dict[str, str], go_fd: int, err_fd: int,
         _report(err_fd, 125, f"exec failed: {exc}")
 
 
-def _report(err_fd: int, code: int, message: str) -> NoReturn:
+def _report(err_fd: int, code: int, message: str, ready: bool = False) -> NoReturn:
+    """Send the failure to the parent, or, once ``ready`` was sent (nobody reads that pipe any more: an
+    OCI container failing after ``start``), print it on the container's stderr, as runc does."""
     try:
-        os.write(err_fd, f"{code} {message}".encode())
+        if ready:
+            os.write(2, f"pish: {message}\n".encode())
+        else:
+            os.write(err_fd, f"{code} {message}".encode())
     finally:
         sys.stderr.flush()
         os._exit(code)

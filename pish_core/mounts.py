@@ -21,7 +21,19 @@ from pish_core.spec import Mount
 _MAX_LINKS = 40  # like the kernel's ELOOP limit
 
 _FLAGS = {"ro": native.MS_RDONLY, "nosuid": native.MS_NOSUID, "nodev": native.MS_NODEV,
-          "noexec": native.MS_NOEXEC, "rbind": native.MS_BIND | native.MS_REC, "bind": native.MS_BIND}
+          "noexec": native.MS_NOEXEC, "rbind": native.MS_BIND | native.MS_REC, "bind": native.MS_BIND,
+          "sync": native.MS_SYNCHRONOUS, "dirsync": native.MS_DIRSYNC, "mand": native.MS_MANDLOCK,
+          "noatime": native.MS_NOATIME, "nodiratime": native.MS_NODIRATIME, "relatime": native.MS_RELATIME,
+          "strictatime": native.MS_STRICTATIME}
+#: options that only say "not the other one" (rw, suid...) or that pish does not need (tmpcopyup: podman's
+#: image content under a tmpfs, which its images here do not have)
+_NO_FLAG = {"rw", "suid", "dev", "exec", "async", "atime", "diratime", "norelatime", "nostrictatime",
+            "tmpcopyup", "notmpcopyup", "nocopyup", "copyup", "defaults"}
+#: mount propagation, set on the mount once it is made
+_PROPAGATION = {"private": native.MS_PRIVATE, "rprivate": native.MS_PRIVATE | native.MS_REC,
+                "slave": native.MS_SLAVE, "rslave": native.MS_SLAVE | native.MS_REC,
+                "shared": native.MS_SHARED, "rshared": native.MS_SHARED | native.MS_REC,
+                "unbindable": native.MS_UNBINDABLE, "runbindable": native.MS_UNBINDABLE | native.MS_REC}
 
 
 def detach(path: Path, log: logging.Logger) -> None:
@@ -76,14 +88,22 @@ def apply(root: Path, mounts: Iterable[Mount]) -> None:
     """Mount each of ``mounts`` at its destination inside ``root`` (before pivot_root)."""
     for m in mounts:
         target = resolve_in_root(root, posixpath.normpath(m.destination))
-        flags = 0
+        flags = propagation = 0
         data = []
         for opt in m.options:
             if opt in _FLAGS:
                 flags |= _FLAGS[opt]
-            elif opt not in ("rw",):
+            elif opt in _PROPAGATION:
+                propagation = _PROPAGATION[opt]
+            elif opt not in _NO_FLAG:
                 data.append(opt)
-        if m.type == "bind":
+        if m.type == "cgroup" and not os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
+            # cgroup v1 (or hybrid): the host's hierarchies, read-only, as a tree of binds
+            m = Mount(m.destination, "/sys/fs/cgroup", "bind", ("rbind", *m.options))
+            flags |= native.MS_BIND | native.MS_REC
+        elif m.type == "cgroup":  # OCI's "cgroup" on a unified host: the v2 hierarchy, through our namespace
+            m = Mount(m.destination, "cgroup2", "cgroup2", m.options)
+        if m.type == "bind" or flags & native.MS_BIND:
             _make_target(target, os.path.isdir(m.source))
             bind = flags & (native.MS_BIND | native.MS_REC) or native.MS_BIND
             native.mount(m.source, str(target), None, bind)
@@ -94,4 +114,13 @@ def apply(root: Path, mounts: Iterable[Mount]) -> None:
                 native.mount_setattr_readonly(str(target))
         else:
             _make_target(target, True)
-            native.mount(m.source or m.type, str(target), m.type, flags, ",".join(data) or None)
+            try:
+                native.mount(m.source or m.type, str(target), m.type, flags, ",".join(data) or None)
+            except PermissionError:
+                if m.type != "sysfs":
+                    raise
+                # sysfs in a user namespace needs a network namespace of its own: bind the host's, read-only
+                native.mount("/sys", str(target), None, native.MS_BIND | native.MS_REC)
+                native.mount(None, str(target), None, native.MS_BIND | native.MS_REMOUNT | flags)
+        if propagation:
+            native.mount(None, str(target), None, propagation)

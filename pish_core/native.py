@@ -5,6 +5,7 @@ Each function raises OSError with the real errno, like the ``os`` module does.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 from pish_core._native import ffi, lib  # type: ignore[import-not-found]
 
@@ -26,6 +27,15 @@ MS_BIND = 4096
 MS_REC = 16384
 MS_PRIVATE = 1 << 18
 MS_SLAVE = 1 << 19
+MS_SHARED = 1 << 20
+MS_UNBINDABLE = 1 << 17
+MS_NOATIME = 1024
+MS_NODIRATIME = 2048
+MS_RELATIME = 1 << 21
+MS_STRICTATIME = 1 << 24
+MS_SYNCHRONOUS = 16
+MS_DIRSYNC = 128
+MS_MANDLOCK = 64
 MNT_DETACH = 2
 
 PR_SET_PDEATHSIG = 1
@@ -38,16 +48,39 @@ PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 
 # <seccomp.h> (libseccomp)
+SCMP_ACT_KILL_PROCESS = 0x80000000
+SCMP_ACT_KILL_THREAD = 0x00000000
+SCMP_ACT_KILL = SCMP_ACT_KILL_THREAD
+SCMP_ACT_TRAP = 0x00030000
+SCMP_ACT_NOTIFY = 0x7FC00000
+SCMP_ACT_LOG = 0x7FFC0000
 SCMP_ACT_ALLOW = 0x7FFF0000
 SCMP_FLTATR_CTL_NNP = 3
+SCMP_FLTATR_CTL_TSYNC = 4
+SCMP_FLTATR_CTL_LOG = 6
+SCMP_FLTATR_CTL_SSB = 7
+SCMP_FLTATR_CTL_OPTIMIZE = 8
 SCMP_CMP_NE = 1
+SCMP_CMP_LT = 2
+SCMP_CMP_LE = 3
 SCMP_CMP_EQ = 4
+SCMP_CMP_GE = 5
+SCMP_CMP_GT = 6
 SCMP_CMP_MASKED_EQ = 7
 NR_SCMP_ERROR = -1
+
+# <linux/seccomp.h>: flags of seccomp(SECCOMP_SET_MODE_FILTER)
+SECCOMP_FILTER_FLAG_TSYNC = 1
+SECCOMP_FILTER_FLAG_LOG = 2
+SECCOMP_FILTER_FLAG_SPEC_ALLOW = 4
 
 
 def SCMP_ACT_ERRNO(err: int) -> int:  # the C macro's name
     return 0x00050000 | (err & 0xFFFF)
+
+
+def SCMP_ACT_TRACE(msg: int) -> int:  # the C macro's name
+    return 0x7FF00000 | (msg & 0xFFFF)
 
 
 # <linux/mount.h>: the new mount API
@@ -134,7 +167,7 @@ class SeccompFilter:
             self._ctx = ffi.NULL
 
     def add_arch(self, name: str) -> None:
-        arch = lib.pish_seccomp_arch_resolve_name(name.encode())
+        arch = seccomp_arch(name)
         if arch == 0:
             raise OSError(22, f"libseccomp does not know the architecture {name}")
         ret = lib.pish_seccomp_arch_add(self._ctx, arch)
@@ -151,6 +184,13 @@ class SeccompFilter:
         else:
             _check(lib.pish_seccomp_rule_add_cmp(self._ctx, action, syscall, arg, op, datum_a, datum_b),
                    "seccomp_rule_add")
+
+    def add_rule_all(self, action: int, syscall: int, cmps: Sequence[tuple[int, int, int, int]]) -> None:
+        """A rule that matches when every comparison holds: each is (argument index, SCMP_CMP_* operator,
+        datum_a, datum_b), as in libseccomp's ``seccomp_rule_add_array``."""
+        flat = ffi.new("uint64_t[]", [number for cmp in cmps for number in cmp] or [0])
+        ret = lib.pish_seccomp_rule_add_cmps(self._ctx, action, syscall, len(cmps), flat)
+        _check(ret, "seccomp_rule_add")
 
     def load(self) -> None:
         _check(lib.pish_seccomp_load(self._ctx), "seccomp_load")
@@ -169,11 +209,26 @@ class SeccompFilter:
             os.close(fd)
 
 
-def seccomp_load_bpf(program: bytes) -> None:
-    """Load a BPF program that libseccomp compiled (``SeccompFilter.export_bpf``) into this process."""
+def seccomp_load_bpf(program: bytes, flags: int = 0) -> None:
+    """Load a BPF program that libseccomp compiled (``SeccompFilter.export_bpf``) into this process, with
+    seccomp(2)'s SECCOMP_FILTER_FLAG_* ``flags``."""
     if not program or len(program) % 8:
         raise OSError(22, "not a seccomp BPF program")
-    _check(lib.pish_seccomp_load_bpf(program, len(program)), "seccomp load")
+    thread = _check(lib.pish_seccomp_load_bpf(program, len(program), flags), "seccomp load")
+    if thread:  # only with TSYNC
+        raise OSError(11, f"seccomp load: thread {thread} could not be synchronized")
+
+
+def seccomp_version() -> tuple[int, int, int]:
+    """The version of the libseccomp in use."""
+    version = ffi.new("unsigned int[3]")
+    lib.pish_seccomp_version(version)
+    return int(version[0]), int(version[1]), int(version[2])
+
+
+def seccomp_arch(name: str) -> int:
+    """libseccomp's token for the architecture ``name`` ("x86_64", "x32", "aarch64"...), 0 if unknown."""
+    return int(lib.pish_seccomp_arch_resolve_name(name.encode()))
 
 
 def seccomp_syscall(name: str) -> int:

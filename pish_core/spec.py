@@ -40,6 +40,15 @@ class User:
 
 
 @dataclass(frozen=True)
+class Rlimit:
+    """OCI's process.rlimits entry: ``RLIMIT_NOFILE`` and its soft and hard values."""
+
+    type: str
+    soft: int
+    hard: int
+
+
+@dataclass(frozen=True)
 class Process:
     args: tuple[str, ...]
     env: tuple[str, ...] = ()
@@ -47,10 +56,19 @@ class Process:
     terminal: bool = False
     interactive: bool = False
     user: User | None = None  # None: root, as the init itself runs
+    umask: int | None = None  # None: the init's own (0022)
+    rlimits: tuple[Rlimit, ...] = ()
+    oom_score_adj: int | None = None
+    console_size: tuple[int, int] | None = None  # (height, width) of the terminal, OCI's consoleSize
 
     def __post_init__(self) -> None:  # from JSON (``from_dict``) the user arrives as a dict
         if isinstance(self.user, dict):
             object.__setattr__(self, "user", User(**self.user))
+        object.__setattr__(self, "args", tuple(self.args))
+        object.__setattr__(self, "env", tuple(self.env))
+        object.__setattr__(self, "rlimits", tuple(r if isinstance(r, Rlimit) else Rlimit(**r) for r in self.rlimits))
+        if self.console_size is not None:
+            object.__setattr__(self, "console_size", tuple(self.console_size))
 
 
 @dataclass(frozen=True)
@@ -170,11 +188,24 @@ class Security:
     #: an OCI ``linux.seccomp`` object as JSON (a custom profile: ``--security-opt seccomp=FILE`` or an OCI
     #: bundle's); "" means docker's default profile when ``seccomp`` is on
     seccomp_profile: str = ""
+    #: OCI's other four capability sets; None: docker's rule (permitted = effective = ``capabilities`` for
+    #: root, nothing for another user; inheritable and ambient empty)
+    effective: tuple[str, ...] | None = None
+    permitted: tuple[str, ...] | None = None
+    inheritable: tuple[str, ...] | None = None
+    ambient: tuple[str, ...] | None = None
+    #: the device allowlist in devices-cgroup syntax (``c 1:3 rwm``); None: ``security/devices.ALLOWLIST``
+    device_rules: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:  # from JSON (``from_dict``) the lists arrive as lists
         for key in ("capabilities", "masked_paths", "readonly_paths"):
             object.__setattr__(self, key, tuple(getattr(self, key)))
-        unknown = [c for c in self.capabilities if c not in caps.NUMBERS]
+        for key in ("effective", "permitted", "inheritable", "ambient", "device_rules"):
+            if getattr(self, key) is not None:
+                object.__setattr__(self, key, tuple(getattr(self, key)))
+        named = [*self.capabilities, *(c for k in ("effective", "permitted", "inheritable", "ambient")
+                                        for c in getattr(self, k) or ())]
+        unknown = [c for c in named if c not in caps.NUMBERS]
         if unknown:
             raise SpecError(f"unknown capability {unknown[0]!r}")
         for path in (*self.masked_paths, *self.readonly_paths):
@@ -221,6 +252,48 @@ class UserNamespace:
 
 
 @dataclass(frozen=True)
+class Namespace:
+    """One of OCI's linux.namespaces: a ``type`` (pid, network, mount, ipc, uts, user, cgroup) to create,
+    or, with ``path``, to join (podman hands a ready network namespace as ``/run/netns/...``)."""
+
+    type: str
+    path: str = ""
+
+
+NAMESPACE_TYPES = ("pid", "network", "mount", "ipc", "uts", "user", "cgroup")
+
+
+@dataclass(frozen=True)
+class Hook:
+    """An OCI hook: a program run with the container's state on its stdin."""
+
+    path: str
+    args: tuple[str, ...] = ()
+    env: tuple[str, ...] = ()
+    timeout: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "args", tuple(self.args))
+        object.__setattr__(self, "env", tuple(self.env))
+
+
+HOOK_KINDS = ("prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop")
+
+
+@dataclass(frozen=True)
+class Device:
+    """One of OCI's linux.devices: a node made in the container's /dev (and allowed)."""
+
+    path: str
+    type: str
+    major: int
+    minor: int
+    file_mode: int = 0o666
+    uid: int = 0
+    gid: int = 0
+
+
+@dataclass(frozen=True)
 class ContainerSpec:
     id: str
     name: str
@@ -242,12 +315,40 @@ class ContainerSpec:
     #: linux.namespaces "cgroup": ``private`` gives the container a cgroup namespace rooted at its own cgroup
     #: (docker's default on cgroup v2), ``host`` shows it the host's tree (docker's default on v1).
     cgroupns: str = "host"
+    # -- what the OCI face (``pish-oci``, an engine's config.json) fills; the docker face leaves the defaults
+    #: linux.namespaces; empty: the isolation driver's own set (mount, uts, ipc, pid, net; user with --userns)
+    namespaces: tuple[Namespace, ...] = ()
+    #: True: ``mounts`` is the container's whole mount table, /proc, /dev and /sys included (OCI), and the
+    #: init mounts nothing of its own
+    mounts_complete: bool = False
+    sysctl: tuple[tuple[str, str], ...] = ()
+    hooks: tuple[tuple[str, Hook], ...] = ()  # (kind, hook) in the order given
+    annotations: tuple[tuple[str, str], ...] = ()
+    cgroups_path: str = ""  # linux.cgroupsPath: where the limits driver puts the container ("": its own)
+    domainname: str = ""
+    devices: tuple[Device, ...] = ()
+    rootfs_propagation: str = ""  # linux.rootfsPropagation ("": rslave, as runc)
+    bundle: str = ""  # the OCI bundle directory (hooks get it in the state on their stdin)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "namespaces", tuple(
+            n if isinstance(n, Namespace) else Namespace(**n) for n in self.namespaces))
+        object.__setattr__(self, "hooks", tuple(
+            (k, h if isinstance(h, Hook) else Hook(**h)) for k, h in self.hooks))
+        object.__setattr__(self, "devices", tuple(d if isinstance(d, Device) else Device(**d) for d in self.devices))
+        object.__setattr__(self, "sysctl", tuple(tuple(x) for x in self.sysctl))
+        object.__setattr__(self, "annotations", tuple(tuple(x) for x in self.annotations))
+        for ns in self.namespaces:
+            if ns.type not in NAMESPACE_TYPES:
+                raise SpecError(f"unknown namespace type {ns.type!r}")
+        for kind, _ in self.hooks:
+            if kind not in HOOK_KINDS:
+                raise SpecError(f"unknown hook kind {kind!r}")
         if self.cgroupns not in ("private", "host"):
             raise SpecError(f"invalid --cgroupns {self.cgroupns!r}: use private or host")
         names.check_name(self.name)
-        names.check_hostname(self.hostname)
+        if self.hostname or not self.mounts_complete:  # an OCI config may leave the hostname out
+            names.check_hostname(self.hostname)
         if not names.is_id(self.id):
             raise SpecError(f"invalid container id {self.id!r}")
         if not self.process.args:
@@ -271,8 +372,6 @@ class ContainerSpec:
     def from_dict(cls, data: Mapping[str, Any]) -> ContainerSpec:
         d = dict(data)
         proc = dict(d.pop("process"))
-        for key in ("args", "env"):
-            proc[key] = tuple(proc[key])
         res = dict(d.pop("resources"))
         net = dict(d.pop("network"))
         address = net.pop("ip")
@@ -281,6 +380,7 @@ class ContainerSpec:
         d.update(drivers)
         d["mounts"] = tuple(Mount(m["destination"], m["source"], m["type"], tuple(m["options"]))
                             for m in d.get("mounts", ()))
+        d["hooks"] = tuple((k, Hook(**h)) for k, h in d.get("hooks", ()))
         d["security"] = Security(**d.get("security", {}))
         d["userns"] = UserNamespace(**d.get("userns", {}))
         return cls(process=Process(**proc), resources=Resources(**res), network=NetworkSpec(**net), **d)

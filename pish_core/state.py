@@ -91,6 +91,10 @@ class Journal:
     It also holds the supervisor lock: while the lock is held, the container has a live supervisor.
     """
 
+    #: True once the container is left to run without us (``pish-oci create`` exits, as runc's does):
+    #: leaving a driver's block then keeps what it acquired, recorded here for a later ``delete``.
+    detached = False
+
     def __init__(self, state: ContainerState, lock_fd: int) -> None:
         self.state = state
         self.lock_fd = lock_fd
@@ -116,8 +120,9 @@ class Journal:
         try:
             yield record
         finally:
-            release(record)
-            self.drop(record)
+            if not self.detached:
+                release(record)
+                self.drop(record)
 
     def update(self, record: dict[str, Any], **data: Any) -> None:
         record.update(data)

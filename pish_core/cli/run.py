@@ -162,7 +162,10 @@ def build_spec(opts: dict[str, Any]) -> Any:
         security=security,
         userns=user_namespace,
         cgroupns=opts["cgroupns"] or ("private" if limits_class.unified else "host"),
-        **choices,
+        storage=choices["storage"],
+        limits=choices["limits"],
+        net=choices["net"],
+        isolation=choices["isolation"],
     )
 
 

@@ -12,6 +12,9 @@ import os
 import stat
 from pathlib import Path
 
+#: The device nodes a container's /dev gets, as docker and runc give them: (name, major, minor).
+NODES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0))
+
 #: The devices cgroup allowlist, in ``devices.allow`` syntax (type major:minor access): runc's defaults
 #: for the nodes a container gets, without its blanket ``mknod`` rights for any device.
 ALLOWLIST = (

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pish_core import native, userns
-from pish_core.security import capabilities, devices, masks, seccomp
+from pish_core.security import capabilities, devices, masks, profiles, seccomp
 
 if TYPE_CHECKING:
     from pish_core.spec import ContainerSpec, Security
@@ -29,7 +29,9 @@ def confine(root: Path, spec: ContainerSpec) -> None:
 
 def prepare(sec: Security) -> None:
     """In the supervisor (or `pish exec`), before forking: what the child should not have to compute."""
-    if sec.seccomp:
+    if sec.seccomp and sec.seccomp_profile:
+        profiles.prepare(sec.seccomp_profile)
+    elif sec.seccomp:
         seccomp.prepare(sec.capabilities)
 
 
@@ -40,14 +42,29 @@ PR_SET_DUMPABLE = 4
 
 
 def lock_down(sec: Security) -> None:
-    """no_new_privs, seccomp, then the final capability sets: the last step before execve."""
+    """no_new_privs, the final capability sets and seccomp: the last step before execve.
+
+    The filter comes as late as it can, as in runc: with no_new_privs, after the capability sets, so that a
+    custom profile need not allow capset and prctl (only what runs after it: execve, and the writes that
+    report an exec failure). Without no_new_privs, loading a filter needs CAP_SYS_ADMIN, so it comes before
+    the sets are dropped."""
     native.prctl(PR_SET_DUMPABLE, 0)
     if os.geteuid() != 0:
         capabilities.raise_effective()  # a user switch (with KEEPCAPS) cleared them; we need a few still
     capabilities.narrow_bounding(sec.capabilities)  # done by confine() in a container's init; not for exec
     if sec.no_new_privileges:
         native.prctl(native.PR_SET_NO_NEW_PRIVS, 1)
-    if sec.seccomp:
-        seccomp.load(sec.capabilities)
+    else:
+        _load_seccomp(sec)
     capabilities.set_process_caps(sec.capabilities)
     native.prctl(native.PR_SET_KEEPCAPS, 0)
+    if sec.no_new_privileges:
+        _load_seccomp(sec)
+
+
+def _load_seccomp(sec: Security) -> None:
+    """The custom profile if there is one, else docker's default; nothing under seccomp=unconfined."""
+    if sec.seccomp and sec.seccomp_profile:
+        profiles.load(sec.seccomp_profile)
+    elif sec.seccomp:
+        seccomp.load(sec.capabilities)

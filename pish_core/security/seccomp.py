@@ -22,7 +22,7 @@ import errno
 import hashlib
 import os
 import platform
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from pish_core import native, paths
@@ -165,23 +165,37 @@ def program(caps: Iterable[str]) -> bytes:
     """The default profile for ``caps`` as BPF, compiled by libseccomp once per host and kept in a file:
     building ~400 rules and compiling them costs ~10 ms, loading a compiled program nothing."""
     held = frozenset(caps)
-    key = hashlib.sha256(repr((sorted(held), platform.machine(), os.uname().release,
-                               Path(__file__).read_bytes(), native.__file__)).encode()).hexdigest()
-    cached = paths.seccomp_cache(key)
+    return cached(cache_key(sorted(held), Path(__file__).read_bytes()), lambda: compile_filter(build(held)))
+
+
+def compile_filter(filt: native.SeccompFilter) -> bytes:
+    """The BPF program of ``filt``, which this closes."""
     try:
-        return cached.read_bytes()
-    except OSError:
-        pass
-    filt = build(held)
-    try:
-        bpf = filt.export_bpf()
+        return filt.export_bpf()
     finally:
         filt.close()
+
+
+def cache_key(*parts: object) -> str:
+    """A name for a compiled program: a hash of ``parts`` (what the profile is made of) and of what else
+    shapes the program on this host: the architecture, the kernel, the native helper and libseccomp."""
+    host = (platform.machine(), os.uname().release, native.__file__, native.seccomp_version())
+    return hashlib.sha256(repr((parts, host)).encode()).hexdigest()
+
+
+def cached(key: str, compile_program: Callable[[], bytes]) -> bytes:
+    """The program kept under ``key`` in PISH_LIB/seccomp, else ``compile_program()``, kept there."""
+    path = paths.seccomp_cache(key)
+    try:
+        return path.read_bytes()
+    except OSError:
+        pass
+    bpf = compile_program()
     with contextlib.suppress(OSError):  # a cache we cannot write (rootless, read-only) is no error
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_name(f".{cached.name}.{os.getpid()}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
         tmp.write_bytes(bpf)
-        os.replace(tmp, cached)
+        os.replace(tmp, path)
     return bpf
 
 

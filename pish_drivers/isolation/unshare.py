@@ -27,6 +27,37 @@ _log = log.get("isolation")
 
 NAMESPACES = {"mount": native.CLONE_NEWNS, "uts": native.CLONE_NEWUTS, "ipc": native.CLONE_NEWIPC,
               "pid": native.CLONE_NEWPID, "net": native.CLONE_NEWNET}
+#: OCI's namespace type names where they differ from ours, and /proc/PID/ns's names
+OCI_TYPES = {"network": "net"}
+PROC_NS = {"mount": "mnt"}
+
+
+def _open_namespaces(joins: list[tuple[str, str]]) -> list[tuple[str, int]]:
+    """Open each namespace to join (user first: it owns the others); a path that is no namespace of
+    that type is refused by setns later, one that cannot be opened here."""
+    out: list[tuple[str, int]] = []
+    try:
+        for ns, path in sorted(joins, key=lambda j: j[0] != "user"):
+            try:
+                out.append((ns, os.open(path, os.O_RDONLY | os.O_CLOEXEC)))
+            except OSError as exc:
+                raise PishError(f"cannot open the {ns} namespace {path}: {(exc.strerror or '').lower()}") from None
+    except BaseException:
+        for _, fd in out:
+            os.close(fd)
+        raise
+    return out
+
+
+def _join(joins: list[tuple[str, int]]) -> None:
+    """In the intermediate process: setns into each opened namespace."""
+    for ns, fd in joins:
+        try:
+            native.setns(fd, 0)
+        except OSError as exc:
+            raise PishError(f"cannot join the {ns} namespace: {(exc.strerror or '').lower()}") from None
+        if ns == "user":
+            userns.become_root()
 
 
 class ForkedChild(Child):
@@ -36,10 +67,13 @@ class ForkedChild(Child):
         self._err_fd = err_fd
         self.status: int | None = None
 
-    def release(self, mounts: Sequence[Mount] = ()) -> None:
-        go = {"mounts": [dataclasses.asdict(m) for m in mounts]}
+    def release(self, mounts: Sequence[Mount] = (), exec_fifo: str | None = None) -> None:
+        go = {"mounts": [dataclasses.asdict(m) for m in mounts], "exec_fifo": exec_fifo}
         os.write(self._go_fd, b"g" + json.dumps(go).encode() + b"\n")  # our end stays open: see init
-        report = _read_all(self._err_fd)  # EOF without data: the exec succeeded (close-on-exec)
+        # EOF without data: the exec succeeded (close-on-exec). With the fifo, "0 ready": it waits there.
+        report = os.read(self._err_fd, 65536) if exec_fifo else _read_all(self._err_fd)
+        if exec_fifo and report.startswith(b"0 "):
+            return
         if report:
             code, _, message = report.decode(errors="replace").partition(" ")
             self.wait()
@@ -60,6 +94,10 @@ class ForkedChild(Child):
         if self.status is None:
             self.kill(signal.SIGKILL)
             self.wait()
+        self.forget()
+
+    def forget(self) -> None:
+        """Close our pipe ends and leave the child running (``pish-oci create``)."""
         for fd in (self._go_fd, self._err_fd):
             if fd >= 0:
                 os.close(fd)
@@ -80,31 +118,51 @@ class UnshareIsolation(Isolation):
     @contextlib.contextmanager
     def spawn(self, ctx: RunContext, rootfs: Path, *, netns: bool = True,
               stdio: tuple[int, int, int] = (0, 1, 2), console: int | None = None) -> Iterator[Child]:
-        namespaces = [ns for ns in NAMESPACES if ns != "net" or netns]
-        later = ["cgroup"] if ctx.spec.cgroupns == "private" else []  # unshared by the init, once in its cgroup
+        spec = ctx.spec
+        if spec.namespaces:  # an OCI config says which to create and which to join, by path
+            wanted = {OCI_TYPES.get(n.type, n.type) for n in spec.namespaces if not n.path}
+            namespaces = [ns for ns in NAMESPACES if ns in wanted]
+            joins = _open_namespaces([(OCI_TYPES.get(n.type, n.type), n.path) for n in spec.namespaces if n.path])
+        else:
+            namespaces = [ns for ns in NAMESPACES if ns != "net" or netns]
+            joins = []
+        later = ["cgroup"] if spec.cgroupns == "private" else []  # unshared by the init, once in its cgroup
         flags = 0
         for ns in namespaces:
             flags |= NAMESPACES[ns]
 
         def in_child(go_fd: int, err_fd: int) -> NoReturn:
-            container_main(ctx.spec, rootfs, go_fd, err_fd, stdio, console)
+            container_main(spec, rootfs, go_fd, err_fd, stdio, console)
 
-        enforce.prepare(ctx.spec.security)  # the seccomp program, compiled once, inherited by the child
+        def enter_and_unshare() -> None:
+            _join(joins)
+            native.unshare(flags)
 
-        if ctx.spec.userns.private:  # --userns: a user namespace first, mapped by us, owning the others
-            namespaces.insert(0, "user")
-            sync = _UsernsSync(ctx.spec.userns)
-            child = _fork_twice(lambda: sync.in_middle(flags), in_child, "cannot create namespaces",
-                                with_middle=sync.in_parent)
-        else:
-            child = _fork_twice(lambda: native.unshare(flags), in_child, "cannot create namespaces")
+        enforce.prepare(spec.security)  # the seccomp program, compiled once, inherited by the child
+        try:
+            if spec.userns.private:  # --userns: a user namespace first, mapped by us, owning the others
+                namespaces.insert(0, "user")
+                sync = _UsernsSync(spec.userns, joins)
+                child = _fork_twice(lambda: sync.in_middle(flags), in_child, "cannot create namespaces",
+                                    with_middle=sync.in_parent)
+            else:
+                child = _fork_twice(enter_and_unshare, in_child, "cannot create namespaces")
+        finally:
+            for _, fd in joins:
+                os.close(fd)
+        for n in spec.namespaces:
+            if n.path:
+                _log.info("joined the %s namespace %s", n.type, n.path)
         record = ctx.journal.add("isolation", self.name, "process", pid=child.pid, start=proc.start_time(child.pid))
         _log.info("started container process %d in new namespaces (%s)", child.pid, ", ".join(namespaces + later))
         try:
             yield child
         finally:
-            child.close()
-            ctx.journal.drop(record)
+            if ctx.journal.detached:  # left to its engine (pish-oci create): only our pipe ends go
+                child.forget()
+            else:
+                child.close()
+                ctx.journal.drop(record)
 
     @contextlib.contextmanager
     def enter(self, pid: int, process: Process, env: dict[str, str], security: Security, *,
@@ -161,8 +219,9 @@ class _UsernsSync:
     so; we (host root, outside it) write its uid_map and gid_map and say so; it becomes the namespace's
     root and unshares the other namespaces, which the user namespace then owns."""
 
-    def __init__(self, ns: UserNamespace) -> None:
+    def __init__(self, ns: UserNamespace, joins: list[tuple[str, int]] | None = None) -> None:
         self.ns = ns
+        self.joins = joins or []
         self.ready_r, self.ready_w = os.pipe()
         self.mapped_r, self.mapped_w = os.pipe()
 
@@ -176,6 +235,7 @@ class _UsernsSync:
             raise PishError("pish did not map the user namespace")
         os.close(self.mapped_r)
         userns.become_root()
+        _join(self.joins)  # a namespace to join (a network namespace, say) must be one the new user ns may enter
         native.unshare(flags)
 
     def in_parent(self, middle: int) -> None:

@@ -80,17 +80,39 @@ def ensure_dir(path: Path, what: str) -> None:
 # -- removing a container's cgroup ------------------------------------------------------------------
 
 
-def owned(path: Path, driver: str) -> Path:
+def owned(path: Path, driver: str, given: bool = False) -> Path:
     """``path`` if it is a container's cgroup (``.../pish/<id>``), so a damaged journal cannot make
-    ``pish gc`` kill the processes of some other cgroup, or the whole machine."""
-    if path.parent.name != "pish" or not names.is_id(path.name):
-        raise DriverError(f"{driver}: refusing to remove {path}: it is not a pish container cgroup")
-    return path
+    ``pish gc`` kill the processes of some other cgroup, or the whole machine. ``given``: the path came
+    from an OCI config's cgroupsPath; it must then be below a hierarchy's root, never one."""
+    if given:
+        roots = {mount for mount, _, _ in cgroup_mounts()}
+        if path.is_absolute() and ".." not in path.parts and any(root in path.parents for root in roots):
+            return path
+    elif path.parent.name == "pish" and names.is_id(path.name):
+        return path
+    raise DriverError(f"{driver}: refusing to remove {path}: it is not a pish container cgroup")
+
+
+def cgroup_paths(record: dict[str, Any], driver: str) -> list[Path]:
+    """The cgroup directories a limits journal record names, each checked by ``owned``."""
+    return [owned(Path(p), driver, bool(record.get("given"))) for p in record.get("paths", [])]
+
+
+def relative_cgroup(spec_path: str, cid: str) -> str:
+    """Where a container's cgroup goes below a hierarchy's root: an OCI config's cgroupsPath, else pish's."""
+    if spec_path:
+        parts = [p for p in spec_path.split("/") if p]
+        if not parts or ".." in parts or "." in parts:
+            from pish_core.errors import SpecError
+
+            raise SpecError(f"invalid cgroupsPath {spec_path!r}")
+        return "/".join(parts)
+    return names.cgroup_name(cid)
 
 
 def label(path: Path) -> str:
-    """``pish/<short id>``, as the log shows a container's cgroup."""
-    return f"pish/{path.name[:12]}"
+    """``pish/<short id>``, as the log shows a container's cgroup (an OCI cgroupsPath: the whole path)."""
+    return f"pish/{path.name[:12]}" if path.parent.name == "pish" else str(path)
 
 
 def subtree(cgroup: Path) -> list[Path]:
@@ -198,5 +220,10 @@ def cgroup_mounts() -> list[tuple[Path, str, set[str]]]:
 
 def join(record: dict[str, Any], pid: int, driver: str) -> None:
     """Put ``pid`` in every cgroup of a journal record (``pish exec`` joins a running container)."""
-    for path in record.get("paths", []):
-        write(owned(Path(path), driver) / "cgroup.procs", pid, driver)
+    for path in cgroup_paths(record, driver):
+        write(path / "cgroup.procs", pid, driver)
+
+
+def subtree_pids(cgroup: Path) -> list[int]:
+    """Every pid in ``cgroup`` and the cgroups below it."""
+    return sorted({pid for cg in subtree(cgroup) for pid in procs(cg)})

@@ -24,13 +24,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pish_core import names
 from pish_core.drivers import Group, Limits, RunContext
-from pish_core.errors import SpecError
+from pish_core.errors import DriverError, SpecError
 from pish_drivers.limits import (
     CPU_PERIOD_US,
     RELEASE_TIMEOUT,
     cgroup_mounts,
+    cgroup_paths,
     check_cpus,
     ensure_dir,
     human_size,
@@ -39,10 +39,11 @@ from pish_drivers.limits import (
     kill_once,
     label,
     log,
-    owned,
     read,
+    relative_cgroup,
     remove_dirs,
     subtree,
+    subtree_pids,
     write,
 )
 
@@ -105,6 +106,20 @@ class CgroupV1Group(Group):
         except (OSError, ValueError):
             return False
 
+    def pids(self) -> list[int]:
+        return subtree_pids(self.dirs.get("pids") or next(iter(self.dirs.values())))
+
+    def freeze(self, frozen: bool) -> None:
+        if "freezer" not in self.dirs:
+            raise DriverError(f"{NAME}: the freezer controller is not mounted: cannot pause")
+        _freeze(self.dirs["freezer"], "FROZEN" if frozen else "THAWED", time.monotonic() + RELEASE_TIMEOUT)
+
+    def frozen(self) -> bool:
+        try:
+            return read(self.dirs["freezer"] / "freezer.state") == "FROZEN"
+        except (KeyError, OSError):
+            return False
+
 
 class CgroupV1Limits(Limits):
     name = NAME
@@ -154,15 +169,19 @@ class CgroupV1Limits(Limits):
         devices = [DEVICES] if DEVICES in mounted else []
         blkio = ["blkio"] if res.blkio_weight is not None or res.device_limits else []
         controllers = dict.fromkeys([*CONTROLLERS, *devices, *blkio, *(c for c, _, _ in res.extra)])  # no repeats
-        dirs = {c: mounted[c] / names.cgroup_name(ctx.id) for c in controllers}
+        relative = relative_cgroup(ctx.spec.cgroups_path, ctx.id)
+        dirs = {c: mounted[c] / relative for c in controllers}
         unique = list(dict.fromkeys(dirs.values()))
+        given = {"given": True} if ctx.spec.cgroups_path else {}  # an OCI config's cgroupsPath
         # Journal first: if we die half-way, `pish gc` finds the record and removes what was made.
-        with ctx.journal.held("limits", NAME, "cgroup", self.release, paths=[str(d) for d in unique]):
+        with ctx.journal.held("limits", NAME, "cgroup", self.release, paths=[str(d) for d in unique], **given):
             log.info("creating cgroup %s", label(unique[0]))
             for controller, cgroup in dirs.items():
-                ensure_dir(cgroup.parent, f"cgroup pish in {cgroup.parent.parent} (shared by all containers)")
-                if controller == "cpuset":
-                    _inherit_cpuset(cgroup.parent)
+                for parent in reversed([p for p in cgroup.parents if mounted[controller] in p.parents]):
+                    ensure_dir(parent, f"cgroup {parent.relative_to(mounted[controller])} in {mounted[controller]}"
+                               + (" (shared by all containers)" if parent.name == "pish" else ""))
+                    if controller == "cpuset":
+                        _inherit_cpuset(parent)
                 cgroup.mkdir(exist_ok=True)
                 if controller == "cpuset":
                     _inherit_cpuset(cgroup)
@@ -177,8 +196,13 @@ class CgroupV1Limits(Limits):
     def join(self, record: dict[str, Any], pid: int) -> None:
         join(record, pid, NAME)
 
+    def group(self, record: dict[str, Any]) -> Group:
+        paths = cgroup_paths(record, NAME)
+        dirs = {c: p for c, mount in hierarchies().items() for p in paths if mount in p.parents}
+        return CgroupV1Group(dirs, memory_limited=True)
+
     def release(self, record: dict[str, Any]) -> None:
-        cgroups = [owned(Path(p), NAME) for p in record.get("paths", [])]
+        cgroups = cgroup_paths(record, NAME)
         cgroups = [cg for cg in cgroups if cg.is_dir()]
         if not cgroups:
             return  # already released

@@ -33,7 +33,6 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pish_core import names
 from pish_core.drivers import Group, Limits, RunContext
 from pish_core.errors import DriverError, SpecError
 from pish_core.spec import Mount
@@ -41,6 +40,7 @@ from pish_drivers.limits import (
     CPU_PERIOD_US,
     RELEASE_TIMEOUT,
     cgroup_mounts,
+    cgroup_paths,
     check_cpus,
     ensure_dir,
     human_size,
@@ -48,11 +48,12 @@ from pish_drivers.limits import (
     kill_all,
     label,
     log,
-    owned,
     read,
     read_keyed,
+    relative_cgroup,
     remove_dirs,
     subtree,
+    subtree_pids,
     write,
 )
 
@@ -119,6 +120,22 @@ class CgroupV2Group(Group):
         except OSError:
             return False
 
+    def pids(self) -> list[int]:
+        return subtree_pids(self.cgroup)
+
+    def freeze(self, frozen: bool) -> None:
+        """cgroup.freeze (Linux 5.2); done once cgroup.events says ``frozen`` as asked."""
+        write(self.cgroup / "cgroup.freeze", int(frozen), NAME)
+        deadline = time.monotonic() + RELEASE_TIMEOUT
+        while self.frozen() != frozen and time.monotonic() < deadline:
+            time.sleep(0.005)
+
+    def frozen(self) -> bool:
+        try:
+            return read_keyed(self.cgroup / "cgroup.events").get("frozen", 0) == 1
+        except OSError:
+            return False
+
 
 class CgroupV2Limits(Limits):
     name = NAME
@@ -174,9 +191,10 @@ class CgroupV2Limits(Limits):
     @contextlib.contextmanager
     def apply(self, ctx: RunContext, pid: int) -> Iterator[Group]:
         res = ctx.spec.resources
-        cgroup = self.root / names.cgroup_name(ctx.id)
+        cgroup = self.root / relative_cgroup(ctx.spec.cgroups_path, ctx.id)
+        given = {"given": True} if ctx.spec.cgroups_path else {}  # an OCI config's cgroupsPath
         # Journal first: if we die half-way, `pish gc` finds the record and removes what was made.
-        with ctx.journal.held("limits", NAME, "cgroup", self.release, paths=[str(cgroup)]):
+        with ctx.journal.held("limits", NAME, "cgroup", self.release, paths=[str(cgroup)], **given):
             make_cgroup(self.root, cgroup, needed_controllers(res), NAME)
             set_limits(cgroup, res, NAME)
             allow_devices(cgroup, ctx.spec.security.privileged)
@@ -187,8 +205,11 @@ class CgroupV2Limits(Limits):
     def join(self, record: dict[str, Any], pid: int) -> None:
         join(record, pid, NAME)
 
+    def group(self, record: dict[str, Any]) -> Group:
+        return CgroupV2Group(cgroup_paths(record, NAME)[0])
+
     def release(self, record: dict[str, Any]) -> None:
-        cgroups = [owned(Path(p), NAME) for p in record.get("paths", [])]
+        cgroups = cgroup_paths(record, NAME)
         for cgroup in filter(Path.is_dir, cgroups):
             log.info("removing cgroup %s", label(cgroup))
             deadline = time.monotonic() + RELEASE_TIMEOUT
@@ -199,18 +220,22 @@ class CgroupV2Limits(Limits):
                 kill_all(everything, deadline, NAME)  # before Linux 5.14
             wait_until_empty(cgroup, deadline, NAME)
             remove_dirs(everything, deadline, NAME)
-            remove_parent_if_empty(cgroup.parent)
+            if not record.get("given"):
+                remove_parent_if_empty(cgroup.parent)
 
 
 def make_cgroup(root: Path, cgroup: Path, controllers: list[str], driver: str) -> None:
-    """Make ``root/pish/<id>`` with ``controllers`` enabled on the way down, as runc does. ``pish/`` is
-    made if missing; a release of the last container may remove it at any moment (it has no lock), so a
-    step that finds it gone starts again."""
+    """Make ``cgroup`` (``root/pish/<id>``, or an OCI cgroupsPath) with ``controllers`` enabled on the way
+    down, as runc does. ``pish/`` is made if missing; a release of the last container may remove it at any
+    moment (it has no lock), so a step that finds it gone starts again."""
+    ancestors = [root, *reversed([p for p in cgroup.parents if root in p.parents])]
     for attempt in range(10):
         try:
-            enable(root, controllers, driver)  # root -> pish/
-            ensure_dir(cgroup.parent, f"cgroup pish in {root} (shared by all containers)")
-            enable(cgroup.parent, controllers, driver)  # pish/ -> pish/<id>
+            for parent in ancestors:  # root -> pish/ -> pish/<id>: each hands the controllers down
+                if parent != root:
+                    ensure_dir(parent, f"cgroup {parent.relative_to(root)} in {root}"
+                               + (" (shared by all containers)" if parent.name == "pish" else ""))
+                enable(parent, controllers, driver)
             log.info("creating cgroup %s", label(cgroup))
             cgroup.mkdir()
             return
