@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import select
 import signal
 import threading
@@ -196,13 +197,13 @@ def settings(res: Resources) -> list[Setting]:
     return out
 
 
-def unit_properties(spec: ContainerSpec, pid: int,
-                    version: int) -> tuple[list[Property], list[tuple[str, str]]]:
+def unit_properties(spec: ContainerSpec, pid: int, version: int,
+                    slice_unit: str = names.systemd_slice()) -> tuple[list[Property], list[tuple[str, str]]]:
     """The properties of the container's scope for systemd ``version``, and the (file, value) pairs pish
     writes itself: what has no property, or none this systemd knows."""
     props: list[Property] = [
         ("Description", ("s", f"pish container {spec.name}")),
-        ("Slice", ("s", names.systemd_slice())),
+        ("Slice", ("s", slice_unit)),
         ("PIDs", ("au", [pid])),
         ("Delegate", ("b", True)),  # the tree below the scope is the container's
         ("DefaultDependencies", ("b", False)),  # no ordering against shutdown.target & co: as runc
@@ -232,6 +233,39 @@ def _shown(value: Any) -> str:
     if isinstance(value, bytes):  # a bitmask: the CPUs or memory nodes, as a list
         return ",".join(str(bit) for bit in range(len(value) * 8) if value[bit // 8] >> bit % 8 & 1)
     return "infinity" if value == INFINITY else str(value)
+
+
+#: systemd's unit name characters (unit_name_is_valid): letters, digits and ``:-_.\``, 255 at most.
+_UNIT_NAME = re.compile(r"[A-Za-z0-9:_.\\-]{1,255}")
+
+
+def scope_and_slice(spec: ContainerSpec, user: bool) -> tuple[str, str]:
+    """The container's scope and the slice it goes in: ``pish-<id>.scope`` in ``pish.slice``, or what an
+    OCI config's cgroupsPath ``slice:prefix:name`` says, read as runc's --systemd-cgroup reads it
+    (``prefix-name.scope``; no slice: system.slice, or user.slice for a user's systemd)."""
+    if not spec.cgroups_path:
+        return names.systemd_scope(spec.id), names.systemd_slice()
+    if spec.cgroups_path.count(":") != 2:
+        raise SpecError(f"{NAME}: cgroupsPath {spec.cgroups_path!r}: with systemd it is slice:prefix:name")
+    parent, prefix, name = spec.cgroups_path.split(":")
+    scope = f"{prefix}-{name}.scope" if prefix else f"{name}.scope"
+    slice_unit = parent or ("user.slice" if user else "system.slice")
+    if name.endswith(".slice"):
+        raise SpecError(f"{NAME}: cgroupsPath {spec.cgroups_path!r}: a slice as the container's unit is not "
+                        "supported, only a scope")
+    for unit, suffix in ((scope, ".scope"), (slice_unit, ".slice")):
+        if not _UNIT_NAME.fullmatch(unit) or not unit.endswith(suffix):
+            raise SpecError(f"{NAME}: cgroupsPath {spec.cgroups_path!r}: {unit!r} is not a {suffix[1:]} name")
+    return scope, slice_unit
+
+
+def slice_path(slice_unit: str) -> str:
+    """Where systemd puts a slice's cgroup: each ``-`` is a level, so ``a-b.slice`` is
+    ``a.slice/a-b.slice`` and the root slice ``-.slice`` is the root."""
+    if slice_unit == "-.slice":
+        return ""
+    parts = slice_unit.removesuffix(".slice").split("-")
+    return "/".join("-".join(parts[: i + 1]) + ".slice" for i in range(len(parts)))
 
 
 # -- the group --------------------------------------------------------------------------------------
@@ -333,6 +367,7 @@ class SystemdLimits(Limits):
         return None
 
     def validate(self, spec: ContainerSpec) -> None:
+        scope_and_slice(spec, self.user)
         res = spec.resources
         base = _manager_cgroup(self.user)
         available = read(base / "cgroup.controllers").split()
@@ -365,17 +400,18 @@ class SystemdLimits(Limits):
 
     @contextlib.contextmanager
     def apply(self, ctx: RunContext, pid: int) -> Iterator[Group]:
-        unit = names.systemd_scope(ctx.id)
-        expected = _manager_cgroup(self.user) / names.systemd_slice() / unit
+        unit, slice_unit = scope_and_slice(ctx.spec, self.user)
+        expected = _manager_cgroup(self.user) / slice_path(slice_unit) / unit
         bus = "user" if self.user else "system"
+        given = {"given": True} if ctx.spec.cgroups_path else {}  # an OCI config's cgroupsPath
         # Journal first: if we die half-way, `pish gc` finds the unit's name and stops it.
         with ctx.journal.held("limits", NAME, "scope", self.release, unit=unit, bus=bus,
-                              path=str(expected)) as record:
+                              path=str(expected), **given) as record:
             with _connect(self.user) as manager:
-                props, writes = unit_properties(ctx.spec, pid, manager.version())
-                log.info("creating scope %s in %s%s", unit, names.systemd_slice(),
+                props, writes = unit_properties(ctx.spec, pid, manager.version(), slice_unit)
+                log.info("creating scope %s in %s%s", unit, slice_unit,
                          f": {limits}" if (limits := summary(props)) else "")
-                _start_scope(manager, unit, props)
+                _start_scope(manager, unit, slice_unit, props)
                 cgroup = CGROUP_ROOT / str(manager.unit_property(unit, "Scope", "ControlGroup")).lstrip("/")
             if cgroup != expected:
                 ctx.journal.update(record, path=str(cgroup))
@@ -392,14 +428,14 @@ class SystemdLimits(Limits):
                 yield SystemdGroup(cgroup, watch, mounts)
 
     def join(self, record: dict[str, Any], pid: int) -> None:
-        cgroup = _owned_path(record.get("path"), _owned_unit(record))
-        if cgroup is None or not cgroup.is_dir():
-            raise DriverError(f"{NAME}: the container's scope {record.get('unit')} is gone")
-        write(cgroup / "cgroup.procs", pid, NAME)  # as runc's exec does; systemd counts it as the scope's
+        write(_live_cgroup(record) / "cgroup.procs", pid, NAME)  # as runc's exec does: the scope's now
+
+    def group(self, record: dict[str, Any]) -> Group:
+        return CgroupV2Group(_live_cgroup(record))
 
     def release(self, record: dict[str, Any]) -> None:
         unit = _owned_unit(record)
-        cgroup = _owned_path(record.get("path"), unit)
+        cgroup = _owned_path(record, unit)
         try:
             manager = _connect(record.get("bus") == "user")
         except DriverError as exc:
@@ -429,15 +465,17 @@ def _connect(user: bool) -> Manager:
     return Manager(user)
 
 
-def _start_scope(manager: Manager, unit: str, props: list[Property]) -> None:
+def _start_scope(manager: Manager, unit: str, slice_unit: str, props: list[Property]) -> None:
     """StartTransientUnit and wait for its job. The first scope also makes pish.slice; once that exists,
-    systemd refuses to make it again (UnitExists), and the scope is made alone."""
+    systemd refuses to make it again (UnitExists), and the scope is made alone. (Another slice, from an
+    OCI cgroupsPath, is not pish's: systemd makes it as it makes any slice a unit names.)"""
     from pish_drivers.limits.systemd_dbus import UNIT_EXISTS, BusError
 
     try:
-        job = manager.start_transient_unit(unit, props, [(names.systemd_slice(), slice_properties())])
+        aux = [(slice_unit, slice_properties())] if slice_unit == names.systemd_slice() else []
+        job = manager.start_transient_unit(unit, props, aux)
     except BusError as exc:
-        if exc.name != UNIT_EXISTS:
+        if exc.name != UNIT_EXISTS or not aux:
             raise
         job = manager.start_transient_unit(unit, props)
     result = manager.wait_job(job)
@@ -490,21 +528,32 @@ def _sample_cgroup(base: Path) -> Path | None:
 
 def _owned_unit(record: dict[str, Any]) -> str:
     """The record's unit if it is a container's scope, so a damaged journal cannot make `pish gc` stop some
-    other unit of the host."""
+    other unit of the host: ``pish-<id>.scope``, or any scope where an OCI config named it (``given``)."""
     unit = str(record.get("unit"))
     cid = unit.removeprefix("pish-").removesuffix(".scope")
-    if not names.is_id(cid) or unit != names.systemd_scope(cid):
-        raise DriverError(f"{NAME}: refusing to stop {unit!r}: it is not a pish container scope")
-    return unit
+    if names.is_id(cid) and unit == names.systemd_scope(cid):
+        return unit
+    if record.get("given") and unit.endswith(".scope") and _UNIT_NAME.fullmatch(unit):
+        return unit
+    raise DriverError(f"{NAME}: refusing to stop {unit!r}: it is not a pish container scope")
 
 
-def _owned_path(path: str | None, unit: str) -> Path | None:
-    """The record's cgroup if it is the unit's, in a pish.slice under /sys/fs/cgroup."""
-    if path is None:
+def _owned_path(record: dict[str, Any], unit: str) -> Path | None:
+    """The record's cgroup if it is the unit's, below /sys/fs/cgroup (in pish.slice, unless ``given``)."""
+    if record.get("path") is None:
         return None
-    cgroup = Path(path)
-    if (cgroup.name != unit or cgroup.parent.name != names.systemd_slice()
-            or not cgroup.is_relative_to(CGROUP_ROOT) or ".." in cgroup.parts):
+    cgroup = Path(str(record["path"]))
+    slice_ok = cgroup.parent.name.endswith(".slice") if record.get("given") else \
+        cgroup.parent.name == names.systemd_slice()
+    if cgroup.name != unit or not slice_ok or not cgroup.is_relative_to(CGROUP_ROOT) or ".." in cgroup.parts:
         raise DriverError(f"{NAME}: refusing to remove {cgroup}: it is not a pish container scope")
+    return cgroup
+
+
+def _live_cgroup(record: dict[str, Any]) -> Path:
+    """The cgroup of a running container's scope (``pish exec``, ``pish-oci ps``)."""
+    cgroup = _owned_path(record, _owned_unit(record))
+    if cgroup is None or not cgroup.is_dir():
+        raise DriverError(f"{NAME}: the container's scope {record.get('unit')} is gone")
     return cgroup
 

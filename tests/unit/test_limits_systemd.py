@@ -115,6 +115,32 @@ def test_limit_extras_become_properties_where_systemd_has_one() -> None:
     assert writes == [("memory.oom.group", "1"), ("memory.high", "50%")]  # the kernel judges these
 
 
+@pytest.mark.parametrize(("path", "scope", "slice_unit"), [
+    ("", f"pish-{CID}.scope", "pish.slice"),
+    ("system.slice:cri-containerd:abc", "cri-containerd-abc.scope", "system.slice"),
+    ("kubepods-besteffort.slice:crio:x1", "crio-x1.scope", "kubepods-besteffort.slice"),
+    (":libpod:abc", "libpod-abc.scope", "system.slice"),
+    ("machine.slice::abc", "abc.scope", "machine.slice"),
+])
+def test_an_oci_cgroups_path_names_the_scope_as_runc_reads_it(path: str, scope: str, slice_unit: str) -> None:
+    spec = make_spec().with_changes(cgroups_path=path)
+    assert systemd.scope_and_slice(spec, user=False) == (scope, slice_unit)
+
+
+@pytest.mark.parametrize("path", ["system.slice:pre:x.slice", "a/b.slice:p:n", "sys:p:n", "p:n", "a:b:c:d",
+                                  "system.slice:p:a/b"])
+def test_a_bad_cgroups_path_is_refused(path: str) -> None:
+    with pytest.raises(SpecError, match="cgroupsPath"):
+        systemd.scope_and_slice(make_spec().with_changes(cgroups_path=path), user=False)
+
+
+def test_slices_nest_at_each_dash() -> None:
+    assert systemd.slice_path("pish.slice") == "pish.slice"
+    assert systemd.slice_path("kubepods-besteffort-pod1.slice") == \
+        "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1.slice"
+    assert systemd.slice_path("-.slice") == ""
+
+
 def test_the_log_line_shows_the_limits() -> None:
     props, _ = unit_properties(make_spec(memory=48 << 20, cpuset_cpus="0,2"), 1, 252)
     assert systemd.summary(props) == "MemoryMax=50331648 AllowedCPUs=0,2 TasksMax=infinity"
@@ -144,6 +170,16 @@ def test_release_refuses_what_is_not_a_container_scope(unit: str) -> None:
 def test_release_refuses_a_cgroup_that_is_not_the_scopes(path: str) -> None:
     with pytest.raises(DriverError, match="not a pish container scope"):
         SystemdLimits().release({"unit": f"pish-{CID}.scope", "bus": "system", "path": path})
+
+
+def test_a_given_scope_may_be_anywhere_below_the_cgroup_root() -> None:
+    record = {"unit": "crio-x1.scope", "bus": "system", "given": True,
+              "path": "/sys/fs/cgroup/kubepods.slice/kubepods-x.slice/crio-x1.scope"}
+    assert systemd._owned_path(record, systemd._owned_unit(record)) == Path(record["path"])
+    with pytest.raises(DriverError, match="not a pish container scope"):
+        systemd._owned_unit({**record, "unit": "ssh.service"})
+    with pytest.raises(DriverError, match="not a pish container scope"):
+        systemd._owned_unit({**record, "given": False})
 
 
 # -- the D-Bus client against a fake systemd --------------------------------------------------------
@@ -245,6 +281,8 @@ def test_apply_makes_the_scope_and_release_stops_it(fake: FakeSystemd, driver: S
         assert fake.units[unit]["MemoryMax"] == ("t", 48 << 20)
         assert (cgroup / "io.latency").read_text() == "8:0 target=10"  # no property for it: written
         assert fake.device_programs == [cgroup]
+        (cgroup / "cgroup.procs").write_text("4242\n")
+        assert driver.group(journal.records[0]).pids() == [4242]  # found again, as `pish-oci ps` does
         assert group.stats() == {"memory_bytes": 4096, "cpu_ns": 1_500_000, "pids": 1}
         assert not group.oom_killed()
         (cgroup / "memory.events").write_text("low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n")
