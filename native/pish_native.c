@@ -57,12 +57,37 @@ int pish_seccomp_rule_add_cmp(void *ctx, uint32_t action, int syscall_nr, unsign
                               uint64_t datum_a, uint64_t datum_b) {
     return seccomp_rule_add(ctx, action, syscall_nr, 1, SCMP_CMP(arg, op, datum_a, datum_b));
 }
+/* A rule that matches when all ``count`` comparisons hold (at most 6, one per syscall argument);
+   ``cmps`` holds four numbers for each: the argument's index, the operator, datum_a, datum_b. */
+int pish_seccomp_rule_add_cmps(void *ctx, uint32_t action, int syscall_nr, unsigned int count,
+                               const uint64_t *cmps) {
+    struct scmp_arg_cmp array[6];
+    if (count > 6)
+        return -EINVAL;
+    for (unsigned int i = 0; i < count; i++) {
+        array[i].arg = (unsigned int)cmps[4 * i];
+        array[i].op = (enum scmp_compare)cmps[4 * i + 1];
+        array[i].datum_a = cmps[4 * i + 2];
+        array[i].datum_b = cmps[4 * i + 3];
+    }
+    return seccomp_rule_add_array(ctx, action, syscall_nr, count, array);
+}
 int pish_seccomp_load(void *ctx) { return seccomp_load(ctx); }
 int pish_seccomp_export_bpf(void *ctx, int fd) { return seccomp_export_bpf(ctx, fd); }
-/* Load a filter libseccomp compiled earlier (exported with the call above): seccomp's own prctl. */
-int pish_seccomp_load_bpf(const void *filter, unsigned int len) {
+/* Load a filter libseccomp compiled earlier (exported with the call above) with seccomp(2), which takes
+   the SECCOMP_FILTER_FLAG_* ``flags`` (a profile's TSYNC, LOG, SPEC_ALLOW). With TSYNC, a positive
+   return is the id of a thread that could not be synchronized. */
+int pish_seccomp_load_bpf(const void *filter, unsigned int len, unsigned int flags) {
     struct sock_fprog prog = {(unsigned short)(len / sizeof(struct sock_filter)), (struct sock_filter *)filter};
-    RET(prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog, 0, 0));
+    int r = (int)syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, flags, &prog);
+    return r < 0 ? -errno : r;
+}
+/* The libseccomp in use (major, minor, micro): its syscall tables shape a compiled program. */
+void pish_seccomp_version(unsigned int *version) {
+    const struct scmp_version *v = seccomp_version();
+    version[0] = v->major;
+    version[1] = v->minor;
+    version[2] = v->micro;
 }
 
 /* The new mount API, for id-mapped mounts: open_tree(2), mount_setattr(2) (``attr`` is a struct

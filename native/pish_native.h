@@ -20,9 +20,12 @@ int pish_seccomp_syscall_resolve_name(const char *name);
 int pish_seccomp_rule_add(void *ctx, uint32_t action, int syscall_nr);
 int pish_seccomp_rule_add_cmp(void *ctx, uint32_t action, int syscall_nr, unsigned int arg, int op,
                               uint64_t datum_a, uint64_t datum_b);
+int pish_seccomp_rule_add_cmps(void *ctx, uint32_t action, int syscall_nr, unsigned int count,
+                               const uint64_t *cmps);
 int pish_seccomp_load(void *ctx);
 int pish_seccomp_export_bpf(void *ctx, int fd);
-int pish_seccomp_load_bpf(const void *filter, unsigned int len);
+int pish_seccomp_load_bpf(const void *filter, unsigned int len, unsigned int flags);
+void pish_seccomp_version(unsigned int *version);
 int pish_open_tree(int dfd, const char *path, unsigned int flags);
 int pish_mount_setattr(int dfd, const char *path, unsigned int flags, const uint64_t *attr, size_t size);
 int pish_move_mount(int from_dfd, const char *from_path, int to_dfd, const char *to_path, unsigned int flags);

@@ -58,7 +58,8 @@ def container_options(f: Any) -> Any:
         click.option("--privileged", is_flag=True,
                      help="Every capability and device, no seccomp filter, no masked paths."),
         click.option("--security-opt", multiple=True,
-                     help="seccomp=unconfined, or no-new-privileges[=false] (on by default)."),
+                     help="seccomp=FILE (a custom profile, docker's format), seccomp=unconfined, or "
+                          "no-new-privileges[=false] (on by default)."),
         click.option("--userns", help="User namespace: host (default), auto, or CONTAINERID:HOSTID:COUNT."),
         click.argument("image"),
         click.argument("command", nargs=-1, type=click.UNPROCESSED),

@@ -1,4 +1,6 @@
 """The default seccomp filter: docker's default profile, compiled by libseccomp and loaded before exec.
+(A custom profile, ``--security-opt seccomp=FILE`` or an OCI bundle's, is ``profiles.py``'s; it shares the
+cache of compiled programs kept here.)
 
 The profile is an allowlist. A syscall not named below fails with EPERM; some are allowed only when the
 container holds a capability (``mount`` with CAP_SYS_ADMIN, ``reboot`` with CAP_SYS_BOOT...), exactly as
