@@ -20,5 +20,5 @@ Two calls, because two moments matter:
 2. ``lock_down(security)``, the last thing before execve, after any user switch: no_new_privs, the final
    capability sets, then the seccomp filter (before the sets without no_new_privs, which loading it then
    needs). The filter comes this late because it refuses syscalls the set-up needs (mount, pivot_root,
-   sethostname), and last so that a custom profile only has to allow execve.
+   sethostname), and last so that a custom profile only has to allow what the init does after it.
 """

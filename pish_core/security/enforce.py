@@ -45,9 +45,9 @@ def lock_down(sec: Security) -> None:
     """no_new_privs, the final capability sets and seccomp: the last step before execve.
 
     The filter comes as late as it can, as in runc: with no_new_privs, after the capability sets, so that a
-    custom profile need not allow capset and prctl (only what runs after it: execve, and the writes that
-    report an exec failure). Without no_new_privs, loading a filter needs CAP_SYS_ADMIN, so it comes before
-    the sets are dropped."""
+    custom profile need not allow capset and prctl, only what the init does after it (stat, mkdir and chdir
+    for the working directory, execve, a write reporting a failure). Without no_new_privs, loading a filter
+    needs CAP_SYS_ADMIN, so it comes before the sets are dropped."""
     native.prctl(PR_SET_DUMPABLE, 0)
     if os.geteuid() != 0:
         capabilities.raise_effective()  # a user switch (with KEEPCAPS) cleared them; we need a few still
