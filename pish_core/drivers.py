@@ -167,6 +167,11 @@ class Child(abc.ABC):
     def kill(self, sig: int) -> None:
         """Send ``sig`` to the child; no error if it is already gone."""
 
+    def leave(self) -> None:
+        """Let the child run on when its block exits (``pish-oci create`` and ``exec --detach``: the
+        engine that called us is its parent from then on)."""
+        raise DriverError("this isolation driver cannot leave a process running")
+
 
 class Isolation(Driver):
     kind = "isolation"

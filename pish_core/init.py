@@ -16,6 +16,7 @@ import os
 import select
 import signal
 import socket
+import struct
 import sys
 import termios
 from pathlib import Path
@@ -34,7 +35,8 @@ class InitError(Exception):
         self.code = code
 
 
-def setup_stdio(stdio: tuple[int, int, int], console: int | None) -> None:
+def setup_stdio(stdio: tuple[int, int, int], console: int | None, preserve_fds: int = 0,
+                console_size: tuple[int, int] | None = None) -> None:
     """Give the command its stdin/stdout/stderr. With ``console``, make a pseudo-terminal from the
     container's own /dev/ptmx (so ``tty`` names it and the container's /dev/pts holds it), send the master
     to the supervisor on that socket, and make the slave our stdio and controlling terminal."""
@@ -50,14 +52,17 @@ def setup_stdio(stdio: tuple[int, int, int], console: int | None) -> None:
             os.dup2(fd, target)
     if console is not None:
         fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-    _only_stdio_survives_exec()
+        if console_size:
+            fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", *console_size, 0, 0))
+    _only_stdio_survives_exec(preserve_fds)
 
 
-def _only_stdio_survives_exec() -> None:
+def _only_stdio_survives_exec(preserve_fds: int = 0) -> None:
     """Mark every descriptor above 2 close-on-exec, as runc does: the command gets its stdio and nothing
-    else pish had open or inherited (a shell's ``3>file``, a CI runner's pipes)."""
+    else pish had open or inherited (a shell's ``3>file``, a CI runner's pipes, containerd's shim socket),
+    except ``preserve_fds`` more (3, 4, ...: runc's --preserve-fds)."""
     for name in os.listdir("/proc/self/fd"):
-        if int(name) > 2:
+        if int(name) > 2 + preserve_fds:
             with contextlib.suppress(OSError):  # the directory's own descriptor, closed by now
                 os.set_inheritable(int(name), False)
 
@@ -173,7 +178,7 @@ def container_main(spec: ContainerSpec, root: Path, go_fd: int, err_fd: int,
             native.sethostname(spec.hostname)
         if spec.domainname:
             Path("/proc/sys/kernel/domainname").write_text(spec.domainname)  # our own uts namespace's
-        if spec.mounts_complete:  # OCI: the config's mounts are the whole table, /proc /dev /sys included
+        if spec.from_oci_config:  # OCI: the config's mounts are the whole table, /proc /dev /sys included
             ocisetup.prepare_root(root, spec.rootfs_propagation)
             mounts.apply(root, [*spec.mounts, *extra_mounts])
             ocisetup.make_devices(root, spec.devices)
@@ -185,10 +190,10 @@ def container_main(spec: ContainerSpec, root: Path, go_fd: int, err_fd: int,
             remount_readonly(root)
         enforce.confine(root, spec)  # masked and read-only paths, the bounding set
         pivot_into(root)
-        if spec.mounts_complete:
+        if spec.from_oci_config:
             ocisetup.set_propagation(spec.rootfs_propagation)
         ocisetup.set_process_limits(spec.process)  # rlimits, oom_score_adj, umask: while we are still root
-        setup_stdio(stdio, console)
+        setup_stdio(stdio, console, spec.process.preserve_fds, spec.process.console_size)
         user.become(spec.process.user, spec.process.cwd)
         env = container_env(spec)
         if fifo_fd >= 0:
@@ -212,7 +217,7 @@ def joined_main(process: Process, env: dict[str, str], go_fd: int, err_fd: int,
     try:
         _await_go(go_fd)
         ocisetup.set_process_limits(process)
-        setup_stdio(stdio, console)
+        setup_stdio(stdio, console, process.preserve_fds, process.console_size)
         user.become(process.user, process.cwd)
         enforce.lock_down(sec or Security())
         exec_command(process.args, process.cwd, env)

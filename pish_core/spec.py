@@ -60,6 +60,7 @@ class Process:
     rlimits: tuple[Rlimit, ...] = ()
     oom_score_adj: int | None = None
     console_size: tuple[int, int] | None = None  # (height, width) of the terminal, OCI's consoleSize
+    preserve_fds: int = 0  # fds 3 .. 3+N-1 the command inherits (runc's --preserve-fds, LISTEN_FDS)
 
     def __post_init__(self) -> None:  # from JSON (``from_dict``) the user arrives as a dict
         if isinstance(self.user, dict):
@@ -318,9 +319,10 @@ class ContainerSpec:
     # -- what the OCI face (``pish-oci``, an engine's config.json) fills; the docker face leaves the defaults
     #: linux.namespaces; empty: the isolation driver's own set (mount, uts, ipc, pid, net; user with --userns)
     namespaces: tuple[Namespace, ...] = ()
-    #: True: ``mounts`` is the container's whole mount table, /proc, /dev and /sys included (OCI), and the
-    #: init mounts nothing of its own
-    mounts_complete: bool = False
+    #: True: the spec is an OCI config.json's (``pish_core/oci/specconv.py``): ``mounts`` is the container's
+    #: whole mount table, /proc, /dev and /sys included (the init mounts nothing of its own), process.env
+    #: the whole environment, and the hostname may be empty (the uts namespace keeps the host's)
+    from_oci_config: bool = False
     sysctl: tuple[tuple[str, str], ...] = ()
     hooks: tuple[tuple[str, Hook], ...] = ()  # (kind, hook) in the order given
     annotations: tuple[tuple[str, str], ...] = ()
@@ -347,7 +349,7 @@ class ContainerSpec:
         if self.cgroupns not in ("private", "host"):
             raise SpecError(f"invalid --cgroupns {self.cgroupns!r}: use private or host")
         names.check_name(self.name)
-        if self.hostname or not self.mounts_complete:  # an OCI config may leave the hostname out
+        if self.hostname or not self.from_oci_config:  # an OCI config may leave the hostname out
             names.check_hostname(self.hostname)
         if not names.is_id(self.id):
             raise SpecError(f"invalid container id {self.id!r}")
@@ -387,9 +389,14 @@ class ContainerSpec:
 
 
 def container_env(spec: ContainerSpec) -> dict[str, str]:
-    """The environment the command starts with: a clean one, as docker gives, plus ``-e``."""
-    env = {"PATH": DEFAULT_PATH, "HOSTNAME": spec.hostname, "HOME": "/root"}
-    if spec.process.terminal:
+    """The environment the command starts with: a clean one, as docker gives, plus ``-e``. An OCI config's
+    process.env is the whole environment (with HOME added when missing, as runc adds it)."""
+    if spec.from_oci_config:
+        user = spec.process.user
+        env = {"HOME": "/root" if user is None or user.uid == 0 else "/"}
+    else:
+        env = {"PATH": DEFAULT_PATH, "HOSTNAME": spec.hostname, "HOME": "/root"}
+    if spec.process.terminal and not spec.from_oci_config:
         env["TERM"] = "xterm"
     for item in spec.process.env:
         key, _, value = item.partition("=")

@@ -66,6 +66,7 @@ class ForkedChild(Child):
         self._go_fd = go_fd
         self._err_fd = err_fd
         self.status: int | None = None
+        self.left = False
 
     def release(self, mounts: Sequence[Mount] = (), exec_fifo: str | None = None) -> None:
         go = {"mounts": [dataclasses.asdict(m) for m in mounts], "exec_fifo": exec_fifo}
@@ -89,15 +90,14 @@ class ForkedChild(Child):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, sig)
 
+    def leave(self) -> None:
+        self.left = True
+
     def close(self) -> None:
-        """Kill the child if it still runs, reap it, close our pipe ends."""
-        if self.status is None:
+        """Kill the child if it still runs (unless it was left to run), reap it, close our pipe ends."""
+        if self.status is None and not self.left:
             self.kill(signal.SIGKILL)
             self.wait()
-        self.forget()
-
-    def forget(self) -> None:
-        """Close our pipe ends and leave the child running (``pish-oci create``)."""
         for fd in (self._go_fd, self._err_fd):
             if fd >= 0:
                 os.close(fd)
@@ -158,10 +158,8 @@ class UnshareIsolation(Isolation):
         try:
             yield child
         finally:
-            if ctx.journal.detached:  # left to its engine (pish-oci create): only our pipe ends go
-                child.forget()
-            else:
-                child.close()
+            child.close()
+            if not ctx.journal.detached:  # left to its engine (pish-oci create): the record stays
                 ctx.journal.drop(record)
 
     @contextlib.contextmanager

@@ -187,7 +187,7 @@ class CgroupV1Limits(Limits):
                     _inherit_cpuset(cgroup)
             if DEVICES in dirs:
                 _allow_devices(dirs[DEVICES], ctx.spec.security.privileged)
-            _set_limits(dirs, res)
+            set_v1_limits(dirs, res)
             log.debug("adding pid %d to cgroup %s", pid, label(unique[0]))
             for cgroup in unique:
                 write(cgroup / "cgroup.procs", pid, NAME)
@@ -235,7 +235,7 @@ def _allow_devices(cgroup: Path, privileged: bool) -> None:
         write(cgroup / "devices.allow", rule, NAME)
 
 
-def _set_limits(dirs: dict[str, Path], res: Resources) -> None:
+def set_v1_limits(dirs: dict[str, Path], res: Resources) -> None:
     if res.memory is not None:
         log.info("setting memory limit %s", human_size(res.memory))
         write(dirs["memory"] / "memory.limit_in_bytes", res.memory, NAME)
