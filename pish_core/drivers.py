@@ -169,7 +169,8 @@ class Child(abc.ABC):
 
     def leave(self) -> None:
         """Let the child run on when its block exits (``pish-oci create`` and ``exec --detach``: the
-        engine that called us is its parent from then on)."""
+        engine that called us is its parent from then on). Called before ``release``, the child does not
+        die with us either."""
         raise DriverError("this isolation driver cannot leave a process running")
 
 

@@ -138,7 +138,8 @@ def _await_go(go_fd: int) -> tuple[list[Mount], str | None]:
     """Block until the supervisor says go: ``g`` + a JSON line of extra mounts (and an exec fifo, see
     ``Child.release``). Exit quietly if it died first (the pipe then ends early). The supervisor keeps its
     end open while it lives, which lets us close the gap between its "go" and our PDEATHSIG: if the pipe
-    has hung up by then, it is gone. With an exec fifo no supervisor stays: the engine watches us."""
+    has hung up by then, it is gone. Unsupervised (an exec fifo, or a process left to run: ``pish-oci``)
+    no one of pish's stays: the engine that called pish-oci watches us."""
     message = b""
     while not message.endswith(b"\n"):
         chunk = os.read(go_fd, 65536)
@@ -147,7 +148,7 @@ def _await_go(go_fd: int) -> tuple[list[Mount], str | None]:
         message += chunk
     go = json.loads(message[1:])
     exec_fifo: str | None = go.get("exec_fifo")
-    if exec_fifo is None:
+    if go.get("supervised", True):
         native.prctl(native.PR_SET_PDEATHSIG, signal.SIGKILL)  # die with the supervisor, never run unwatched
         if _hung_up(go_fd):
             os._exit(1)
@@ -194,14 +195,14 @@ def container_main(spec: ContainerSpec, root: Path, go_fd: int, err_fd: int,
             ocisetup.set_propagation(spec.rootfs_propagation)
         ocisetup.set_process_limits(spec.process)  # rlimits, oom_score_adj, umask: while we are still root
         setup_stdio(stdio, console, spec.process.preserve_fds, spec.process.console_size)
-        user.become(spec.process.user, spec.process.cwd)
         env = container_env(spec)
-        if fifo_fd >= 0:
+        if fifo_fd >= 0:  # still root: the fifo is reached through our own /proc/self/fd
             ocisetup.look_path(spec.process.args[0], env)  # as runc: a missing command fails `create`, not `start`
             os.write(err_fd, b"0 ready")
             ready = True
             ocisetup.wait_for_start(fifo_fd)
             ocisetup.run_hooks_inside(spec, "startContainer")
+        user.become(spec.process.user, spec.process.cwd)
         enforce.lock_down(spec.security)  # no_new_privs, seccomp, capabilities: last before exec
         exec_command(spec.process.args, spec.process.cwd, env)
     except InitError as exc:

@@ -104,10 +104,14 @@ def run(ctx: click.Context, bundle: str, pid_file: str | None, console_socket: s
     c = _c()
     c.create(container_id, Path(bundle), pid_file=Path(pid_file) if pid_file else None,
              console_socket=console_socket, preserve_fds=preserve_fds, systemd_cgroup=ctx.obj["systemd_cgroup"])
-    c.start(container_id)
-    if detach:
-        return
-    code = c.wait(container_id)
+    try:
+        c.start(container_id)
+        if detach:
+            return
+        code = c.wait(container_id)
+    except BaseException:
+        c.delete(container_id, force=True)  # a run that failed leaves nothing
+        raise
     if not keep:
         c.delete(container_id, force=True)
     sys.exit(code)

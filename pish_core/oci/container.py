@@ -274,11 +274,12 @@ def exec_process(oci_id: str, process: Process, *, detach: bool, pid_file: Path 
         if limits_record is not None:
             limits: Any = load("limits", limits_record["driver"], spec.limits.options)
             limits.join(limits_record, child.pid)
+        if detach:
+            child.leave()  # before release: it must not die with us
         child.release()
         if pid_file is not None:
             _write_atomic(pid_file, str(child.pid))
         if detach:
-            child.leave()
             return 0
         from pish_core.runtime import exit_status
 

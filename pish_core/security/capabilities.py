@@ -107,17 +107,32 @@ def narrow_bounding(caps: Iterable[str]) -> None:
             native.prctl(native.PR_CAPBSET_DROP, number)
 
 
-def set_process_caps(caps: Iterable[str]) -> None:
+def set_process_caps(caps: Iterable[str], effective: Iterable[str] | None = None,
+                     permitted: Iterable[str] | None = None, inheritable: Iterable[str] = (),
+                     ambient: Iterable[str] = ()) -> None:
     """Permitted and effective become ``caps`` for root (uid 0), empty for any other user, as docker
-    sets them; inheritable and ambient become empty. Only ever lowers what the process holds."""
+    sets them; inheritable and ambient become empty. Only ever lowers what the process holds.
+
+    Given ``permitted`` (an OCI config's process.capabilities), the effective, permitted, inheritable and
+    ambient sets are exactly those given, whoever the user is, as runc sets them."""
     import os
 
     from pish_core import native
 
-    _, permitted, _ = native.capget()
-    target = mask(caps) & permitted if os.geteuid() == 0 else 0
+    _, held, _ = native.capget()
+    if permitted is not None:
+        wanted = mask(permitted) & held
+        native.capset(mask(effective or ()) & wanted, wanted, mask(inheritable))
+        native.prctl(native.PR_CAP_AMBIENT, native.PR_CAP_AMBIENT_CLEAR_ALL)
+        for name in ambient:  # ambient needs the capability permitted and inheritable
+            native.prctl(native.PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, NUMBERS[name])
+        return
+    target = mask(caps) & held if os.geteuid() == 0 else 0
     native.capset(target, target, 0)
     native.prctl(native.PR_CAP_AMBIENT, native.PR_CAP_AMBIENT_CLEAR_ALL)
+
+
+PR_CAP_AMBIENT_RAISE = 2  # <linux/prctl.h>
 
 
 def raise_effective() -> None:

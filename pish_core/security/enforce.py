@@ -56,7 +56,8 @@ def lock_down(sec: Security) -> None:
         native.prctl(native.PR_SET_NO_NEW_PRIVS, 1)
     else:
         _load_seccomp(sec)
-    capabilities.set_process_caps(sec.capabilities)
+    capabilities.set_process_caps(sec.capabilities, sec.effective, sec.permitted, sec.inheritable or (),
+                                  sec.ambient or ())
     native.prctl(native.PR_SET_KEEPCAPS, 0)
     if sec.no_new_privileges:
         _load_seccomp(sec)

@@ -1,0 +1,285 @@
+"""``pish-oci`` on a bundle made from the busybox rootfs: runc's lifecycle, each config.json field shown
+in a real container, and bad input as runc reports it (one message, exit 1, nothing left).
+
+Each test has its own state root (``--root``) and bundle; ``OciRun`` runs the CLI. The engines' own
+use of pish-oci (podman, containerd) is in test_oci_engines.py.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = [pytest.mark.integration]
+
+PISH_OCI = [sys.executable, "-m", "pish_core.oci.cli"]
+
+
+def _script() -> list[str]:
+    script = Path(sys.executable).parent / "pish-oci"
+    return [str(script)] if script.exists() else PISH_OCI
+
+
+class Oci:
+    """``pish-oci --root ROOT ARGS...`` in a bundle directory."""
+
+    def __init__(self, root: Path, bundle: Path) -> None:
+        self.root, self.bundle = root, bundle
+        self.config: dict[str, Any] = {}
+
+    def __call__(self, *args: str, check: bool | int | None = None, timeout: float = 60,
+                 input: str | None = None, log: Path | None = None) -> subprocess.CompletedProcess[str]:
+        globals_ = ["--root", str(self.root)] + (["--log", str(log), "--log-format", "json"] if log else [])
+        # Files, not pipes: a created container keeps the stdout and stderr it was given (as with runc), so
+        # a pipe would not end when pish-oci does.
+        with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+            code = subprocess.run([*_script(), *globals_, *args], cwd=self.bundle, stdout=out, stderr=err,
+                                  text=True, timeout=timeout, input=input, check=False).returncode
+            out.seek(0)
+            err.seek(0)
+            proc = subprocess.CompletedProcess(args, code, out.read(), err.read())
+        if check is not None and check is not False:
+            want = 0 if check is True else int(check)
+            assert proc.returncode == want, f"pish-oci {' '.join(args)}: exit {proc.returncode}\n{proc.stdout}{proc.stderr}"
+        return proc
+
+    def write(self, **changes: Any) -> None:
+        """Write config.json: the default ``pish-oci spec`` made, with ``process`` args etc. changed."""
+        config = json.loads(json.dumps(self.config))
+        for key, value in changes.items():
+            where = config
+            *parents, last = key.split(".")
+            for p in parents:
+                where = where.setdefault(p, {})
+            where[last] = value
+        (self.bundle / "config.json").write_text(json.dumps(config))
+
+    def states(self) -> list[str]:
+        containers = self.root / "containers"
+        return sorted(os.listdir(containers)) if containers.exists() else []
+
+
+@pytest.fixture(scope="session")
+def rootfs_dir(busybox_tar: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    top = tmp_path_factory.mktemp("oci-rootfs")
+    with tarfile.open(busybox_tar) as tar:
+        tar.extractall(top / "rootfs", numeric_owner=True)  # noqa: S202 - our own image
+    return top / "rootfs"
+
+
+@pytest.fixture
+def oci(tmp_path: Path, rootfs_dir: Path) -> Iterator[Oci]:
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "rootfs").symlink_to(rootfs_dir)
+    o = Oci(tmp_path / "oci-root", bundle)
+    o("spec", check=True)
+    o.config = json.loads((bundle / "config.json").read_text())
+    o.config["process"]["terminal"] = False
+    o.write()
+    yield o
+    for cid in json.loads(o("list", "--format", "json").stdout or "[]"):
+        o("delete", "--force", cid["id"])
+
+
+def cgroups_of(oci: Oci) -> list[str]:
+    return [str(p) for p in Path("/sys/fs/cgroup").glob("*/pish/*") if p.is_dir()]
+
+
+def test_spec_then_run_prints_and_exits_with_the_status(oci: Oci) -> None:
+    oci.write(**{"process.args": ["sh", "-c", "echo hello from $(hostname); exit 7"]})
+    proc = oci("run", "c1")
+    assert proc.returncode == 7, proc.stderr
+    assert proc.stdout == "hello from pish\n"
+    assert oci.states() == []
+
+
+def test_create_start_state_kill_delete(oci: Oci, tmp_path: Path) -> None:
+    oci.write(**{"process.args": ["sleep", "300"]})
+    pid_file = tmp_path / "pid"
+    oci("create", "--pid-file", str(pid_file), "c2", check=True)
+    pid = int(pid_file.read_text())
+    assert not pid_file.read_text().endswith("\n")
+    state = json.loads(oci("state", "c2", check=True).stdout)
+    assert state["status"] == "created" and state["pid"] == pid and state["id"] == "c2"
+    assert state["bundle"] == str(oci.bundle.resolve())
+    assert b"sleep" not in Path(f"/proc/{pid}/cmdline").read_bytes()  # held before the user's program
+    oci("start", "c2", check=True)
+    deadline = time.monotonic() + 10
+    while b"sleep" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert json.loads(oci("state", "c2").stdout)["status"] == "running"
+    again = oci("start", "c2")
+    assert again.returncode == 1 and again.stderr.count("\n") == 1
+    busy = oci("delete", "c2")
+    assert busy.returncode == 1 and "not stopped: running" in busy.stderr
+    oci("kill", "c2", "KILL", check=True)
+    deadline = time.monotonic() + 10
+    while json.loads(oci("state", "c2").stdout)["status"] != "stopped":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    oci("delete", "c2", check=True)
+    assert oci.states() == []
+    assert oci("delete", "--force", "c2").returncode == 0  # twice, as containerd does
+    assert oci("delete", "c2").returncode == 1
+
+
+def test_exec_with_a_process_file_detached_and_in_the_foreground(oci: Oci, tmp_path: Path) -> None:
+    oci.write(**{"process.args": ["sleep", "300"]})
+    oci("run", "--detach", "c3", check=True)
+    process = {"args": ["sh", "-c", "id -u; echo $FOO; exit 4"], "cwd": "/tmp", "env": ["PATH=/bin", "FOO=bar"],
+               "user": {"uid": 1, "gid": 1}}
+    (tmp_path / "p.json").write_text(json.dumps(process))
+    proc = oci("exec", "--process", str(tmp_path / "p.json"), "c3")
+    assert proc.returncode == 4 and proc.stdout.split() == ["1", "bar"], proc.stderr
+    oci("exec", "--detach", "--pid-file", str(tmp_path / "epid"), "c3", "sleep", "300", check=True)
+    epid = int((tmp_path / "epid").read_text())
+    assert epid in json.loads(oci("ps", "--format", "json", "c3", check=True).stdout)
+    oci("kill", "--all", "c3", "9", check=True)
+    deadline = time.monotonic() + 10
+    while json.loads(oci("state", "c3").stdout)["status"] != "stopped":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    stopped = oci("exec", "c3", "true")
+    assert stopped.returncode == 1 and "stopped" in stopped.stderr
+    oci("delete", "c3", check=True)
+
+
+def test_pause_and_resume(oci: Oci) -> None:
+    oci.write(**{"process.args": ["sleep", "300"]})
+    oci("run", "-d", "c4", check=True)
+    oci("pause", "c4", check=True)
+    assert json.loads(oci("state", "c4").stdout)["status"] == "paused"
+    oci("resume", "c4", check=True)
+    assert json.loads(oci("state", "c4").stdout)["status"] == "running"
+    stats = json.loads(oci("events", "--stats", "c4", check=True).stdout)
+    assert stats["type"] == "stats" and stats["data"]["pids"]["current"] == 1
+    oci("delete", "--force", "c4", check=True)
+    assert oci.states() == []
+
+
+def test_hooks_get_the_state_and_run_in_order(oci: Oci, tmp_path: Path) -> None:
+    log = tmp_path / "hooks.log"
+    hook = tmp_path / "hook.sh"
+    hook.write_text(f"#!/bin/sh\nread state\necho \"$1 $state\" >> {log}\n")
+    hook.chmod(0o755)
+    hooks = {kind: [{"path": str(hook), "args": ["hook.sh", kind]}]
+             for kind in ("createRuntime", "poststart", "poststop")}
+    inside = tmp_path / "inside.log"
+    oci.write(**{"process.args": ["true"], "hooks": hooks})
+    oci("run", "c5", check=True)
+    lines = log.read_text().splitlines()
+    assert [line.split()[0] for line in lines] == ["createRuntime", "poststart", "poststop"]
+    first = json.loads(lines[0].split(" ", 1)[1])
+    assert first["id"] == "c5" and first["status"] == "created" and first["pid"] > 0
+    assert not inside.exists()
+
+
+def test_a_failing_hook_fails_create_and_leaves_nothing(oci: Oci) -> None:
+    oci.write(**{"hooks": {"createRuntime": [{"path": "/bin/false"}]}})
+    before = cgroups_of(oci)
+    proc = oci("create", "c6")
+    assert proc.returncode == 1 and "createRuntime hook /bin/false failed" in proc.stderr
+    assert oci.states() == [] and cgroups_of(oci) == before
+
+
+def test_sysctl_rlimit_umask_hostname_and_readonly_root(oci: Oci) -> None:
+    oci.write(**{"process.args": ["sh", "-c", "cat /proc/sys/kernel/shmmax; ulimit -n; umask; hostname; "
+                                  "touch /x 2>&1 || true"],
+                 "process.rlimits": [{"type": "RLIMIT_NOFILE", "soft": 123, "hard": 456}],
+                 "process.user": {"uid": 0, "gid": 0, "umask": 0o027},
+                 "linux.sysctl": {"kernel.shmmax": "4096000"}, "hostname": "box"})
+    proc = oci("run", "c7", check=True)
+    lines = proc.stdout.splitlines()
+    assert lines[:4] == ["4096000", "123", "0027", "box"], proc.stdout
+    assert "Read-only file system" in lines[4]
+
+
+def test_a_network_namespace_given_by_path_is_joined(oci: Oci) -> None:
+    name = f"pishoci{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        subprocess.run(["ip", "-n", name, "link", "add", "marker0", "type", "veth", "peer", "name", "marker1"], check=True)
+        namespaces = [{"type": t} for t in ("pid", "ipc", "uts", "mount")] + [
+            {"type": "network", "path": f"/run/netns/{name}"}]
+        oci.write(**{"process.args": ["ip", "link"], "linux.namespaces": namespaces})
+        proc = oci("run", "c8", check=True)
+        assert "marker0" in proc.stdout
+    finally:
+        subprocess.run(["ip", "netns", "delete", name], check=False)
+
+
+def test_a_seccomp_rule_returns_its_errno(oci: Oci) -> None:
+    seccomp = {"defaultAction": "SCMP_ACT_ALLOW",
+               "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13}]}
+    oci.write(**{"process.args": ["mkdir", "/tmp/x"], "linux.seccomp": seccomp})
+    proc = oci("run", "c9")
+    assert proc.returncode == 1 and "Permission denied" in proc.stderr
+
+
+def test_an_annotation_chooses_the_limits_driver(oci: Oci) -> None:
+    oci.write(**{"process.args": ["cat", "/proc/self/cgroup"], "annotations": {"org.pish.limits": "none"}})
+    proc = oci("run", "c10", check=True)
+    assert "pish/" not in proc.stdout
+
+
+def test_features_and_version(oci: Oci) -> None:
+    features = json.loads(oci("features", check=True).stdout)
+    assert "cgroupv2" in features["annotations"]["org.pish.limits"]
+    assert "network" in features["linux"]["namespaces"]
+    version = oci("--version", check=True).stdout
+    assert version.startswith("pish-oci version ") and "\nspec: 1." in version
+
+
+@pytest.mark.parametrize(("setup", "args", "message"), [
+    (lambda o: (o.bundle / "config.json").write_text("{not json"), ("create", "b1"), "is not valid JSON"),
+    (lambda o: o.write(**{"root.path": "nowhere"}), ("create", "b2"), "no such file or directory"),
+    (lambda o: None, ("create", "a/b"), "invalid container id"),
+    (lambda o: None, ("create", ".."), "invalid container id"),
+    (lambda o: o.write(**{"linux.intelRdt": {}}), ("create", "b3"), "linux.intelRdt is not supported"),
+    (lambda o: o.write(**{"linux.sysctl": {"vm.swappiness": "1"}}), ("create", "b4"), "would change the host"),
+    (lambda o: None, ("start", "nosuch"), "does not exist"),
+    (lambda o: None, ("delete", "nosuch"), "does not exist"),
+    (lambda o: o.write(**{"process.args": ["/nope"]}), ("create", "b5"), 'exec: "/nope": no such file or directory'),
+])
+def test_bad_input_is_one_runc_style_line(oci: Oci, tmp_path: Path, setup: Callable[[Oci], None],
+                                          args: tuple[str, ...], message: str) -> None:
+    setup(oci)
+    before = cgroups_of(oci)
+    log = tmp_path / "log.json"
+    proc = oci(*args, log=log)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert message in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+    entry = json.loads(log.read_text().splitlines()[-1])
+    assert entry["level"] == "error" and message in entry["msg"] and entry["time"].endswith("Z")
+    assert oci.states() == [] and cgroups_of(oci) == before
+
+
+def test_a_duplicate_id_is_refused(oci: Oci) -> None:
+    oci.write(**{"process.args": ["sleep", "300"]})
+    oci("create", "dup", check=True)
+    proc = oci("create", "dup")
+    assert proc.returncode == 1 and "container with id exists: dup" in proc.stderr
+    oci("delete", "--force", "dup", check=True)
+    assert oci.states() == []
+
+
+def test_nothing_is_left_after_a_killed_container_is_deleted(oci: Oci) -> None:
+    before = cgroups_of(oci)
+    oci.write(**{"process.args": ["sleep", "300"]})
+    oci("run", "-d", "c11", check=True)
+    assert len(cgroups_of(oci)) > len(before)
+    oci("delete", "--force", "c11", check=True)
+    assert cgroups_of(oci) == before and oci.states() == []
+    assert shutil.which("true")
