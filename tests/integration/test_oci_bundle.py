@@ -11,7 +11,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -71,9 +70,11 @@ class Oci:
 
 @pytest.fixture(scope="session")
 def rootfs_dir(busybox_tar: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from pish_core.image.unpack import unpack_tar  # tarfile's own filters differ between Pythons
+
     top = tmp_path_factory.mktemp("oci-rootfs")
-    with tarfile.open(busybox_tar) as tar:
-        tar.extractall(top / "rootfs", numeric_owner=True)  # noqa: S202 - our own image
+    (top / "rootfs").mkdir()
+    unpack_tar(busybox_tar, top / "rootfs")
     return top / "rootfs"
 
 
@@ -187,7 +188,7 @@ def test_hooks_get_the_state_and_run_in_order(oci: Oci, tmp_path: Path) -> None:
 
 
 def test_a_failing_hook_fails_create_and_leaves_nothing(oci: Oci) -> None:
-    oci.write(**{"hooks": {"createRuntime": [{"path": "/bin/false"}]}})
+    oci.write(hooks={"createRuntime": [{"path": "/bin/false"}]})
     before = cgroups_of(oci)
     proc = oci("create", "c6")
     assert proc.returncode == 1 and "createRuntime hook /bin/false failed" in proc.stderr
@@ -195,8 +196,8 @@ def test_a_failing_hook_fails_create_and_leaves_nothing(oci: Oci) -> None:
 
 
 def test_sysctl_rlimit_umask_hostname_and_readonly_root(oci: Oci) -> None:
-    oci.write(**{"process.args": ["sh", "-c", "cat /proc/sys/kernel/shmmax; ulimit -n; umask; hostname; "
-                                  "touch /x 2>&1 || true"],
+    oci.write(**{"process.args": ["sh", "-c", ("cat /proc/sys/kernel/shmmax; ulimit -n; umask; hostname; "
+                                  "touch /x 2>&1 || true")],
                  "process.rlimits": [{"type": "RLIMIT_NOFILE", "soft": 123, "hard": 456}],
                  "process.user": {"uid": 0, "gid": 0, "umask": 0o027},
                  "linux.sysctl": {"kernel.shmmax": "4096000"}, "hostname": "box"})
