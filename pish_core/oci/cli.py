@@ -38,7 +38,8 @@ def _default_root() -> str:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--root", type=click.Path(file_okay=False), default=None, help="State directory (default /run/pish-oci).")
+@click.option("--root", type=click.Path(file_okay=False), default=None, envvar="PISH_OCI_ROOT",
+              help="State directory (default /run/pish-oci; env PISH_OCI_ROOT).")
 @click.option("--log", "log_file", type=click.Path(dir_okay=False), default=None, help="Where errors go.")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text")
 @click.option("--systemd-cgroup", is_flag=True, help="cgroupsPath is slice:prefix:name, made through systemd.")

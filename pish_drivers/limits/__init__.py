@@ -70,11 +70,27 @@ def procs(cgroup: Path) -> list[int]:
         return []
 
 
-def ensure_dir(path: Path, what: str) -> None:
-    """mkdir, logged once, tolerating a directory another pish run made a moment ago."""
-    if not path.is_dir():
-        log.info("creating %s", what)
-        path.mkdir(exist_ok=True)
+def ensure_dir(path: Path, what: str) -> bool:
+    """mkdir, logged once, tolerating a directory another pish run made a moment ago; True if we made it."""
+    if path.is_dir():
+        return False
+    log.info("creating %s", what)
+    try:
+        path.mkdir()
+    except FileExistsError:
+        return False
+    return True
+
+
+def remove_made_parents(record: dict[str, Any]) -> None:
+    """rmdir the parents of an OCI cgroupsPath that pish made for it (``made`` in the journal record),
+    deepest first, while they are empty: runc leaves them, pish leaves nothing of its own."""
+    for path in sorted(record.get("made", []), key=len, reverse=True):
+        try:
+            os.rmdir(path)
+        except OSError:
+            return  # another container's cgroup is below it (EBUSY), or it is gone
+        log.info("removed cgroup %s (made for this container)", path)
 
 
 # -- removing a container's cgroup ------------------------------------------------------------------

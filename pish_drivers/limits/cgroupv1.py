@@ -42,6 +42,7 @@ from pish_drivers.limits import (
     read,
     relative_cgroup,
     remove_dirs,
+    remove_made_parents,
     subtree,
     subtree_pids,
     write,
@@ -174,12 +175,17 @@ class CgroupV1Limits(Limits):
         unique = list(dict.fromkeys(dirs.values()))
         given = {"given": True} if ctx.spec.cgroups_path else {}  # an OCI config's cgroupsPath
         # Journal first: if we die half-way, `pish gc` finds the record and removes what was made.
-        with ctx.journal.held("limits", NAME, "cgroup", self.release, paths=[str(d) for d in unique], **given):
+        with ctx.journal.held("limits", NAME, "cgroup", self.release, paths=[str(d) for d in unique],
+                              **given) as record:
             log.info("creating cgroup %s", label(unique[0]))
+            made: list[str] = []
             for controller, cgroup in dirs.items():
                 for parent in reversed([p for p in cgroup.parents if mounted[controller] in p.parents]):
-                    ensure_dir(parent, f"cgroup {parent.relative_to(mounted[controller])} in {mounted[controller]}"
-                               + (" (shared by all containers)" if parent.name == "pish" else ""))
+                    if ensure_dir(parent, f"cgroup {parent.relative_to(mounted[controller])} in "
+                                  f"{mounted[controller]}" + (" (shared by all containers)" if parent.name == "pish"
+                                                              else "")) and given:
+                        made.append(str(parent))
+                        ctx.journal.update(record, made=made)
                     if controller == "cpuset":
                         _inherit_cpuset(parent)
                 cgroup.mkdir(exist_ok=True)
@@ -205,6 +211,7 @@ class CgroupV1Limits(Limits):
         cgroups = cgroup_paths(record, NAME)
         cgroups = [cg for cg in cgroups if cg.is_dir()]
         if not cgroups:
+            remove_made_parents(record)
             return  # already released
         log.info("removing cgroup %s", label(cgroups[0]))
         deadline = time.monotonic() + RELEASE_TIMEOUT
@@ -220,6 +227,7 @@ class CgroupV1Limits(Limits):
                 _freeze(freezer, "THAWED", deadline)
         kill_all(everything, deadline, NAME)
         remove_dirs(everything, deadline, NAME)
+        remove_made_parents(record)
 
 
 def _allow_devices(cgroup: Path, privileged: bool) -> None:

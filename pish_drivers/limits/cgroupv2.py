@@ -52,6 +52,7 @@ from pish_drivers.limits import (
     read_keyed,
     relative_cgroup,
     remove_dirs,
+    remove_made_parents,
     subtree,
     subtree_pids,
     write,
@@ -194,8 +195,10 @@ class CgroupV2Limits(Limits):
         cgroup = self.root / relative_cgroup(ctx.spec.cgroups_path, ctx.id)
         given = {"given": True} if ctx.spec.cgroups_path else {}  # an OCI config's cgroupsPath
         # Journal first: if we die half-way, `pish gc` finds the record and removes what was made.
-        with ctx.journal.held("limits", NAME, "cgroup", self.release, paths=[str(cgroup)], **given):
-            make_cgroup(self.root, cgroup, needed_controllers(res), NAME)
+        with ctx.journal.held("limits", NAME, "cgroup", self.release, paths=[str(cgroup)], **given) as record:
+            made = make_cgroup(self.root, cgroup, needed_controllers(res), NAME)
+            if given and made:
+                ctx.journal.update(record, made=[str(p) for p in made])
             set_limits(cgroup, res, NAME)
             allow_devices(cgroup, ctx.spec.security.privileged)
             log.debug("adding pid %d to cgroup %s", pid, label(cgroup))
@@ -222,26 +225,29 @@ class CgroupV2Limits(Limits):
             remove_dirs(everything, deadline, NAME)
             if not record.get("given"):
                 remove_parent_if_empty(cgroup.parent)
+        remove_made_parents(record)
 
 
-def make_cgroup(root: Path, cgroup: Path, controllers: list[str], driver: str) -> None:
+def make_cgroup(root: Path, cgroup: Path, controllers: list[str], driver: str) -> list[Path]:
     """Make ``cgroup`` (``root/pish/<id>``, or an OCI cgroupsPath) with ``controllers`` enabled on the way
     down, as runc does. ``pish/`` is made if missing; a release of the last container may remove it at any
-    moment (it has no lock), so a step that finds it gone starts again."""
+    moment (it has no lock), so a step that finds it gone starts again. Returns the parents it made."""
     ancestors = [root, *reversed([p for p in cgroup.parents if root in p.parents])]
+    made: list[Path] = []
     for attempt in range(10):
         try:
             for parent in ancestors:  # root -> pish/ -> pish/<id>: each hands the controllers down
-                if parent != root:
-                    ensure_dir(parent, f"cgroup {parent.relative_to(root)} in {root}"
-                               + (" (shared by all containers)" if parent.name == "pish" else ""))
+                if parent != root and ensure_dir(parent, f"cgroup {parent.relative_to(root)} in {root}"
+                                                 + (" (shared by all containers)" if parent.name == "pish" else "")):
+                    made.append(parent)
                 enable(parent, controllers, driver)
             log.info("creating cgroup %s", label(cgroup))
             cgroup.mkdir()
-            return
+            return made
         except (FileNotFoundError, DriverError):
             if cgroup.parent.is_dir() or attempt == 9:
                 raise
+    raise DriverError(f"{driver}: cannot make cgroup {cgroup}")  # not reached: the last attempt raises
 
 
 def allow_devices(cgroup: Path, privileged: bool) -> None:
