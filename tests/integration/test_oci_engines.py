@@ -46,8 +46,9 @@ class Podman:
                      "--runtime", "pish-oci", "--cgroup-manager", "cgroupfs", "--events-backend", "file"]
 
     def __call__(self, *args: str, check: bool = False, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        # cwd: conmon 2.1.6 drops an "oom" file in its working directory on cgroup v1
         proc = subprocess.run([*self.base, *args], capture_output=True, text=True, timeout=timeout, env=self.env,
-                              check=False, stdin=subprocess.DEVNULL)
+                              check=False, stdin=subprocess.DEVNULL, cwd=self.top)
         if check:
             assert proc.returncode == 0, f"podman {' '.join(args)}: {proc.returncode}\n{proc.stdout}{proc.stderr}"
         return proc
@@ -56,7 +57,7 @@ class Podman:
         """A command under a real terminal (util-linux ``script``), for ``-it``."""
         line = " ".join([*self.base, command])
         return subprocess.run(["script", "-qec", line, "/dev/null"], capture_output=True, text=True,
-                              timeout=timeout, env=self.env, check=False, stdin=subprocess.DEVNULL)
+                              timeout=timeout, env=self.env, check=False, stdin=subprocess.DEVNULL, cwd=self.top)
 
 
 @pytest.fixture(scope="module")
