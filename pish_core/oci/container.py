@@ -76,8 +76,15 @@ def _group(record: state.ContainerState) -> Any:
     journal = _limits_record(record)
     if journal is None:
         raise OciError(f"container {record.name} has no cgroup")
-    driver: Any = load("limits", journal["driver"], _spec(record).limits.options)
+    driver: Any = load("limits", journal["driver"], _options(_spec(record), "limits", journal["driver"]))
     return driver.group(journal)
+
+
+def _options(spec: ContainerSpec, kind: str, driver: str) -> dict[str, str]:
+    """The options the spec gives ``driver`` of ``kind``: none when a record names another driver than the
+    spec's (a driver that delegates, as the example ``audit`` one does, journals its inner driver's)."""
+    choice = spec.limits if kind == "limits" else spec.isolation
+    return dict(choice.options) if choice.name == driver else {}
 
 
 def state_json(oci_id: str) -> dict[str, Any]:
@@ -241,9 +248,8 @@ def _release_all(record: state.ContainerState, spec: ContainerSpec) -> PishError
     then keeps what is left, for another delete)."""
     failure: PishError | None = None
     for res in reversed(list(record.resources)):
-        options = {"limits": spec.limits.options, "isolation": spec.isolation.options}.get(res["kind"], {})
         try:
-            driver: Any = load(res["kind"], res["driver"], options)
+            driver: Any = load(res["kind"], res["driver"], _options(spec, res["kind"], res["driver"]))
             driver.release(res)
         except PishError as exc:
             failure = failure or exc
@@ -272,7 +278,7 @@ def exec_process(oci_id: str, process: Process, *, detach: bool, pid_file: Path 
         child = stack.enter_context(isolation.enter(record.pid, process, env, security or spec.security,
                                                      console=console))
         if limits_record is not None:
-            limits: Any = load("limits", limits_record["driver"], spec.limits.options)
+            limits: Any = load("limits", limits_record["driver"], _options(spec, "limits", limits_record["driver"]))
             limits.join(limits_record, child.pid)
         if detach:
             child.leave()  # before release: it must not die with us

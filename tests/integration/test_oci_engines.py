@@ -38,10 +38,15 @@ class Podman:
     def __init__(self, top: Path) -> None:
         self.top = top
         self.oci_root = top / "pish-oci"
+        # podman never passes --root and calls the runtime with a clean environment: a wrapper gives the
+        # test's own state root
+        runtime = top / "pish-oci-wrapper"
+        runtime.write_text(f'#!/bin/sh\nexec {PISH_OCI} --root {self.oci_root} "$@"\n')
+        runtime.chmod(0o755)
         conf = top / "containers.conf"
         conf.write_text(f'[engine]\nruntime_supports_json = ["runc", "crun", "pish-oci"]\n'
-                        f'[engine.runtimes]\npish-oci = ["{PISH_OCI}"]\n')
-        self.env = {**os.environ, "CONTAINERS_CONF": str(conf), "PISH_OCI_ROOT": str(self.oci_root)}
+                        f'[engine.runtimes]\npish-oci = ["{runtime}"]\n')
+        self.env = {**os.environ, "CONTAINERS_CONF": str(conf)}
         self.base = ["podman", "--root", str(top / "root"), "--runroot", str(top / "runroot"),
                      "--runtime", "pish-oci", "--cgroup-manager", "cgroupfs", "--events-backend", "file"]
 
@@ -234,3 +239,27 @@ def test_ctr_detached_task_exec_ps_pause_kill_delete(ctr: Ctr) -> None:
         again = subprocess.run([PISH_OCI, "--root", str(ctr.oci_root), "delete", "--force", "t1"],
                                capture_output=True, text=True, check=False)
         assert again.returncode == 0, again.stderr
+
+
+@pytest.fixture(scope="module")
+def audit_driver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The example third-party limits driver (tests/fixtures/pish-audit-limits), pip-installed."""
+    from helpers.packages import installed
+
+    with installed("pish-audit-limits", "pish-audit-limits", tmp_path_factory.mktemp("audit")) as dist:
+        yield dist
+
+
+def test_podman_chooses_a_third_party_limits_driver_by_annotation(podman: Podman, audit_driver: str,
+                                                                  tmp_path: Path) -> None:
+    log = tmp_path / "audit.log"
+    proc = podman("run", "--rm", *ULIMITS, "--net", "none", "--memory", "48m",
+                  "--annotation", "org.pish.limits=audit", "--annotation", f"org.pish.limits.opt.log={log}",
+                  "localhost/pishbb", "sh", "-c", "echo limited")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "limited\n"
+    lines = log.read_text().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("apply "), lines  # this driver made the container's cgroup
+    features = json.loads(subprocess.run([PISH_OCI, "features"], capture_output=True, text=True,
+                                         check=True).stdout)
+    assert "audit" in features["annotations"]["org.pish.limits"].split()

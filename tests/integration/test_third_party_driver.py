@@ -9,14 +9,13 @@ import importlib
 import importlib.metadata
 import importlib.util
 import json
-import shutil
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.packages import installed
 
 pytestmark = pytest.mark.integration
 
@@ -24,41 +23,11 @@ FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "pish-tmpfs-driver"
 DIST = "pish-tmpfs-driver"
 
 
-def _pip(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input", *args],
-        check=False, capture_output=True, text=True, timeout=300,
-    )
-
-
-def _can_build_wheels() -> bool:
-    """True when setuptools can build a wheel here: it needs the `wheel` package before 70.1."""
-    if importlib.util.find_spec("setuptools") is None:
-        return False
-    if importlib.util.find_spec("wheel") is not None:
-        return True
-    major, minor = (int(x) for x in importlib.metadata.version("setuptools").split(".")[:2])
-    return (major, minor) >= (70, 1)
-
-
 @pytest.fixture(scope="session")
 def tmpfs_driver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """pip-install the example driver package for this session; uninstall it afterwards."""
-    if _pip("show", DIST).returncode == 0:
-        pytest.fail(f"{DIST} is already installed; uninstall it first (pip uninstall -y {DIST})")
-    src = tmp_path_factory.mktemp("driver") / FIXTURE.name
-    shutil.copytree(FIXTURE, src, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
-    # Offline with this Python's setuptools when it can build a wheel; else pip builds in an isolated
-    # env with setuptools and wheel from the index (a fresh venv has setuptools but not `wheel`).
-    isolation = ["--no-build-isolation"] if _can_build_wheels() else []
-    proc = _pip("install", *isolation, "--no-deps", str(src))
-    assert proc.returncode == 0, f"pip install failed:\n{proc.stdout}\n{proc.stderr}"
-    importlib.invalidate_caches()
-    try:
-        yield DIST
-    finally:
-        proc = _pip("uninstall", "-y", DIST)
-        assert proc.returncode == 0, f"pip uninstall failed:\n{proc.stdout}\n{proc.stderr}"
+    with installed(FIXTURE.name, DIST, tmp_path_factory.mktemp("driver")) as dist:
+        yield dist
 
 
 Pish = Callable[..., "subprocess.CompletedProcess[str]"]
