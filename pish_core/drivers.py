@@ -151,13 +151,15 @@ class Child(abc.ABC):
     pid: int
 
     @abc.abstractmethod
-    def release(self, mounts: Sequence[Mount] = (), exec_fifo: str | None = None) -> None:
+    def release(self, mounts: Sequence[Mount] = (), exec_fifo: int | None = None) -> None:
         """Let the child exec the command, after applying ``mounts`` (from the drivers that ran after it
         was forked). Raises ExecError if the command cannot start.
 
-        With ``exec_fifo`` (``pish-oci create``) the child sets everything up and then waits, before
-        exec, until someone opens that fifo to read (``pish-oci start``); this returns once it waits. It
-        no longer dies with us then: the caller leaves it to its engine."""
+        With ``exec_fifo`` (``pish-oci create``: an O_PATH descriptor of a fifo, opened before the child
+        was forked, so the child holds it too whatever its user namespace may reach) the child sets
+        everything up and then waits, before exec, until someone opens that fifo to read (``pish-oci
+        start``); this returns once it waits. It no longer dies with us then: the caller leaves it to its
+        engine."""
 
     @abc.abstractmethod
     def wait(self) -> int:

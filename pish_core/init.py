@@ -134,7 +134,7 @@ def exec_command(args: tuple[str, ...], cwd: str, env: dict[str, str]) -> NoRetu
         raise InitError(f"exec {args[0]}: {os.strerror(exc.errno or 0).lower()}", code) from None
 
 
-def _await_go(go_fd: int) -> tuple[list[Mount], str | None]:
+def _await_go(go_fd: int) -> tuple[list[Mount], int | None]:
     """Block until the supervisor says go: ``g`` + a JSON line of extra mounts (and an exec fifo, see
     ``Child.release``). Exit quietly if it died first (the pipe then ends early). The supervisor keeps its
     end open while it lives, which lets us close the gap between its "go" and our PDEATHSIG: if the pipe
@@ -147,7 +147,7 @@ def _await_go(go_fd: int) -> tuple[list[Mount], str | None]:
             os._exit(1)
         message += chunk
     go = json.loads(message[1:])
-    exec_fifo: str | None = go.get("exec_fifo")
+    exec_fifo: int | None = go.get("exec_fifo")
     if go.get("supervised", True):
         native.prctl(native.PR_SET_PDEATHSIG, signal.SIGKILL)  # die with the supervisor, never run unwatched
         if _hung_up(go_fd):
@@ -172,7 +172,7 @@ def container_main(spec: ContainerSpec, root: Path, go_fd: int, err_fd: int,
     ready = False
     try:
         extra_mounts, exec_fifo = _await_go(go_fd)
-        fifo_fd = os.open(exec_fifo, os.O_PATH | os.O_CLOEXEC) if exec_fifo else -1  # reachable after pivot
+        fifo_fd = -1 if exec_fifo is None else exec_fifo  # an O_PATH fd we inherited: reachable after pivot
         if spec.cgroupns == "private":  # now, once the supervisor has put us in our cgroup: it is our root
             native.unshare(native.CLONE_NEWCGROUP)
         if spec.hostname:

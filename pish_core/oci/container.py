@@ -131,8 +131,11 @@ def _create(spec: ContainerSpec, journal: state.Journal, limits: Limits, isolati
             pid_file: Path | None, console_socket: str | None) -> None:
     record, ctx = journal.state, RunContext(spec, journal)
     fifo = paths.start_fifo(spec.id)
-    os.mkfifo(fifo, 0o600)
+    os.mkfifo(fifo, 0o622)  # as runc's exec.fifo: the container's root (mapped, in a user namespace) writes
+    os.chmod(fifo, 0o622)
     with contextlib.ExitStack() as stack:
+        fifo_fd = os.open(fifo, os.O_PATH | os.O_CLOEXEC)  # before the fork: the child inherits it
+        stack.callback(os.close, fifo_fd)
         console = stack.enter_context(_console(console_socket)) if spec.process.terminal else None
         if spec.process.terminal and console is None:
             raise OciError("cannot allocate tty if runc will detach without setting console socket")
@@ -141,7 +144,7 @@ def _create(spec: ContainerSpec, journal: state.Journal, limits: Limits, isolati
         record.pid, record.pid_start = child.pid, proc.start_time(child.pid)
         for kind in ("createRuntime", "prestart", "createContainer"):
             _run_hooks(spec, kind, "created", child.pid)
-        child.release(exec_fifo=str(fifo))
+        child.release(exec_fifo=fifo_fd)
         if pid_file is not None:
             _write_atomic(pid_file, str(child.pid))
         record.status = "created"

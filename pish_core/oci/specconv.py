@@ -411,10 +411,11 @@ def _device(data: Any, i: int) -> Device:
 
 
 def _resources(f: _Fields | None, unified: bool) -> tuple[Resources, tuple[str, ...]]:
-    """linux.resources -> Resources and the device allowlist (runc's default nodes, then the config's)."""
-    rules = list(devices.ALLOWLIST)
+    """linux.resources -> Resources and the device allowlist: the config's rules, then the default nodes'
+    (runc appends its AllowedDevices after the config's rules, so a leading deny-all keeps them)."""
+    rules: list[str] = []
     if f is None:
-        return Resources(), tuple(rules)
+        return Resources(), devices.ALLOWLIST
     extra: list[tuple[str, str, str]] = []
     kw: dict[str, Any] = {}
     for i, d in enumerate(f.get("devices", list) or []):
@@ -496,7 +497,7 @@ def _resources(f: _Fields | None, unified: bool) -> tuple[Resources, tuple[str, 
     if f.get("rdma", dict):
         raise SpecError("config.json: linux.resources.rdma is not supported")
     f.done()
-    return Resources(extra=tuple(extra), **kw), tuple(dict.fromkeys(rules))
+    return Resources(extra=tuple(extra), **kw), tuple(dict.fromkeys([*rules, *devices.ALLOWLIST]))
 
 
 def _device_rule(data: Any, i: int, rules: list[str]) -> list[str]:

@@ -31,6 +31,14 @@ ALLOWLIST = (
 ALLOW_ALL = "a *:* rwm"
 
 
+def rules_for(privileged: bool, device_rules: tuple[str, ...] | None) -> tuple[str, ...]:
+    """The allowlist a container's limits driver enforces: everything under ``--privileged``, else the
+    spec's own rules (an OCI config's linux.resources.devices and linux.devices), else ALLOWLIST."""
+    if privileged:
+        return (ALLOW_ALL,)
+    return ALLOWLIST if device_rules is None else tuple(ALLOW_ALL if r == "a" else r for r in device_rules)
+
+
 def copy_host_devices(root: Path) -> None:
     """``--privileged``: give /dev (already a tmpfs of the container's) every device node at the top of
     the host's /dev that it lacks. Runs before pivot_root, while the host's /dev is still in view."""

@@ -68,13 +68,13 @@ class ForkedChild(Child):
         self.status: int | None = None
         self.left = False
 
-    def release(self, mounts: Sequence[Mount] = (), exec_fifo: str | None = None) -> None:
+    def release(self, mounts: Sequence[Mount] = (), exec_fifo: int | None = None) -> None:
         go = {"mounts": [dataclasses.asdict(m) for m in mounts], "exec_fifo": exec_fifo,
               "supervised": not self.left and exec_fifo is None}  # else no PDEATHSIG: see init
         os.write(self._go_fd, b"g" + json.dumps(go).encode() + b"\n")  # our end stays open: see init
         # EOF without data: the exec succeeded (close-on-exec). With the fifo, "0 ready": it waits there.
-        report = os.read(self._err_fd, 65536) if exec_fifo else _read_all(self._err_fd)
-        if exec_fifo and report.startswith(b"0 "):
+        report = os.read(self._err_fd, 65536) if exec_fifo is not None else _read_all(self._err_fd)
+        if exec_fifo is not None and report.startswith(b"0 "):
             return
         if report:
             code, _, message = report.decode(errors="replace").partition(" ")

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from pish_core.drivers import Group, Limits, RunContext
 from pish_core.errors import DriverError, SpecError
+from pish_core.security.devices import rules_for
 from pish_drivers.limits import (
     CPU_PERIOD_US,
     RELEASE_TIMEOUT,
@@ -192,7 +193,7 @@ class CgroupV1Limits(Limits):
                 if controller == "cpuset":
                     _inherit_cpuset(cgroup)
             if DEVICES in dirs:
-                _allow_devices(dirs[DEVICES], ctx.spec.security.privileged)
+                _allow_devices(dirs[DEVICES], rules_for(ctx.spec.security.privileged, ctx.spec.security.device_rules))
             set_v1_limits(dirs, res)
             log.debug("adding pid %d to cgroup %s", pid, label(unique[0]))
             for cgroup in unique:
@@ -230,16 +231,16 @@ class CgroupV1Limits(Limits):
         remove_made_parents(record)
 
 
-def _allow_devices(cgroup: Path, privileged: bool) -> None:
+def _allow_devices(cgroup: Path, rules: tuple[str, ...]) -> None:
     """The device allowlist: deny everything, then allow the container's own nodes (all: --privileged)."""
     from pish_core.security import devices
 
-    if privileged:
+    if devices.ALLOW_ALL in rules:
         write(cgroup / "devices.allow", devices.ALLOW_ALL, NAME)
         return
-    log.debug("allowing devices %s", ", ".join(devices.ALLOWLIST))
+    log.debug("allowing devices %s", ", ".join(rules))
     write(cgroup / "devices.deny", "a", NAME)
-    for rule in devices.ALLOWLIST:
+    for rule in rules:
         write(cgroup / "devices.allow", rule, NAME)
 
 

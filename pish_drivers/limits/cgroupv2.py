@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pish_core.drivers import Group, Limits, RunContext
 from pish_core.errors import DriverError, SpecError
+from pish_core.security.devices import rules_for
 from pish_core.spec import Mount
 from pish_drivers.limits import (
     CPU_PERIOD_US,
@@ -200,7 +201,7 @@ class CgroupV2Limits(Limits):
             if given and made:
                 ctx.journal.update(record, made=[str(p) for p in made])
             set_limits(cgroup, res, NAME)
-            allow_devices(cgroup, ctx.spec.security.privileged)
+            allow_devices(cgroup, rules_for(ctx.spec.security.privileged, ctx.spec.security.device_rules))
             log.debug("adding pid %d to cgroup %s", pid, label(cgroup))
             write(cgroup / "cgroup.procs", pid, NAME)
             yield CgroupV2Group(cgroup, (CGROUP_MOUNT,) if ctx.spec.cgroupns == "private" else ())
@@ -250,13 +251,12 @@ def make_cgroup(root: Path, cgroup: Path, controllers: list[str], driver: str) -
     raise DriverError(f"{driver}: cannot make cgroup {cgroup}")  # not reached: the last attempt raises
 
 
-def allow_devices(cgroup: Path, privileged: bool) -> None:
-    """The device allowlist (``pish_core/security/devices.py``) as a BPF program on ``cgroup``, before any
-    process is in it; it goes when the cgroup is removed."""
-    from pish_core.security import devices
+def allow_devices(cgroup: Path, rules: tuple[str, ...]) -> None:
+    """The device allowlist (``pish_core/security/devices.py``'s ``rules_for``) as a BPF program on
+    ``cgroup``, before any process is in it; it goes when the cgroup is removed."""
     from pish_drivers.limits import bpfdevices
 
-    bpfdevices.attach(cgroup, [devices.ALLOW_ALL] if privileged else devices.ALLOWLIST)
+    bpfdevices.attach(cgroup, rules)
 
 
 def remove_parent_if_empty(parent: Path) -> None:

@@ -55,6 +55,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 from pish_core import names, paths
 from pish_core.drivers import Group, Limits, RunContext
 from pish_core.errors import DriverError, SpecError
+from pish_core.security.devices import rules_for
 from pish_drivers.limits import (
     CPU_PERIOD_US,
     RELEASE_TIMEOUT,
@@ -422,7 +423,7 @@ class SystemdLimits(Limits):
                 # The child is in the scope already but holds before its init makes /dev: no device
                 # was opened yet. systemd attaches no device program of its own to a scope without
                 # DevicePolicy=/DeviceAllow=, and would attach it beside ours (BPF_F_ALLOW_MULTI) if it did.
-                allow_devices(cgroup, ctx.spec.security.privileged)
+                allow_devices(cgroup, rules_for(ctx.spec.security.privileged, ctx.spec.security.device_rules))
             mounts = (CGROUP_MOUNT,) if ctx.spec.cgroupns == "private" else ()
             with _OomWatch(cgroup) as watch:
                 yield SystemdGroup(cgroup, watch, mounts)

@@ -284,3 +284,70 @@ def test_nothing_is_left_after_a_killed_container_is_deleted(oci: Oci) -> None:
     oci("delete", "--force", "c11", check=True)
     assert cgroups_of(oci) == before and oci.states() == []
     assert shutil.which("true")
+
+
+def container_cgroup_file(pid: int, controller: str, name: str) -> str:
+    """A cgroup file of ``pid``'s cgroup, v1 (``controller``'s hierarchy) or v2."""
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if controller in controllers.split(",") or (controllers == "" and Path("/sys/fs/cgroup/cgroup.controllers").exists()):
+            base = Path("/sys/fs/cgroup") / (controller if controllers else "")
+            return (base / path.lstrip("/") / name).read_text().strip()
+    raise AssertionError(f"no {controller} cgroup for {pid}")
+
+
+def test_resources_cgroups_path_and_update(oci: Oci) -> None:
+    v2 = Path("/sys/fs/cgroup/cgroup.controllers").exists()
+    oci.write(**{"process.args": ["sleep", "300"], "linux.cgroupsPath": "/pishtest/r1",
+                 "linux.resources": {"memory": {"limit": 64 << 20}, "pids": {"limit": 40},
+                                     "cpu": {"quota": 50000, "period": 100000}}})
+    oci("run", "-d", "r1", check=True)
+    pid = json.loads(oci("state", "r1").stdout)["pid"]
+    assert "/pishtest/r1" in Path(f"/proc/{pid}/cgroup").read_text()
+    memory = "memory.max" if v2 else "memory.limit_in_bytes"
+    assert container_cgroup_file(pid, "memory", memory) == str(64 << 20)
+    assert container_cgroup_file(pid, "pids", "pids.max") == "40"
+    oci("update", "--memory", "32m", "--pids-limit", "20", "r1", check=True)
+    assert container_cgroup_file(pid, "memory", memory) == str(32 << 20)
+    assert container_cgroup_file(pid, "pids", "pids.max") == "20"
+    oci("delete", "--force", "r1", check=True)
+    assert not list(Path("/sys/fs/cgroup").glob("*/pishtest")) and not Path("/sys/fs/cgroup/pishtest").exists()
+
+
+def test_a_user_namespace_from_the_mappings(oci: Oci, rootfs_dir: Path) -> None:
+    namespaces = [{"type": t} for t in ("pid", "ipc", "uts", "mount", "network", "user")]
+    # The container's root is host uid 231072: the rootfs must be reachable by it (pytest's tmp is 0700)
+    reachable = Path(tempfile.mkdtemp(prefix="pish-oci-userns-"))
+    try:
+        reachable.chmod(0o755)
+        shutil.copytree(rootfs_dir, reachable / "rootfs", symlinks=True)
+        oci.write(**{"process.args": ["sh", "-c", "cat /proc/self/uid_map; id -u"], "linux.namespaces": namespaces,
+                     "root.path": str(reachable / "rootfs"),
+                     "linux.uidMappings": [{"containerID": 0, "hostID": 231072, "size": 65536}],
+                     "linux.gidMappings": [{"containerID": 0, "hostID": 231072, "size": 65536}]})
+        proc = oci("run", "u1")
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.split() == ["0", "231072", "65536", "0"]
+    finally:
+        shutil.rmtree(reachable)
+
+
+def test_devices_mounts_and_start_container_hooks(oci: Oci, tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "note").write_text("from the host\n")
+    mounts = [*oci.config["mounts"],
+              {"destination": "/data", "type": "bind", "source": str(shared), "options": ["rbind", "ro"]},
+              {"destination": "/scratch", "type": "tmpfs", "source": "tmpfs", "options": ["size=1m", "mode=1770"]}]
+    hook = {"path": "/bin/sh", "args": ["sh", "-c", "echo started-inside > /scratch/hook"]}
+    oci.write(**{"process.args": ["sh", "-c", "ls -l /dev/fuse | cut -c1; cat /data/note; touch /data/x 2>&1; "
+                                  "stat -c %a /scratch; cat /scratch/hook; df -k /scratch | tail -1"],
+                 "mounts": mounts, "hooks": {"startContainer": [hook]},
+                 "linux.devices": [{"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229, "fileMode": 438}]})
+    proc = oci("run", "m1")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "c" and lines[1] == "from the host"
+    assert "Read-only file system" in lines[2]
+    assert lines[3] == "1770" and lines[4] == "started-inside"
+    assert lines[5].split()[1] == "1024"
