@@ -340,8 +340,8 @@ def test_devices_mounts_and_start_container_hooks(oci: Oci, tmp_path: Path) -> N
               {"destination": "/data", "type": "bind", "source": str(shared), "options": ["rbind", "ro"]},
               {"destination": "/scratch", "type": "tmpfs", "source": "tmpfs", "options": ["size=1m", "mode=1770"]}]
     hook = {"path": "/bin/sh", "args": ["sh", "-c", "echo started-inside > /scratch/hook"]}
-    oci.write(**{"process.args": ["sh", "-c", "ls -l /dev/fuse | cut -c1; cat /data/note; touch /data/x 2>&1; "
-                                  "stat -c %a /scratch; cat /scratch/hook; df -k /scratch | tail -1"],
+    oci.write(**{"process.args": ["sh", "-c", ("ls -l /dev/fuse | cut -c1; cat /data/note; touch /data/x 2>&1; "
+                                  "stat -c %a /scratch; cat /scratch/hook; df -k /scratch | tail -1")],
                  "mounts": mounts, "hooks": {"startContainer": [hook]},
                  "linux.devices": [{"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229, "fileMode": 438}]})
     proc = oci("run", "m1")
