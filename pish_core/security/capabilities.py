@@ -124,8 +124,11 @@ def set_process_caps(caps: Iterable[str], effective: Iterable[str] | None = None
         wanted = mask(permitted) & held
         native.capset(mask(effective or ()) & wanted, wanted, mask(inheritable))
         native.prctl(native.PR_CAP_AMBIENT, native.PR_CAP_AMBIENT_CLEAR_ALL)
-        for name in ambient:  # ambient needs the capability permitted and inheritable
-            native.prctl(native.PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, NUMBERS[name])
+        for name in ambient:  # ambient needs the capability permitted and inheritable: without, as runc,
+            try:  # the capability is left out (`runc spec` itself asks for ambient, no inheritable)
+                native.prctl(native.PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, NUMBERS[name])
+            except PermissionError:
+                pass
         return
     target = mask(caps) & held if os.geteuid() == 0 else 0
     native.capset(target, target, 0)

@@ -351,3 +351,12 @@ def test_devices_mounts_and_start_container_hooks(oci: Oci, tmp_path: Path) -> N
     assert "Read-only file system" in lines[2]
     assert lines[3] == "1770" and lines[4] == "started-inside"
     assert lines[5].split()[1] == "1024"
+
+
+def test_ambient_capabilities_without_inheritable_ones_are_left_out_as_runc_does(oci: Oci) -> None:
+    caps = ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]  # what `runc spec` writes
+    oci.write(**{"process.args": ["grep", "CapAmb", "/proc/self/status"],
+                 "process.capabilities": {k: caps for k in ("bounding", "effective", "permitted", "ambient")}})
+    proc = oci("run", "a1")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["CapAmb:", "0000000000000000"]
