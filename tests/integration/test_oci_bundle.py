@@ -360,3 +360,23 @@ def test_ambient_capabilities_without_inheritable_ones_are_left_out_as_runc_does
     proc = oci("run", "a1")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["CapAmb:", "0000000000000000"]
+
+
+def test_oom_score_domainname_groups_and_no_new_privileges(oci: Oci) -> None:
+    oci.write(**{"process.args": ["sh", "-c", ("cat /proc/self/oom_score_adj; cat /proc/sys/kernel/domainname; id -G; "
+                                  "grep NoNewPrivs /proc/self/status")],
+                 "process.oomScoreAdj": 500, "domainname": "example.org", "process.noNewPrivileges": True,
+                 "process.user": {"uid": 0, "gid": 0, "additionalGids": [10, 20]}})
+    proc = oci("run", "o1")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "500" and lines[1] == "example.org"
+    assert set(lines[2].split()) == {"0", "10", "20"}
+    assert lines[3].split() == ["NoNewPrivs:", "1"]
+
+
+def test_a_hook_past_its_timeout_is_killed_and_fails_create(oci: Oci) -> None:
+    oci.write(hooks={"prestart": [{"path": "/bin/sleep", "args": ["sleep", "30"], "timeout": 1}]})
+    proc = oci("create", "h1")
+    assert proc.returncode == 1 and "prestart hook /bin/sleep timed out after 1 s" in proc.stderr
+    assert oci.states() == []
