@@ -18,7 +18,9 @@ from typing import Any
 import pytest
 from helpers.containers import run_detached
 
-from pish_core import names
+from pish_core import names, state
+from pish_core.drivers import RunContext
+from pish_core.spec import ContainerSpec, DriverChoice, Process, Resources
 from pish_drivers.limits.systemd import SystemdLimits
 
 WHY_NOT = SystemdLimits.check()
@@ -117,9 +119,10 @@ def test_oom_kill_exits_137_and_is_reported(pish, busybox_tar, leaks, attempt):
     leaks.assert_clean()
 
 
-def test_sigkill_of_the_supervisor_then_gc_stops_the_scope(pish, pish_env, busybox_tar, leaks):
+def test_sigkill_of_the_supervisor_then_gc_leaves_nothing(pish, pish_env, busybox_tar, leaks):
+    # The container dies with its supervisor (PDEATHSIG), so systemd stops the scope by itself; gc then
+    # finds the scope gone and only forgets the record.
     cid = run_detached(pish, *SYSTEMD, "--memory", "32m", str(busybox_tar), "sleep", "600")
-    unit = names.systemd_scope(cid)
     record = json.loads((pish_env.root / "containers" / cid / "state.json").read_text())
     os.kill(record["supervisor_pid"], signal.SIGKILL)
     deadline = time.monotonic() + SLOW
@@ -127,14 +130,42 @@ def test_sigkill_of_the_supervisor_then_gc_stops_the_scope(pish, pish_env, busyb
             Path(f"/proc/{record['supervisor_pid']}/stat").read_text().split()[2] != "Z":
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    assert show(unit, "ActiveState")["ActiveState"] == "active"  # the container outlives its supervisor
-    gc = pish("gc", check=True, timeout=SLOW)
-    assert f"removing scope {unit}" in gc.stderr, gc.stderr
-    assert not Path(f"/proc/{record['pid']}").exists() or \
-        Path(f"/proc/{record['pid']}/stat").read_text().split()[2] == "Z"
+    pish("gc", check=True, timeout=SLOW)
     pish("rm", "-f", cid, timeout=SLOW)
     nothing_left()
     leaks.assert_clean()
+
+
+def test_release_from_the_journal_stops_a_scope_with_processes(tmp_path, monkeypatch):
+    """What `pish gc` does for a scope that still holds processes: KillUnit, StopUnit, from the record alone.
+    A plain `sleep` stands in for the container."""
+    monkeypatch.setenv("PISH_ROOT", str(tmp_path / "run"))
+    spec = ContainerSpec(id=names.new_id(), name="sd-direct", image="none", process=Process(args=("sleep",)),
+                         hostname="sd-direct", limits=DriverChoice("systemd"),
+                         resources=Resources(memory=32 << 20, pids_limit=10))
+    journal = state.create(state.ContainerState(id=spec.id, name="sd-direct", image="none", command=[]))
+    unit = names.systemd_scope(spec.id)
+    sleeper = subprocess.Popen(["sleep", "600"])
+    try:
+        limits = SystemdLimits()
+        limits.validate(spec)
+        with limits.apply(RunContext(spec, journal), sleeper.pid) as group:
+            (record,) = state.ContainerState.load(spec.id).resources
+            assert record == {"kind": "limits", "driver": "systemd", "what": "scope", "unit": unit,
+                              "bus": "system", "path": f"/sys/fs/cgroup/pish.slice/{unit}"}
+            assert show(unit, "ActiveState", "MemoryMax", "TasksMax") == {
+                "ActiveState": "active", "MemoryMax": str(32 << 20), "TasksMax": "10"}
+            assert group.pids() == [sleeper.pid]
+            SystemdLimits().release(record)  # another process, as `pish gc`, from the record alone
+            assert sleeper.wait(timeout=SLOW) == -signal.SIGKILL
+            assert unit not in pish_units()
+            SystemdLimits().release(record)  # idempotent
+        # ...and the run's own release, on the way out, finds nothing left to do
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        journal.close()
+    nothing_left()
 
 
 def test_two_containers_share_the_slice(pish, busybox_tar, leaks):
