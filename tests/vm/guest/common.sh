@@ -43,7 +43,8 @@ host_facts() {
         echo "kernel: $(uname -r)"
         echo "os: $(. /etc/os-release; echo "$PRETTY_NAME") (debian_version $(cat /etc/debian_version))"
         echo "python3: $(python3 --version 2>&1) at $(command -v python3)"
-        echo "systemd: $(systemctl --version | head -n1); PID 1: $(cat /proc/1/comm)"
+        echo "systemd: $(systemctl --version | head -n1); PID 1: $(cat /proc/1/comm);" \
+             "is-system-running: $(systemctl is-system-running 2>&1); failed units: $(systemctl --failed --plain --no-legend | wc -l)"
         echo "cgroup fs at /sys/fs/cgroup: $(stat -fc %T /sys/fs/cgroup)"
         echo "cgroup.controllers: $(cat /sys/fs/cgroup/cgroup.controllers 2>/dev/null)"
         echo "cgroup.subtree_control: $(cat /sys/fs/cgroup/cgroup.subtree_control 2>/dev/null)"
