@@ -32,6 +32,15 @@ class ExecError(PishError):
         self.exit_code = exit_code
 
 
+class InitError(Exception):
+    """A failure inside the container's init, before exec: its message and exit code travel to the parent
+    on the init's error pipe (126/127 as a shell gives them; 125 for the rest)."""
+
+    def __init__(self, message: str, code: int = 125) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 class Interrupted(PishError):
     """pish got SIGINT/SIGTERM/SIGHUP before the container ran; everything made so far is undone."""
 

@@ -23,16 +23,11 @@ from pathlib import Path
 from typing import NoReturn
 
 from pish_core import mounts, native, ocisetup, user, userns
+from pish_core.errors import InitError
 from pish_core.security import devices, enforce
 from pish_core.spec import ContainerSpec, Mount, Process, Security, container_env
 
 _NOSUID_NODEV_NOEXEC = native.MS_NOSUID | native.MS_NODEV | native.MS_NOEXEC
-
-
-class InitError(Exception):
-    def __init__(self, message: str, code: int = 125) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def setup_stdio(stdio: tuple[int, int, int], console: int | None, preserve_fds: int = 0,

@@ -18,7 +18,7 @@ from typing import cast
 from pish_core import log, paths, proc, state
 from pish_core.drivers import Child, Isolation, Limits, load
 from pish_core.errors import PishError, StateError
-from pish_core.mounts import resolve_in_root
+from pish_core.rootpath import resolve_in_root
 from pish_core.spec import ContainerSpec, Process, container_env
 
 _log = log.get("lifecycle")

@@ -3,8 +3,8 @@ and ``detach``, the idempotent unmount every driver's release needs.
 
 The destination is a path *inside* the container, so it must be resolved the way the container will see
 it: an absolute symlink in the image (``/data -> /etc``) means the container's /etc, never the host's.
-``resolve_in_root`` walks the path one component at a time and keeps every step inside the root, as
-runc's filepath-securejoin does.
+``rootpath.resolve_in_root`` walks the path one component at a time and keeps every step inside the
+root, as runc's filepath-securejoin does.
 """
 from __future__ import annotations
 
@@ -16,9 +16,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from pish_core import native
+from pish_core.rootpath import resolve_in_root
 from pish_core.spec import Mount
-
-_MAX_LINKS = 40  # like the kernel's ELOOP limit
 
 _FLAGS = {"ro": native.MS_RDONLY, "nosuid": native.MS_NOSUID, "nodev": native.MS_NODEV,
           "noexec": native.MS_NOEXEC, "rbind": native.MS_BIND | native.MS_REC, "bind": native.MS_BIND,
@@ -45,33 +44,6 @@ def detach(path: Path, log: logging.Logger) -> None:
             raise
         return
     log.info("unmounted %s", path)
-
-
-def resolve_in_root(root: Path, path: str) -> Path:
-    """The host path of container path ``path``, following symlinks as if ``root`` were ``/``."""
-    parts = [p for p in path.split("/") if p]
-    resolved: list[str] = []
-    links = 0
-    while parts:
-        part = parts.pop(0)
-        if part == ".":
-            continue
-        if part == "..":
-            if resolved:
-                resolved.pop()
-            continue
-        candidate = root.joinpath(*resolved, part)
-        if candidate.is_symlink():
-            links += 1
-            if links > _MAX_LINKS:
-                raise OSError(40, "too many levels of symbolic links", path)
-            target = os.readlink(candidate)
-            if target.startswith("/"):
-                resolved = []
-            parts = [p for p in target.split("/") if p] + parts
-            continue
-        resolved.append(part)
-    return root.joinpath(*resolved)
 
 
 def _make_target(target: Path, like_dir: bool) -> None:

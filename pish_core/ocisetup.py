@@ -12,7 +12,9 @@ import stat
 from collections.abc import Iterable
 from pathlib import Path
 
-from pish_core import mounts, native, userns
+from pish_core import native, userns
+from pish_core.errors import InitError
+from pish_core.rootpath import resolve_in_root
 from pish_core.security import devices as device_lists
 from pish_core.spec import ContainerSpec, Device, Process
 
@@ -43,7 +45,7 @@ def make_devices(root: Path, extra: Iterable[Device]) -> None:
     nodes = [Device(f"/dev/{name}", "c", major, minor) for name, major, minor in device_lists.NODES]
     in_userns = userns.running_in_userns()
     for dev in [*nodes, *extra]:
-        target = mounts.resolve_in_root(root, dev.path)
+        target = resolve_in_root(root, dev.path)
         target.parent.mkdir(parents=True, exist_ok=True)
         if in_userns:
             if not target.exists():
@@ -86,8 +88,6 @@ def set_process_limits(process: Process) -> None:
 
 def look_path(command: str, env: dict[str, str]) -> None:
     """Refuse a command that cannot be executed, before the container waits for ``start``."""
-    from pish_core.init import InitError
-
     candidates = [command] if "/" in command else [os.path.join(d or ".", command)
                                                    for d in env.get("PATH", "").split(":")]
     for path in candidates:

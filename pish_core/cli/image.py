@@ -35,10 +35,10 @@ def image() -> None:
 def import_(name: str | None, quiet: bool, log_level: str, path: Path) -> None:
     """Import PATH: an OCI image layout (directory or tar), a `docker save` archive, or a rootfs tar or
     directory. Layers already in the store are not unpacked again."""
-    from pish_core.image import store
+    from pish_core.image import importer
 
     log.setup("warning" if quiet else log_level)
-    for img in store.import_path(path, name, quiet=quiet):
+    for img in importer.import_path(path, name, quiet=quiet):
         click.echo(img.id if quiet else f"{img.short_id} {' '.join(img.names) or '<untagged>'}")
 
 

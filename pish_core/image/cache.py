@@ -68,7 +68,9 @@ def resolve(image: str) -> Resolved:
     img = _remembered(key)
     if img is not None:
         return Resolved(img.id, img.layer_dirs(), img.config)
-    imported = store.import_path(path)
+    from pish_core.image import importer  # lazy: a remembered archive needs no importer
+
+    imported = importer.import_path(path)
     if len(imported) != 1:
         raise ImageError(f"{path} holds {len(imported)} images: import it with `pish image import` "
                          f"and run one of them by name")

@@ -5,7 +5,7 @@ Four kinds, told apart by what they hold:
 - an OCI image layout (``oci-layout``, ``index.json``, ``blobs/sha256/...``), as a directory or a tar;
 - a ``docker save`` archive (``manifest.json``, a config and one tar per layer), as a tar or directory;
 - a plain root filesystem tar (anything else that is a tar), a layer of its own;
-- a plain root filesystem directory (see ``store.import_path``).
+- a plain root filesystem directory (see ``importer.import_path``).
 
 This module only reads and checks the JSON; the store verifies digests while it unpacks. Every path an
 archive names is looked up inside the archive (a tar member, or a file below the directory that is no

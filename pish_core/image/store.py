@@ -158,16 +158,6 @@ def lookup(ref: str) -> Image:
     return img
 
 
-# -- importing (importer.py) -------------------------------------------------------------------------
-
-
-def import_path(path: Path, name: str | None = None, *, quiet: bool = False) -> list[Image]:
-    """Import the image(s) at ``path``: see importer.py. Layers already in the store are not read again."""
-    from pish_core.image.importer import import_path as import_images
-
-    return import_images(path, name, quiet=quiet)
-
-
 # -- removing ----------------------------------------------------------------------------------------
 
 

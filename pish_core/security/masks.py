@@ -24,7 +24,7 @@ READONLY = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trig
 def mask(root: Path, paths: Iterable[str]) -> None:
     """Hide each of ``paths`` (container paths) that exists under ``root``."""
     from pish_core import native
-    from pish_core.mounts import resolve_in_root
+    from pish_core.rootpath import resolve_in_root
 
     null = root / "dev" / "null"
     for path in paths:
@@ -40,7 +40,7 @@ def mask(root: Path, paths: Iterable[str]) -> None:
 def make_readonly(root: Path, paths: Iterable[str]) -> None:
     """Bind each of ``paths`` that exists onto itself, read-only."""
     from pish_core import native
-    from pish_core.mounts import resolve_in_root
+    from pish_core.rootpath import resolve_in_root
 
     for path in paths:
         target = resolve_in_root(root, path)

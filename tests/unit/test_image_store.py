@@ -19,7 +19,7 @@ from fixtures.images import imagebuild as ib
 
 from pish_core import paths, state
 from pish_core.errors import ImageError, SpecError
-from pish_core.image import cache, config, flatten, store, whiteout
+from pish_core.image import cache, config, flatten, importer, store, whiteout
 from pish_core.image.progress import Progress
 from pish_core.spec import User
 from pish_core.user import resolve as resolve_user
@@ -151,7 +151,7 @@ def two_layers() -> tuple[bytes, bytes]:
 @needs_root
 def test_oci_whiteouts_become_overlayfs_whiteouts(pish_env: object, tmp_path: Path, two_layers: tuple[bytes, bytes]) -> None:
     ib.oci_layout(tmp_path / "oci", list(two_layers), tag="v1")
-    [img] = store.import_path(tmp_path / "oci", "hand:v1")
+    [img] = importer.import_path(tmp_path / "oci", "hand:v1")
     assert img.names == ["hand:v1"] and len(img.layers) == 2
     bottom, top = img.layer_dirs()
     assert whiteout.is_whiteout(os.lstat(top / "etc" / "gone"))
@@ -177,12 +177,12 @@ def test_layers_are_shared_between_formats(pish_env: object, tmp_path: Path, two
     ib.docker_archive(tmp_path / "saved.tar", layers, repo_tag="docker.io/hand/saved:v2")
     with tarfile.open(tmp_path / "oci.tar", "w") as t:
         t.add(tmp_path / "oci", arcname=".")
-    [a] = store.import_path(tmp_path / "oci", "hand:oci")
+    [a] = importer.import_path(tmp_path / "oci", "hand:oci")
     before = {p: p.stat().st_mtime_ns for p in paths.layers_dir().iterdir()}
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="pish"):
-        [b] = store.import_path(tmp_path / "saved.tar")
-        [c] = store.import_path(tmp_path / "oci.tar")
+        [b] = importer.import_path(tmp_path / "saved.tar")
+        [c] = importer.import_path(tmp_path / "oci.tar")
     assert a.id == b.id == c.id  # one config, one image, whatever the wrapping
     assert c.names == ["hand/saved:v2", "hand:oci", "oci:latest"]
     assert {p: p.stat().st_mtime_ns for p in paths.layers_dir().iterdir()} == before
@@ -216,11 +216,11 @@ def test_directory_import_goes_through_the_same_checks(pish_env: object, tmp_pat
     root = tmp_path / "rootfs"
     (root / "etc").mkdir(parents=True)
     (root / "etc" / "hostname").write_text("box\n")
-    [img] = store.import_path(root, "dir:1")
+    [img] = importer.import_path(root, "dir:1")
     assert (img.layer_dirs()[0] / "etc" / "hostname").read_text() == "box\n"
     os.mkfifo(root / "etc" / "fifo")
     with pytest.raises(ImageError, match="etc/fifo"):
-        store.import_path(root, "dir:2")
+        importer.import_path(root, "dir:2")
 
 
 @needs_root
@@ -231,12 +231,12 @@ def test_umoci_style_layer_without_end_blocks(pish_env: object, tmp_path: Path) 
         end = t.getmember("x/f").offset_data + 6
     cut = full[:end]  # the file's data, then nothing: no padding, no end-of-archive blocks
     ib.oci_layout(tmp_path / "oci", [cut])
-    [img] = store.import_path(tmp_path / "oci")
+    [img] = importer.import_path(tmp_path / "oci")
     assert (img.layer_dirs()[0] / "x" / "f").read_bytes() == b"fresh\n"
     truncated = full[:end - 3]  # the data itself cut short: refused
     ib.oci_layout(tmp_path / "bad", [truncated])
     with pytest.raises(ImageError, match="truncated|unexpected end"):
-        store.import_path(tmp_path / "bad")
+        importer.import_path(tmp_path / "bad")
 
 
 # -- what is verified ---------------------------------------------------------------------------------
@@ -265,7 +265,7 @@ def _corrupt(case: str, root: Path, layers: list[bytes]) -> None:
 def test_digests_are_verified(pish_env: object, tmp_path: Path, two_layers: tuple[bytes, bytes], case: str) -> None:
     _corrupt(case, tmp_path / "oci", list(two_layers))
     with pytest.raises(ImageError) as err:
-        store.import_path(tmp_path / "oci")
+        importer.import_path(tmp_path / "oci")
     want = {"blob": "corrupt", "diff_id": "corrupt", "config": "digest", "manifest": "digest", "count": "diff_ids"}
     assert want[case] in str(err.value)
     assert store_entries() <= {f"layers/{ib.sha(two_layers[0])}"}  # at most the good bottom layer stays
@@ -310,7 +310,7 @@ def test_hostile_layers_are_refused(pish_env: object, tmp_path: Path, fmt: str, 
         (tmp_path / "img").write_bytes(bad)
     before = sorted((str(p), p.lstat().st_mtime_ns) for p in tmp_path.rglob("*") if "pish-" not in str(p))
     with pytest.raises(ImageError) as err:
-        store.import_path(tmp_path / "img")
+        importer.import_path(tmp_path / "img")
     assert repr(culprit) in str(err.value), str(err.value)
     after = sorted((str(p), p.lstat().st_mtime_ns) for p in tmp_path.rglob("*") if "pish-" not in str(p))
     assert after == before, "the import wrote outside the store"
@@ -336,9 +336,9 @@ def test_rm_refuses_an_image_in_use_and_collects_unused_layers(pish_env: object,
     base, top = two_layers
     ib.oci_layout(tmp_path / "one", [base])
     ib.oci_layout(tmp_path / "two", [base, top])
-    [one] = store.import_path(tmp_path / "one", "one:1")
-    [two] = store.import_path(tmp_path / "two", "two:1")
-    store.import_path(tmp_path / "two", "two:alias")
+    [one] = importer.import_path(tmp_path / "one", "one:1")
+    [two] = importer.import_path(tmp_path / "two", "two:1")
+    importer.import_path(tmp_path / "two", "two:alias")
     assert store.remove("two:alias") == ["untagged two:alias"]  # another name is left: untag only
     _fake_container("busy", two.id)
     with pytest.raises(ImageError, match="in use by container busy"):
