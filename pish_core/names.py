@@ -79,6 +79,12 @@ def systemd_scope(cid: str) -> str:
     return f"pish-{cid}.scope"
 
 
+def systemd_container_slice(cid: str) -> str:
+    """The slice a container's scope is in (``systemd`` limits driver): ``pish-<id>.slice``, which systemd
+    nests in ``pish.slice`` (each ``-`` of a slice's name is a level)."""
+    return f"pish-{cid}.slice"
+
+
 _ADJECTIVES = ("agile", "brave", "calm", "clever", "eager", "fond", "gentle", "happy", "jolly", "keen",
                "lucid", "merry", "nifty", "proud", "quiet", "silly", "sleepy", "swift", "tender", "witty")
 _NOUNS = ("albatross", "badger", "beaver", "bison", "crane", "dingo", "falcon", "gecko", "heron", "ibis",

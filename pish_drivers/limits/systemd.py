@@ -10,29 +10,35 @@ someone else started: we start the container's first process, then hand it to sy
 
 How the scope maps onto the cgroup tree::
 
-    pish.slice                          every container's scope is in it: /sys/fs/cgroup/pish.slice
-    pish.slice/pish-<id>.scope          the container's cgroup; systemd writes its limits:
-        MemoryMax=50331648                  memory.max
-        CPUQuotaPerSecUSec=500000           cpu.max "50000 100000" (with CPUQuotaPeriodUSec=100ms)
-        TasksMax=20                         pids.max
-        AllowedCPUs=<bitmask>               cpuset.cpus  ...
+    pish.slice                                   every container's slice is in it
+    pish.slice/pish-<id>.slice                   the container's slice, made with its scope
+    pish.slice/pish-<id>.slice/pish-<id>.scope   the container's cgroup; systemd writes its limits:
+        MemoryMax=50331648                           memory.max
+        CPUQuotaPerSecUSec=500000                    cpu.max "50000 100000" (CPUQuotaPeriodUSec=100ms)
+        TasksMax=20                                  pids.max
+        AllowedCPUs=<bitmask>                        cpuset.cpus  ...
 
 systemd tells where the cgroup is (the scope's ``ControlGroup`` property, joined to /sys/fs/cgroup). The
 scope is made with ``Delegate=yes``: systemd leaves what is *below* it to us, so a container may make
 cgroups of its own. What systemd has no property for (``--limit io.latency=...``, or ``AllowedCPUs`` on a
 systemd older than 244) pish writes into the scope's files itself, as runc does.
 
+Why a slice per container: when a scope's last process exits, systemd stops the scope and removes its
+cgroup at once, often before pish has reaped the process, and with it ``memory.events``, where the kernel
+counts OOM kills (the race that makes cri-o and containerd miss OOM kills under systemd). The kernel also
+counts them in every ancestor's ``memory.events``; the container's own slice stays until pish releases
+it, so the count is read there once the scope is gone.
+
 The rest of the life of a scope:
 
 - A user's ``systemctl stop pish-<id>.scope`` stops the container (SIGTERM, then SIGKILL).
-- When the container's last process exits, systemd stops the scope and removes its cgroup at once, so the
-  OOM killer's count in ``memory.events`` is read while the container runs (``_OomWatch``), not after.
-- ``release`` (``pish rm``, ``pish gc``): ``KillUnit`` SIGKILL, ``StopUnit`` and wait for the job,
-  ``ResetFailedUnit``; if the cgroup is still there (systemd could not be reached), ``cgroup.kill`` and rmdir.
-- ``pish.slice`` is made with the first scope (an auxiliary unit of its ``StartTransientUnit``) with
-  ``StopWhenUnneeded=yes``: systemd itself stops and forgets it once no scope needs it, so no lock is needed
-  between two pish runs and nothing of pish's stays in ``systemctl list-units`` (podman leaves its
-  ``machine.slice`` behind; that one is shared with systemd-machined, pish.slice is ours alone).
+- ``release`` (``pish rm``, ``pish gc``): ``KillUnit`` SIGKILL on the scope, ``StopUnit`` on the slice (and
+  so on the scope in it) and wait for the job, ``ResetFailedUnit``; if the cgroup is still there (systemd
+  could not be reached), ``cgroup.kill`` and rmdir.
+- ``pish.slice`` is made with the first container (an auxiliary unit of its ``StartTransientUnit``) with
+  ``StopWhenUnneeded=yes``: systemd itself stops and forgets it once no container's slice needs it, so no
+  lock is needed between two pish runs and nothing of pish's stays in ``systemctl list-units`` (podman leaves
+  its ``machine.slice`` behind; that one is shared with systemd-machined, pish.slice is ours alone).
 
 For rootless pish the manager is the user's own systemd (``systemctl --user``), and the slice is
 ``pish.slice`` below ``user@UID.service``. jeepney is imported only when the driver talks to systemd.
@@ -43,14 +49,12 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import select
 import signal
-import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pish_core import names, paths
 from pish_core.drivers import Group, Limits, RunContext
@@ -90,8 +94,6 @@ INFINITY = 2**64 - 1
 #: whole unit for a property they do not know). Where a limit has a cgroup file, pish writes that instead.
 SINCE = {"CollectMode": 236, "MemoryMin": 240, "CPUQuotaPeriodUSec": 242, "AllowedCPUs": 244,
          "AllowedMemoryNodes": 244, "OOMPolicy": 253}
-#: How often the OOM watch looks again without being woken (it is woken by every change of the files).
-OOM_POLL_MS = 1000
 
 
 def booted() -> bool:
@@ -221,6 +223,7 @@ def unit_properties(spec: ContainerSpec, pid: int, version: int,
 
 
 def slice_properties() -> list[Property]:
+    """pish.slice's: systemd stops (and forgets) it by itself once no container's slice needs it."""
     return [("Description", ("s", "pish containers")), ("StopWhenUnneeded", ("b", True))]
 
 
@@ -241,11 +244,11 @@ _UNIT_NAME = re.compile(r"[A-Za-z0-9:_.\\-]{1,255}")
 
 
 def scope_and_slice(spec: ContainerSpec, user: bool) -> tuple[str, str]:
-    """The container's scope and the slice it goes in: ``pish-<id>.scope`` in ``pish.slice``, or what an
-    OCI config's cgroupsPath ``slice:prefix:name`` says, read as runc's --systemd-cgroup reads it
+    """The container's scope and the slice it goes in: ``pish-<id>.scope`` in ``pish-<id>.slice``, or what
+    an OCI config's cgroupsPath ``slice:prefix:name`` says, read as runc's --systemd-cgroup reads it
     (``prefix-name.scope``; no slice: system.slice, or user.slice for a user's systemd)."""
     if not spec.cgroups_path:
-        return names.systemd_scope(spec.id), names.systemd_slice()
+        return names.systemd_scope(spec.id), names.systemd_container_slice(spec.id)
     if spec.cgroups_path.count(":") != 2:
         raise SpecError(f"{NAME}: cgroupsPath {spec.cgroups_path!r}: with systemd it is slice:prefix:name")
     parent, prefix, name = spec.cgroups_path.split(":")
@@ -272,53 +275,6 @@ def slice_path(slice_unit: str) -> str:
 # -- the group --------------------------------------------------------------------------------------
 
 
-class _OomWatch:
-    """Notices an OOM kill while the container runs. systemd removes a scope's cgroup as soon as its last
-    process exits, which may be before pish has reaped that process and looked at ``memory.events``. So a
-    thread waits in poll(2) on ``cgroup.events`` and ``memory.events`` (the kernel wakes it at each change
-    of either, ``populated 0`` included) and reads them each time: ``cgroup.events`` first, so that once it
-    says ``populated 0`` the ``memory.events`` read after it has counted every kill there was."""
-
-    def __init__(self, cgroup: Path) -> None:
-        self.cgroup = cgroup
-        self.seen = False
-        self.done = threading.Event()  # set once the thread knows all it will know
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="pish-oom-watch", daemon=True)
-
-    def __enter__(self) -> Self:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=OOM_POLL_MS / 1000 + 1)
-
-    def _run(self) -> None:
-        fds: list[int] = []
-        try:
-            for name in ("cgroup.events", "memory.events"):
-                fds.append(os.open(self.cgroup / name, os.O_RDONLY | os.O_CLOEXEC))
-            poller = select.poll()
-            for fd in fds:
-                poller.register(fd, select.POLLPRI)
-            while not self._stop.is_set():
-                # Reading a file is also how the kernel learns we have seen its last change.
-                empty = "populated 0" in os.pread(fds[0], 4096, 0).decode()
-                if _oom_kills(os.pread(fds[1], 4096, 0).decode()):
-                    self.seen = True
-                    return
-                if empty:
-                    return
-                poller.poll(OOM_POLL_MS)
-        except OSError:
-            return  # no memory controller, or the cgroup is gone: nothing more to see
-        finally:
-            self.done.set()
-            for fd in fds:
-                os.close(fd)
-
-
 def _oom_kills(memory_events: str) -> int:
     for line in memory_events.splitlines():
         key, _, value = line.partition(" ")
@@ -328,16 +284,19 @@ def _oom_kills(memory_events: str) -> int:
 
 
 class SystemdGroup(CgroupV2Group):
-    def __init__(self, cgroup: Path, watch: _OomWatch, mounts: tuple[Any, ...] = ()) -> None:
+    def __init__(self, cgroup: Path, own_slice: bool, mounts: tuple[Any, ...] = ()) -> None:
         super().__init__(cgroup, mounts)
-        self.watch = watch
+        self.own_slice = own_slice
 
     def oom_killed(self) -> bool:
-        try:
-            return _oom_kills(read(self.cgroup / "memory.events")) > 0
-        except OSError:  # systemd removed the scope: what the watch saw before that
-            self.watch.done.wait(timeout=1.0)
-            return self.watch.seen
+        """The scope's OOM kill count, or once systemd removed the scope, its own slice's: the kernel
+        counts a kill in every ancestor too (the container's slice has nothing else in it)."""
+        for cgroup in (self.cgroup, self.cgroup.parent) if self.own_slice else (self.cgroup,):
+            try:
+                return _oom_kills(read(cgroup / "memory.events")) > 0
+            except OSError:
+                continue
+        return False
 
 
 # -- the driver -------------------------------------------------------------------------------------
@@ -404,15 +363,17 @@ class SystemdLimits(Limits):
         unit, slice_unit = scope_and_slice(ctx.spec, self.user)
         expected = _manager_cgroup(self.user) / slice_path(slice_unit) / unit
         bus = "user" if self.user else "system"
-        given = {"given": True} if ctx.spec.cgroups_path else {}  # an OCI config's cgroupsPath
-        # Journal first: if we die half-way, `pish gc` finds the unit's name and stops it.
+        # An OCI config's cgroupsPath names a slice of the engine's; else the container's slice is ours
+        mine = {"given": True} if ctx.spec.cgroups_path else {"slice": slice_unit}
+        # Journal first: if we die half-way, `pish gc` finds the units' names and stops them.
         with ctx.journal.held("limits", NAME, "scope", self.release, unit=unit, bus=bus,
-                              path=str(expected), **given) as record:
+                              path=str(expected), **mine) as record:
             with _connect(self.user) as manager:
                 props, writes = unit_properties(ctx.spec, pid, manager.version(), slice_unit)
                 log.info("creating scope %s in %s%s", unit, slice_unit,
                          f": {limits}" if (limits := summary(props)) else "")
-                _start_scope(manager, unit, slice_unit, props)
+                own_slice = [("Description", ("s", f"pish container {ctx.spec.name}"))]
+                _start_scope(manager, unit, props, None if ctx.spec.cgroups_path else own_slice)
                 cgroup = CGROUP_ROOT / str(manager.unit_property(unit, "Scope", "ControlGroup")).lstrip("/")
             if cgroup != expected:
                 ctx.journal.update(record, path=str(cgroup))
@@ -425,14 +386,13 @@ class SystemdLimits(Limits):
                 # DevicePolicy=/DeviceAllow=, and would attach it beside ours (BPF_F_ALLOW_MULTI) if it did.
                 allow_devices(cgroup, rules_for(ctx.spec.security.privileged, ctx.spec.security.device_rules))
             mounts = (CGROUP_MOUNT,) if ctx.spec.cgroupns == "private" else ()
-            with _OomWatch(cgroup) as watch:
-                yield SystemdGroup(cgroup, watch, mounts)
+            yield SystemdGroup(cgroup, not ctx.spec.cgroups_path, mounts)
 
     def join(self, record: dict[str, Any], pid: int) -> None:
         write(_live_cgroup(record) / "cgroup.procs", pid, NAME)  # as runc's exec does: the scope's now
 
     def group(self, record: dict[str, Any]) -> Group:
-        return CgroupV2Group(_live_cgroup(record))
+        return SystemdGroup(_live_cgroup(record), "slice" in record)
 
     def release(self, record: dict[str, Any]) -> None:
         unit = _owned_unit(record)
@@ -445,13 +405,14 @@ class SystemdLimits(Limits):
             log.warning("%s; removing %s without it", exc, unit)
         else:
             with manager:
-                _stop_scope(manager, unit)
-        if cgroup is not None and cgroup.is_dir():  # systemd could not be asked, or left it
-            log.info("removing cgroup %s", cgroup)
+                _stop(manager, unit, _owned_slice(record))
+        top = cgroup.parent if cgroup is not None and "slice" in record else cgroup  # the container's slice
+        if top is not None and top.is_dir():  # systemd could not be asked, or left it
+            log.info("removing cgroup %s", top)
             deadline = time.monotonic() + RELEASE_TIMEOUT
-            everything = subtree(cgroup)
-            if (cgroup / "cgroup.kill").exists():
-                write(cgroup / "cgroup.kill", 1, NAME)  # the kernel SIGKILLs the whole subtree, forks too
+            everything = subtree(top)
+            if (top / "cgroup.kill").exists():
+                write(top / "cgroup.kill", 1, NAME)  # the kernel SIGKILLs the whole subtree, forks too
             else:
                 kill_all(everything, deadline, NAME)  # before Linux 5.14
             remove_dirs(everything, deadline, NAME)  # retried while the kernel still counts a process
@@ -466,48 +427,56 @@ def _connect(user: bool) -> Manager:
     return Manager(user)
 
 
-def _start_scope(manager: Manager, unit: str, slice_unit: str, props: list[Property]) -> None:
-    """StartTransientUnit and wait for its job. The first scope also makes pish.slice; once that exists,
-    systemd refuses to make it again (UnitExists), and the scope is made alone. (Another slice, from an
-    OCI cgroupsPath, is not pish's: systemd makes it as it makes any slice a unit names.)"""
+def _start_scope(manager: Manager, unit: str, props: list[Property],
+                 own_slice: list[Property] | None) -> None:
+    """StartTransientUnit and wait for its job. With ``own_slice`` (its properties) the container's slice is
+    made with it, and the first container's also makes pish.slice; once that exists, systemd refuses to
+    make it again (UnitExists), and the two are made without it. (A slice from an OCI cgroupsPath is the
+    engine's: systemd makes it as it makes any slice a unit names.)"""
     from pish_drivers.limits.systemd_dbus import UNIT_EXISTS, BusError
 
+    slice_unit = dict(props)["Slice"][1]
+    aux = [] if own_slice is None else [(slice_unit, own_slice)]
     try:
-        aux = [(slice_unit, slice_properties())] if slice_unit == names.systemd_slice() else []
-        job = manager.start_transient_unit(unit, props, aux)
+        job = manager.start_transient_unit(unit, props, [(names.systemd_slice(), slice_properties()), *aux]
+                                           if aux else [])
     except BusError as exc:
         if exc.name != UNIT_EXISTS or not aux:
             raise
-        job = manager.start_transient_unit(unit, props)
+        job = manager.start_transient_unit(unit, props, aux)
     result = manager.wait_job(job)
     if result != "done":
         raise DriverError(f"{NAME}: systemd could not start {unit} ({result}); see `journalctl -u {unit}`")
 
 
-def _stop_scope(manager: Manager, unit: str) -> None:
-    """SIGKILL what is left in the scope, stop it and wait, forget it if it failed. A unit systemd does not
-    know (NoSuchUnit) is already gone: systemd stops a scope by itself when its last process exits."""
+def _stop(manager: Manager, unit: str, slice_unit: str | None) -> None:
+    """SIGKILL what is left in the scope, stop the container's slice (and so the scope in it) or else the
+    scope, wait for that, and forget them if they failed. A unit systemd does not know (NoSuchUnit) is
+    gone already: systemd stops a scope by itself when its last process exits."""
     from pish_drivers.limits.systemd_dbus import NO_SUCH_UNIT, BusError
 
     try:
         manager.kill_unit(unit, signal.SIGKILL)
+        log.info("removing scope %s", unit)
     except BusError as exc:
         if exc.name != NO_SUCH_UNIT:
             raise
-        log.debug("scope %s is already gone", unit)
-        return
-    log.info("removing scope %s", unit)
+        log.debug("scope %s is gone already", unit)
+    top = slice_unit or unit
     try:
-        job = manager.stop_unit(unit)
+        job = manager.stop_unit(top)
     except BusError as exc:
         if exc.name != NO_SUCH_UNIT:
             raise
-        return  # it emptied and systemd collected it between the two calls
+        return
+    if slice_unit:
+        log.info("removing slice %s", slice_unit)
     result = manager.wait_job(job)
     if result not in ("done", "canceled"):  # canceled: a stop of its own (the scope emptied) came first
-        raise DriverError(f"{NAME}: systemd could not stop {unit} ({result}); try `pish gc` later")
-    with contextlib.suppress(BusError):  # NoSuchUnit: collected already
-        manager.reset_failed_unit(unit)
+        raise DriverError(f"{NAME}: systemd could not stop {top} ({result}); try `pish gc` later")
+    for name in (unit, slice_unit or unit):
+        with contextlib.suppress(BusError):  # NoSuchUnit: collected already
+            manager.reset_failed_unit(name)
 
 
 def _manager_cgroup(user: bool) -> Path:
@@ -539,13 +508,24 @@ def _owned_unit(record: dict[str, Any]) -> str:
     raise DriverError(f"{NAME}: refusing to stop {unit!r}: it is not a pish container scope")
 
 
+def _owned_slice(record: dict[str, Any]) -> str | None:
+    """The container's own slice of a record, ``pish-<id>.slice`` beside its ``pish-<id>.scope``."""
+    if "slice" not in record:
+        return None
+    unit = _owned_unit(record)
+    if record["slice"] != unit.removesuffix(".scope") + ".slice" or record.get("given"):
+        raise DriverError(f"{NAME}: refusing to stop {record['slice']!r}: it is not a pish container slice")
+    return str(record["slice"])
+
+
 def _owned_path(record: dict[str, Any], unit: str) -> Path | None:
-    """The record's cgroup if it is the unit's, below /sys/fs/cgroup (in pish.slice, unless ``given``)."""
+    """The record's cgroup if it is the unit's, below /sys/fs/cgroup (in its own slice in pish.slice,
+    unless ``given``)."""
     if record.get("path") is None:
         return None
     cgroup = Path(str(record["path"]))
     slice_ok = cgroup.parent.name.endswith(".slice") if record.get("given") else \
-        cgroup.parent.name == names.systemd_slice()
+        cgroup.parent.name == _owned_slice(record) and cgroup.parent.parent.name == names.systemd_slice()
     if cgroup.name != unit or not slice_ok or not cgroup.is_relative_to(CGROUP_ROOT) or ".." in cgroup.parts:
         raise DriverError(f"{NAME}: refusing to remove {cgroup}: it is not a pish container scope")
     return cgroup

@@ -52,7 +52,11 @@ class FakeSystemd:
             c if c.isalnum() else f"_{ord(c):02x}" for c in name)
 
     def cgroup(self, name: str) -> Path:
-        return self.root / "pish.slice" / name
+        """Where systemd puts a unit's cgroup: in its slice's, each ``-`` of a slice's name a level."""
+        if name.endswith(".slice"):
+            parts = name.removesuffix(".slice").split("-")
+            return self.root.joinpath(*("-".join(parts[: i + 1]) + ".slice" for i in range(len(parts))))
+        return self.cgroup(self.units[name].get("Slice", ("s", "pish.slice"))[1]) / name
 
     # -- the manager ------------------------------------------------------------------------------
 
@@ -80,7 +84,7 @@ class FakeSystemd:
             return [new_method_return(msg, "v", (("s", self.version),))]
         path = msg.header.fields[1]  # HeaderFields.path
         name = next(n for n in self.units if self.unit_path(n) == path)
-        return [new_method_return(msg, "v", (("s", f"/pish.slice/{name}"),))]
+        return [new_method_return(msg, "v", (("s", "/" + str(self.cgroup(name).relative_to(self.root))),))]
 
     def _GetUnit(self, msg: Any, name: str) -> list[Any]:
         self.units[name]  # KeyError: NoSuchUnit
@@ -98,6 +102,7 @@ class FakeSystemd:
         cgroup.mkdir(parents=True)
         for file, text in SCOPE_FILES.items():
             (cgroup / file).write_text(text)
+        (cgroup.parent / "memory.events").write_text(SCOPE_FILES["memory.events"])  # its slice counts too
         if "MemoryMax" in self.units[name]:
             (cgroup / "memory.max").write_text(str(self.units[name]["MemoryMax"][1]))
         return self._job(msg, name, "done")
@@ -109,12 +114,13 @@ class FakeSystemd:
     def _StopUnit(self, msg: Any, name: str, mode: str) -> list[Any]:
         self.units[name]
         if self.stop_result == "done":
-            del self.units[name]
             shutil.rmtree(self.cgroup(name), ignore_errors=True)
-            if not any(n.endswith(".scope") for n in self.units):  # pish.slice: StopWhenUnneeded
+            for unit in [n for n, props in self.units.items() if props.get("Slice", (0, ""))[1] == name]:
+                del self.units[unit]  # what is in a slice stops with it
+            del self.units[name]
+            if not any(n.startswith("pish-") for n in self.units):  # pish.slice: StopWhenUnneeded
                 self.units.pop("pish.slice", None)
-                with contextlib.suppress(OSError):
-                    (self.root / "pish.slice").rmdir()
+                shutil.rmtree(self.root / "pish.slice", ignore_errors=True)
         return self._job(msg, name, self.stop_result)
 
     def _ResetFailedUnit(self, msg: Any, name: str) -> list[Any]:

@@ -42,7 +42,8 @@ def show(unit: str, *props: str) -> dict[str, str]:
 
 
 def pish_units() -> list[str]:
-    out = systemctl("list-units", "--all", "--plain", "--no-legend", "pish*")
+    out = systemctl("list-units", "--all", "--plain", "--no-legend", "pish.slice", "pish-*.slice",
+                    "pish-*.scope")
     return [line.split()[0] for line in out.splitlines() if line.strip()]
 
 
@@ -63,14 +64,16 @@ def inspect(pish: Any, cid: str) -> dict[str, Any]:
 def test_the_scope_has_the_limits(pish, busybox_tar, leaks):
     cid = run_detached(pish, *SYSTEMD, "--memory", "48m", "--cpus", "0.5", "--pids-limit", "20",
                        str(busybox_tar), "sleep", "600")
-    unit = names.systemd_scope(cid)
+    unit, slice_unit = names.systemd_scope(cid), names.systemd_container_slice(cid)
     try:
         props = show(unit, "MemoryMax", "CPUQuotaPerSecUSec", "TasksMax", "Slice", "ControlGroup", "Delegate",
                      "ActiveState", "Description")
         assert props == {"MemoryMax": str(48 << 20), "CPUQuotaPerSecUSec": "500ms", "TasksMax": "20",
-                         "Slice": "pish.slice", "ControlGroup": f"/pish.slice/{unit}", "Delegate": "yes",
-                         "ActiveState": "active", "Description": props["Description"]}, props
-        cgroup = CGROUP / "pish.slice" / unit
+                         "Slice": slice_unit, "ControlGroup": f"/pish.slice/{slice_unit}/{unit}",
+                         "Delegate": "yes", "ActiveState": "active",
+                         "Description": props["Description"]}, props
+        assert show(slice_unit, "Slice", "ActiveState") == {"Slice": "pish.slice", "ActiveState": "active"}
+        cgroup = CGROUP / "pish.slice" / slice_unit / unit
         want = {"memory.max": str(48 << 20), "cpu.max": "50000 100000", "pids.max": "20"}
         assert {f: (cgroup / f).read_text().strip() for f in want} == want
         assert inspect(pish, cid)["pid"] in [int(p) for p in (cgroup / "cgroup.procs").read_text().split()]
@@ -120,8 +123,8 @@ def test_oom_kill_exits_137_and_is_reported(pish, busybox_tar, leaks, attempt):
 
 
 def test_sigkill_of_the_supervisor_then_gc_leaves_nothing(pish, pish_env, busybox_tar, leaks):
-    # The container dies with its supervisor (PDEATHSIG), so systemd stops the scope by itself; gc then
-    # finds the scope gone and only forgets the record.
+    # The container dies with its supervisor (PDEATHSIG), so systemd stops the scope by itself; the
+    # container's slice is left for gc to stop.
     cid = run_detached(pish, *SYSTEMD, "--memory", "32m", str(busybox_tar), "sleep", "600")
     record = json.loads((pish_env.root / "containers" / cid / "state.json").read_text())
     os.kill(record["supervisor_pid"], signal.SIGKILL)
@@ -130,7 +133,10 @@ def test_sigkill_of_the_supervisor_then_gc_leaves_nothing(pish, pish_env, busybo
             Path(f"/proc/{record['supervisor_pid']}/stat").read_text().split()[2] != "Z":
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    pish("gc", check=True, timeout=SLOW)
+    slice_unit = names.systemd_container_slice(cid)
+    assert show(slice_unit, "ActiveState")["ActiveState"] == "active"  # pish's to remove, not systemd's
+    gc = pish("gc", check=True, timeout=SLOW)
+    assert f"removing slice {slice_unit}" in gc.stderr, gc.stderr
     pish("rm", "-f", cid, timeout=SLOW)
     nothing_left()
     leaks.assert_clean()
@@ -144,7 +150,7 @@ def test_release_from_the_journal_stops_a_scope_with_processes(tmp_path, monkeyp
                          hostname="sd-direct", limits=DriverChoice("systemd"),
                          resources=Resources(memory=32 << 20, pids_limit=10))
     journal = state.create(state.ContainerState(id=spec.id, name="sd-direct", image="none", command=[]))
-    unit = names.systemd_scope(spec.id)
+    unit, slice_unit = names.systemd_scope(spec.id), names.systemd_container_slice(spec.id)
     sleeper = subprocess.Popen(["sleep", "600"])
     try:
         limits = SystemdLimits()
@@ -152,13 +158,14 @@ def test_release_from_the_journal_stops_a_scope_with_processes(tmp_path, monkeyp
         with limits.apply(RunContext(spec, journal), sleeper.pid) as group:
             (record,) = state.ContainerState.load(spec.id).resources
             assert record == {"kind": "limits", "driver": "systemd", "what": "scope", "unit": unit,
-                              "bus": "system", "path": f"/sys/fs/cgroup/pish.slice/{unit}"}
+                              "bus": "system", "slice": slice_unit,
+                              "path": f"/sys/fs/cgroup/pish.slice/{slice_unit}/{unit}"}
             assert show(unit, "ActiveState", "MemoryMax", "TasksMax") == {
                 "ActiveState": "active", "MemoryMax": str(32 << 20), "TasksMax": "10"}
             assert group.pids() == [sleeper.pid]
             SystemdLimits().release(record)  # another process, as `pish gc`, from the record alone
             assert sleeper.wait(timeout=SLOW) == -signal.SIGKILL
-            assert unit not in pish_units()
+            assert unit not in pish_units() and slice_unit not in pish_units()
             SystemdLimits().release(record)  # idempotent
         # ...and the run's own release, on the way out, finds nothing left to do
     finally:

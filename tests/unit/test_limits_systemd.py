@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import shutil
 import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -116,7 +115,7 @@ def test_limit_extras_become_properties_where_systemd_has_one() -> None:
 
 
 @pytest.mark.parametrize(("path", "scope", "slice_unit"), [
-    ("", f"pish-{CID}.scope", "pish.slice"),
+    ("", f"pish-{CID}.scope", f"pish-{CID}.slice"),
     ("system.slice:cri-containerd:abc", "cri-containerd-abc.scope", "system.slice"),
     ("kubepods-besteffort.slice:crio:x1", "crio-x1.scope", "kubepods-besteffort.slice"),
     (":libpod:abc", "libpod-abc.scope", "system.slice"),
@@ -261,24 +260,27 @@ class FakeJournal(Journal):
 @pytest.fixture
 def driver(fake: FakeSystemd, monkeypatch: pytest.MonkeyPatch) -> SystemdLimits:
     monkeypatch.setattr(systemd, "CGROUP_ROOT", fake.root)
-    monkeypatch.setattr(systemd, "OOM_POLL_MS", 50)  # plain files never wake poll(2)
     # A BPF program attaches to a real cgroup only (tests/integration/test_bpfdevices_kernel.py): record it.
     monkeypatch.setattr(systemd, "allow_devices",
                         lambda cgroup, privileged: fake.device_programs.append(cgroup))
     return SystemdLimits()
 
 
+SCOPE, SLICE = names.systemd_scope(CID), names.systemd_container_slice(CID)
+
+
 def test_apply_makes_the_scope_and_release_stops_it(fake: FakeSystemd, driver: SystemdLimits) -> None:
     spec = make_spec(memory=48 << 20, cpus=0.5, extra=(("io", "io.latency", "8:0 target=10"),))
     journal = FakeJournal()
-    unit = names.systemd_scope(CID)
-    cgroup = fake.root / "pish.slice" / unit
+    cgroup = fake.root / "pish.slice" / SLICE / SCOPE
     with driver.apply(RunContext(spec, journal), 4242) as group:
-        assert journal.records == [{"kind": "limits", "driver": "systemd", "what": "scope", "unit": unit,
-                                    "bus": "system", "path": str(cgroup)}]
-        assert set(fake.units) == {unit, "pish.slice"}
+        assert journal.records == [{"kind": "limits", "driver": "systemd", "what": "scope", "unit": SCOPE,
+                                    "bus": "system", "path": str(cgroup), "slice": SLICE}]
+        assert set(fake.units) == {SCOPE, SLICE, "pish.slice"}
         assert fake.units["pish.slice"]["StopWhenUnneeded"] == ("b", True)
-        assert fake.units[unit]["MemoryMax"] == ("t", 48 << 20)
+        assert fake.units[SLICE] == {"Description": ("s", "pish container sd-fake")}
+        assert fake.units[SCOPE]["Slice"] == ("s", SLICE)
+        assert fake.units[SCOPE]["MemoryMax"] == ("t", 48 << 20)
         assert (cgroup / "io.latency").read_text() == "8:0 target=10"  # no property for it: written
         assert fake.device_programs == [cgroup]
         (cgroup / "cgroup.procs").write_text("4242\n")
@@ -288,47 +290,47 @@ def test_apply_makes_the_scope_and_release_stops_it(fake: FakeSystemd, driver: S
         (cgroup / "memory.events").write_text("low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n")
         assert group.oom_killed()
     assert journal.records == [] and fake.units == {}
-    assert not cgroup.exists()
-    members = [call for call, _ in fake.calls]
-    assert members[members.index("KillUnit"):] == ["KillUnit", "StopUnit", "ResetFailedUnit"]
+    assert not (fake.root / "pish.slice").exists()
+    calls = fake.calls[[call for call, _ in fake.calls].index("KillUnit"):]
+    assert calls == [("KillUnit", (SCOPE, "all", signal.SIGKILL)), ("StopUnit", (SLICE, "replace")),
+                     ("ResetFailedUnit", (SCOPE,)), ("ResetFailedUnit", (SLICE,))]
 
 
-def test_a_second_scope_finds_the_slice_made(fake: FakeSystemd, driver: SystemdLimits) -> None:
+def test_a_second_container_finds_pish_slice_made(fake: FakeSystemd, driver: SystemdLimits) -> None:
     first, second = make_spec(), make_spec().with_changes(id="cd" * 32)
     with driver.apply(RunContext(first, FakeJournal()), 1):
         with driver.apply(RunContext(second, FakeJournal()), 2):
-            scopes = {names.systemd_scope("ab" * 32), names.systemd_scope("cd" * 32)}
-            assert set(fake.units) == {*scopes, "pish.slice"}
+            units = {names.systemd_scope("ab" * 32), names.systemd_scope("cd" * 32),
+                     names.systemd_container_slice("ab" * 32), names.systemd_container_slice("cd" * 32)}
+            assert set(fake.units) == {*units, "pish.slice"}
         assert "pish.slice" in fake.units
     assert fake.units == {}
     starts = [body for call, body in fake.calls if call == "StartTransientUnit"]
-    assert [len(body[3]) for body in starts] == [1, 1, 0]  # the second: refused with the slice, then alone
+    # the second is refused with pish.slice, then made with its own slice alone
+    second_slice = names.systemd_container_slice("cd" * 32)
+    assert [[name for name, _ in body[3]] for body in starts] == [
+        ["pish.slice", SLICE], ["pish.slice", second_slice], [second_slice]]
 
 
-def test_the_oom_watch_remembers_a_kill_after_the_scope_is_gone(fake: FakeSystemd,
-                                                                 driver: SystemdLimits) -> None:
-    unit = names.systemd_scope(CID)
-    cgroup = fake.root / "pish.slice" / unit
+def test_an_oom_kill_is_seen_after_systemd_removed_the_scope(fake: FakeSystemd,
+                                                             driver: SystemdLimits) -> None:
+    cgroup = fake.root / "pish.slice" / SLICE / SCOPE
     with driver.apply(RunContext(make_spec(memory=16 << 20), FakeJournal()), 1) as group:
-        (cgroup / "memory.events").write_text("oom 1\noom_kill 1\n")
-        (cgroup / "cgroup.events").write_text("populated 0\nfrozen 0\n")
-        deadline = time.monotonic() + 5
-        while not group.watch.done.is_set() and time.monotonic() < deadline:  # type: ignore[attr-defined]
-            time.sleep(0.01)
+        (cgroup.parent / "memory.events").write_text("oom 1\noom_kill 1\n")  # counted up the tree
         shutil.rmtree(cgroup)  # what systemd does once the scope is empty
         assert group.oom_killed()
 
 
-def test_release_of_a_scope_systemd_already_collected(fake: FakeSystemd, driver: SystemdLimits) -> None:
-    unit = names.systemd_scope(CID)
-    driver.release({"unit": unit, "bus": "system", "path": str(fake.root / "pish.slice" / unit)})
-    assert [call for call, _ in fake.calls] == ["KillUnit"]  # NoSuchUnit: nothing to stop
+def test_release_of_units_systemd_already_collected(fake: FakeSystemd, driver: SystemdLimits) -> None:
+    driver.release({"unit": SCOPE, "bus": "system", "slice": SLICE,
+                    "path": str(fake.root / "pish.slice" / SLICE / SCOPE)})
+    assert [call for call, _ in fake.calls] == ["KillUnit", "StopUnit"]  # NoSuchUnit both: nothing to do
 
 
 def test_a_failed_stop_is_a_one_line_error(fake: FakeSystemd, driver: SystemdLimits) -> None:
     journal = FakeJournal()
     fake.stop_result = "failed"
-    failed = r"^systemd: systemd could not stop pish-(ab)+\.scope \(failed\); try `pish gc` later$"
+    failed = r"^systemd: systemd could not stop pish-(ab)+\.slice \(failed\); try `pish gc` later$"
     with pytest.raises(DriverError, match=failed), driver.apply(RunContext(make_spec(), journal), 1):
         pass
     assert len(journal.records) == 1  # kept for `pish gc`
