@@ -458,10 +458,8 @@ def _stop(manager: Manager, unit: str, slice_unit: str | None) -> None:
     try:
         manager.kill_unit(unit, signal.SIGKILL)
         log.info("removing scope %s", unit)
-    except BusError as exc:
-        if exc.name != NO_SUCH_UNIT:
-            raise
-        log.debug("scope %s is gone already", unit)
+    except BusError as exc:  # NoSuchUnit: gone already; anything else: the stop below kills too
+        (log.debug if exc.name == NO_SUCH_UNIT else log.warning)("%s", exc)
     top = slice_unit or unit
     try:
         job = manager.stop_unit(top)
@@ -474,7 +472,7 @@ def _stop(manager: Manager, unit: str, slice_unit: str | None) -> None:
     result = manager.wait_job(job)
     if result not in ("done", "canceled"):  # canceled: a stop of its own (the scope emptied) came first
         raise DriverError(f"{NAME}: systemd could not stop {top} ({result}); try `pish gc` later")
-    for name in (unit, slice_unit or unit):
+    for name in dict.fromkeys((unit, top)):
         with contextlib.suppress(BusError):  # NoSuchUnit: collected already
             manager.reset_failed_unit(name)
 
