@@ -97,6 +97,7 @@ def cgroups_of(oci: Oci) -> list[str]:
     return [str(p) for p in Path("/sys/fs/cgroup").glob("*/pish/*") if p.is_dir()]
 
 
+@pytest.mark.hostkind  # runs in the Debian 12 VM too: cgroup v2, the BPF device filter
 def test_spec_then_run_prints_and_exits_with_the_status(oci: Oci) -> None:
     oci.write(**{"process.args": ["sh", "-c", "echo hello from $(hostname); exit 7"]})
     proc = oci("run", "c1")
@@ -105,6 +106,7 @@ def test_spec_then_run_prints_and_exits_with_the_status(oci: Oci) -> None:
     assert oci.states() == []
 
 
+@pytest.mark.hostkind  # runs in the Debian 12 VM too: cgroup v2, the BPF device filter
 def test_create_start_state_kill_delete(oci: Oci, tmp_path: Path) -> None:
     oci.write(**{"process.args": ["sleep", "300"]})
     pid_file = tmp_path / "pid"
@@ -157,6 +159,7 @@ def test_exec_with_a_process_file_detached_and_in_the_foreground(oci: Oci, tmp_p
     oci("delete", "c3", check=True)
 
 
+@pytest.mark.hostkind  # runs in the Debian 12 VM too: cgroup v2, the BPF device filter
 def test_pause_and_resume(oci: Oci) -> None:
     oci.write(**{"process.args": ["sleep", "300"]})
     oci("run", "-d", "c4", check=True)
@@ -296,6 +299,7 @@ def container_cgroup_file(pid: int, controller: str, name: str) -> str:
     raise AssertionError(f"no {controller} cgroup for {pid}")
 
 
+@pytest.mark.hostkind  # runs in the Debian 12 VM too: cgroup v2, the BPF device filter
 def test_resources_cgroups_path_and_update(oci: Oci) -> None:
     v2 = Path("/sys/fs/cgroup/cgroup.controllers").exists()
     oci.write(**{"process.args": ["sleep", "300"], "linux.cgroupsPath": "/pishtest/r1",
@@ -380,3 +384,34 @@ def test_a_hook_past_its_timeout_is_killed_and_fails_create(oci: Oci) -> None:
     proc = oci("create", "h1")
     assert proc.returncode == 1 and "prestart hook /bin/sleep timed out after 1 s" in proc.stderr
     assert oci.states() == []
+
+
+def _systemd_host() -> str | None:
+    from pish_drivers.limits import auto
+
+    if not (auto.systemd_booted() and auto.unified()):
+        return "needs systemd as PID 1 on a cgroup v2 host (the Debian 12 VM stage has one)"
+    return None
+
+
+@pytest.mark.hostkind
+@pytest.mark.skipif(_systemd_host() is not None, reason=str(_systemd_host()))
+def test_systemd_cgroup_makes_the_scope_the_config_names(oci: Oci) -> None:
+    """runc's --systemd-cgroup: cgroupsPath slice:prefix:name is a transient scope prefix-name.scope in
+    that slice, made by the systemd limits driver, with the config's memory limit; delete removes it."""
+    oci.write(**{"process.args": ["sleep", "300"], "linux.cgroupsPath": "system.slice:pishoci:s1",
+                 "linux.resources": {"memory": {"limit": 48 << 20}}})
+    oci("--systemd-cgroup", "run", "-d", "s1", check=True)
+    try:
+        pid = json.loads(oci("state", "s1", check=True).stdout)["pid"]
+        path = Path(f"/proc/{pid}/cgroup").read_text().strip().split("::", 1)[1]
+        assert path == "/system.slice/pishoci-s1.scope", path
+        assert (Path("/sys/fs/cgroup") / path.lstrip("/") / "memory.max").read_text().strip() == str(48 << 20)
+        shown = subprocess.run(["systemctl", "show", "-p", "MemoryMax", "pishoci-s1.scope"], capture_output=True,
+                               text=True, check=True).stdout.strip()
+        assert shown == f"MemoryMax={48 << 20}"
+    finally:
+        oci("delete", "--force", "s1", check=True)
+    units = subprocess.run(["systemctl", "list-units", "--all", "--plain", "--no-legend", "pishoci-*"],
+                           capture_output=True, text=True, check=True).stdout
+    assert units.strip() == ""
