@@ -17,6 +17,10 @@ _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 _CPUSET_RE = re.compile(r"\d+(-\d+)?(,\d+(-\d+)?)*")
 _LIMIT_KEY_RE = re.compile(r"([a-z_]+)\.([a-z0-9_.]+)")
 _ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: the largest size a cgroup file takes (an int64); more is a typo, not a limit
+MAX_SIZE = (1 << 63) - 1
+#: docker's floor for --memory: less cannot even start a process
+MIN_MEMORY = 6 << 20
 
 
 def parse_size(text: str, what: str = "size") -> int:
@@ -27,7 +31,24 @@ def parse_size(text: str, what: str = "size") -> int:
     value = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
     if value <= 0:
         raise SpecError(f"invalid {what} {text!r}: must be more than 0")
+    if value > MAX_SIZE:
+        raise SpecError(f"invalid {what} {text!r}: too large (at most {MAX_SIZE} bytes)")
     return value
+
+
+def parse_memory(text: str) -> int:
+    """``--memory``: a size of at least 6 MiB, docker's floor."""
+    value = parse_size(text, "--memory")
+    if value < MIN_MEMORY:
+        raise SpecError(f"invalid --memory {text!r}: the minimum memory limit is 6m")
+    return value
+
+
+def parse_workdir(text: str, flag: str = "-w") -> str:
+    """``-w DIR``: an absolute path in the container, as docker requires."""
+    if not text.startswith("/") or "\0" in text:
+        raise SpecError(f"invalid {flag} {text!r}: the working directory must be an absolute path")
+    return text
 
 
 def parse_cpus(text: str) -> float:

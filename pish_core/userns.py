@@ -180,6 +180,11 @@ def parse(text: str | None, files: tuple[Path, Path] = (SUBUID, SUBGID)) -> User
     return UserNamespace("map", mapping, mapping)
 
 
+def maps_host_root(ns: UserNamespace) -> bool:
+    """True when a mapping of ``ns`` reaches the host's uid or gid 0 (``--userns 0:0:N``): no isolation."""
+    return ns.mode == "map" and any(m.host_id == 0 for m in (*ns.uid_mappings, *ns.gid_mappings))
+
+
 def host_root(ns: UserNamespace) -> tuple[int, int]:
     """The host uid and gid of the container's root."""
     def find(maps: tuple[IDMapping, ...]) -> int:

@@ -207,8 +207,10 @@ def gc(log_level: str) -> None:
 def exec_(interactive: bool, tty: bool, env: tuple[str, ...], workdir: str | None, user: str | None, ref: str,
           command: tuple[str, ...]) -> None:
     """Run COMMAND in a running container and exit with its status."""
-    from pish_core.flags import parse_env
+    from pish_core.flags import parse_env, parse_workdir
     from pish_core.lifecycle import exec_in
 
+    if workdir is not None:
+        parse_workdir(workdir)
     sys.exit(exec_in(ref, command, env=parse_env(env), cwd=workdir, user=user, terminal=tty,
                      interactive=interactive))

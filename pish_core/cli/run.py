@@ -26,7 +26,7 @@ def container_options(f: Any) -> Any:
         click.option("-p", "--publish", multiple=True, help="Publish a port: [IP:][HOSTPORT:]CONTAINERPORT[/tcp|udp] (no HOSTPORT: pish picks one)."),
         click.option("--dns", multiple=True, help="Nameserver for the container (default: the host's)."),
         click.option("--isolation", default="unshare", show_default=True, help="Isolation driver."),
-        click.option("--memory", "-m", help="Memory limit, e.g. 64m."),
+        click.option("--memory", "-m", help="Memory limit, e.g. 64m (at least 6m)."),
         click.option("--cpus", help="CPU quota in CPUs, e.g. 0.5."),
         click.option("--cpuset-cpus", help="CPUs the container may use, e.g. 0-1."),
         click.option("--pids-limit", help="Maximum number of processes."),
@@ -45,7 +45,7 @@ def container_options(f: Any) -> Any:
         click.option("-e", "--env", multiple=True, help="Environment variable KEY=VALUE."),
         click.option("-v", "--volume", multiple=True, help="Bind mount HOSTPATH:CONTAINERPATH[:ro]."),
         click.option("--tmpfs", multiple=True, help="Mount a tmpfs at CONTAINERPATH[:size=64m]."),
-        click.option("-w", "--workdir", help="Working directory inside (default: the image's, else /)."),
+        click.option("-w", "--workdir", help="Working directory inside, an absolute path (default: the image's, else /)."),
         click.option("-u", "--user", help="Run as USER[:GROUP], names from the image's /etc/passwd and /etc/group."),
         click.option("--entrypoint", help="Replace the image's entrypoint (and drop its Cmd); '' clears it."),
         click.option("--read-only", is_flag=True, help="Mount the root read-only (tmpfs and volumes stay as given)."),
@@ -60,7 +60,7 @@ def container_options(f: Any) -> Any:
         click.option("--security-opt", multiple=True,
                      help="seccomp=FILE (a custom profile, docker's format), seccomp=unconfined, or "
                           "no-new-privileges[=false] (on by default)."),
-        click.option("--userns", help="User namespace: host (default), auto, or CONTAINERID:HOSTID:COUNT."),
+        click.option("--userns", help="User namespace: host (default), auto, or CONTAINERID:HOSTID:COUNT (HOSTID 0 only with --privileged)."),
         click.argument("image"),
         click.argument("command", nargs=-1, type=click.UNPROCESSED),
     ]
@@ -96,6 +96,7 @@ def build_spec(opts: dict[str, Any]) -> Any:
         parse_dns,
         parse_ip,
         parse_limit,
+        parse_memory,
         parse_memory_swap,
         parse_options,
         parse_positive_int,
@@ -103,12 +104,15 @@ def build_spec(opts: dict[str, Any]) -> Any:
         parse_size,
         parse_tmpfs,
         parse_volume,
+        parse_workdir,
     )
     from pish_core.spec import ContainerSpec, DriverChoice, NetworkSpec, Resources
 
     name = names.check_name(opts["name"]) if opts["name"] is not None else names.random_name()
+    if opts["workdir"] is not None:
+        parse_workdir(opts["workdir"])
     resources = Resources(
-        memory=parse_size(opts["memory"], "--memory") if opts["memory"] else None,
+        memory=parse_memory(opts["memory"]) if opts["memory"] else None,
         cpus=parse_cpus(opts["cpus"]) if opts["cpus"] else None,
         cpuset_cpus=parse_cpuset(opts["cpuset_cpus"]) if opts["cpuset_cpus"] else None,
         pids_limit=parse_positive_int(opts["pids_limit"], "--pids-limit") if opts["pids_limit"] else None,
@@ -183,7 +187,13 @@ def _security_choices(opts: dict[str, Any], resources: Any) -> tuple[str, Any, A
     limits_class: Any = load_class("limits", names.check_name(limits, "limits driver name"))
     security = security_from_flags(opts["cap_add"], opts["cap_drop"], opts["privileged"], opts["security_opt"],
                                    device_allowlist=limits_class.device_allowlist)
-    return limits, limits_class, security, userns.parse(opts["userns"])
+    user_namespace = userns.parse(opts["userns"])
+    if not opts["privileged"] and userns.maps_host_root(user_namespace):
+        from pish_core.errors import SpecError
+
+        raise SpecError(f"--userns {opts['userns']}: maps the host's root (uid 0) into the container, "
+                        "which is no user namespace at all; map other ids, or add --privileged")
+    return limits, limits_class, security, user_namespace
 
 
 log_level_option = click.option("--log-level", default="info", show_default=True,

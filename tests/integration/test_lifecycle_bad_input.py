@@ -154,3 +154,30 @@ def test_ambiguous_id_prefix(pish, busybox_tar, unchanged, cleanup, leaks):
     assert pish("exec", first[: len(prefix) + 1], "true").returncode == 0
     running = json.loads(pish("ps", "--json", check=True).stdout)
     assert {first, second} <= {r["id"] for r in running}
+
+
+@pytest.mark.parametrize("flags, match", [
+    (("-w", "rel"), r"invalid -w 'rel': .*absolute"),
+    (("--memory", "1"), r"invalid --memory '1': .*minimum.* 6m"),
+    (("--memory", "5m"), r"invalid --memory '5m'"),
+    (("--memory", "99999999999999999999t"), r"invalid --memory '99999999999999999999t': too large"),
+    (("--userns", "0:0:65536"), r"--userns 0:0:65536: maps the host's root"),
+    (("--userns", "0:0:4294967295"), r"--userns 0:0:4294967295: maps the host's root"),
+])
+def test_flags_a_fault_campaign_found(pish, busybox_tar, unchanged, flags, match, leaks):
+    """Each refused before anything is made, in the foreground and detached, naming its flag."""
+    unchanged("run", "--net", "none", *flags, str(busybox_tar), "true", match=match)
+    unchanged("run", "-d", "--net", "none", *flags, str(busybox_tar), "true", match=match)
+    unchanged("create", "--net", "none", *flags, str(busybox_tar), "true", match=match)
+
+
+def test_exec_with_a_relative_workdir(pish, busybox_tar, unchanged, cleanup, leaks):
+    cleanup.append("bad-workdir")
+    run_sleeper(pish, busybox_tar, "--name", "bad-workdir")
+    unchanged("exec", "-w", "tmp", "bad-workdir", "pwd", match=r"invalid -w 'tmp': .*absolute")
+    assert pish("exec", "-w", "/tmp", "bad-workdir", "pwd", check=True).stdout == "/tmp\n"
+
+
+def test_flags_at_their_limits_still_run(pish, busybox_tar, leaks):
+    out = pish("run", "--net", "none", "--memory", "6m", "-w", "/tmp", str(busybox_tar), "pwd", check=True)
+    assert out.stdout == "/tmp\n"
