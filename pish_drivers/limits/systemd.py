@@ -370,7 +370,8 @@ class SystemdLimits(Limits):
                               path=str(expected), **mine) as record:
             with _connect(self.user) as manager:
                 props, writes = unit_properties(ctx.spec, pid, manager.version(), slice_unit)
-                log.info("creating scope %s in %s%s", unit, slice_unit,
+                where = slice_unit if ctx.spec.cgroups_path else "its own slice"
+                log.info("creating scope %s in %s%s", unit, where,
                          f": {limits}" if (limits := summary(props)) else "")
                 own_slice = [("Description", ("s", f"pish container {ctx.spec.name}"))]
                 _start_scope(manager, unit, props, None if ctx.spec.cgroups_path else own_slice)
