@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import cast
 
 from pish_core import log, paths, proc, state
-from pish_core.drivers import Child, Isolation, Limits, load
+from pish_core.drivers import Child, Group, Isolation, Limits, load
 from pish_core.errors import PishError, StateError
 from pish_core.rootpath import resolve_in_root
 from pish_core.spec import ContainerSpec, Process, container_env
@@ -26,13 +26,34 @@ _SPEC_KEY = {"storage": "storage", "limits": "limits", "network": "net", "isolat
 
 
 def status_text(s: state.ContainerState, alive: bool | None = None) -> str:
-    """``created``, ``running``, ``exited (N)`` as ``pish ps`` shows them; ``dead`` when the supervisor
-    vanished without finishing (``pish gc`` cleans those)."""
+    """``created``, ``running``, ``paused``, ``exited (N)`` as ``pish ps`` shows them; ``dead`` when the
+    supervisor vanished without finishing (``pish gc`` cleans those)."""
     if s.status == "stopped":
         return f"exited ({s.exit_code})"
     if alive is None:
         alive = state.supervisor_alive(s.id)
-    return s.status if alive else "dead"
+    if not alive:
+        return "dead"
+    return "paused" if s.status == "running" and paused(s) else s.status
+
+
+def group_of(s: state.ContainerState) -> Group:
+    """The container's cgroup, found again through the limits driver that made it (its journal entry)."""
+    record = next((r for r in s.resources if r.get("kind") == "limits"), None)
+    if record is None:
+        raise StateError(f"container {s.name} has no cgroup")
+    spec_limits = s.spec.get("limits", {})
+    options = spec_limits.get("options", {}) if spec_limits.get("name") == record["driver"] else {}
+    return cast(Limits, load("limits", record["driver"], options)).group(record)
+
+
+def paused(s: state.ContainerState) -> bool:
+    """True when the container's cgroup is frozen (``pish pause``); asks the kernel, not the record."""
+    if not any(r.get("kind") == "limits" for r in s.resources):
+        return False
+    with contextlib.suppress(PishError, OSError):
+        return group_of(s).frozen()
+    return False
 
 
 def _running(ref: str) -> state.ContainerState:
@@ -40,6 +61,46 @@ def _running(ref: str) -> state.ContainerState:
     if not s.command_running():
         raise StateError(f"container {s.name} is not running")
     return s
+
+
+def pause(ref: str, frozen: bool = True) -> state.ContainerState:
+    """Freeze every process of a running container where it is (``frozen``), or thaw a paused one."""
+    s = _running(ref)
+    if paused(s) == frozen:
+        raise StateError(f"container {s.name} is already paused" if frozen else f"container {s.name} is not paused")
+    group_of(s).freeze(frozen)
+    _log.info("%s container %s", "paused" if frozen else "unpaused", s.name)
+    return s
+
+
+def wait(ref: str) -> int:
+    """Block until the container's command has ended and its supervisor released it; its exit code."""
+    s = state.resolve(ref)
+    while s.status != "stopped" or state.supervisor_alive(s.id):
+        if not state.supervisor_alive(s.id) and s.status != "stopped":
+            raise StateError(f"container {s.name} is dead: its supervisor is gone (pish gc cleans it up)")
+        time.sleep(0.05)
+        try:
+            s = state.ContainerState.load(s.id)
+        except StateError:
+            raise StateError(f"container {s.name} was removed before its exit code could be read") from None
+    return s.exit_code if s.exit_code is not None else 255
+
+
+def processes(ref: str) -> list[int]:
+    """Host pids of a running container's processes: its cgroup's, else its PID namespace's."""
+    s = _running(ref)
+    assert s.pid is not None
+    try:
+        return group_of(s).pids()
+    except PishError:
+        return proc.pids_in_pidns_of(s.pid)
+
+
+def _thaw(s: state.ContainerState) -> None:
+    """Let a paused container go on, so that a signal just sent to it is delivered (``stop``, ``rm -f``)."""
+    if paused(s):
+        group_of(s).freeze(False)
 
 
 def start(ref: str, timeout: float = 30) -> state.ContainerState:
@@ -88,6 +149,7 @@ def stop(ref: str, timeout: float = 10) -> state.ContainerState:
     assert s.pid is not None
     with contextlib.suppress(ProcessLookupError):
         os.kill(s.pid, signal.SIGTERM)
+    _thaw(s)
     if not state.wait_supervisor_gone(s.id, timeout):
         _log.info("container %s ignored SIGTERM for %g s: sending SIGKILL", s.name, timeout)
         with contextlib.suppress(ProcessLookupError):
@@ -106,6 +168,7 @@ def remove(ref: str, force: bool = False) -> state.ContainerState:
             assert s.pid is not None
             with contextlib.suppress(ProcessLookupError):
                 os.kill(s.pid, signal.SIGKILL)
+            _thaw(s)
         elif proc.is_same(s.supervisor_pid, s.supervisor_start):  # creating or created: it unwinds on SIGTERM
             assert s.supervisor_pid is not None
             with contextlib.suppress(ProcessLookupError):
@@ -195,6 +258,8 @@ def exec_in(ref: str, args: tuple[str, ...], *, env: tuple[str, ...] = (), cwd: 
 
     s = _running(ref)
     assert s.pid is not None
+    if paused(s):
+        raise StateError(f"container {s.name} is paused: unpause it before exec")
     spec = ContainerSpec.from_dict(s.spec)
     who = spec.process.user
     if user is not None:

@@ -74,6 +74,12 @@ def state_file(cid: str) -> Path:
     return container_dir(cid) / "state.json"
 
 
+def name_file(cid: str) -> Path:
+    """The container's name after a ``pish rename``: it overrides the record's, which its supervisor
+    keeps rewriting from memory."""
+    return container_dir(cid) / "name"
+
+
 def supervisor_lock(cid: str) -> Path:
     """Held (flock) by the container's supervisor for its whole life: free means the supervisor is gone."""
     return container_dir(cid) / "supervisor.lock"

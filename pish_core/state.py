@@ -82,6 +82,8 @@ class ContainerState:
         except FileNotFoundError:
             raise StateError(f"no such container: {cid[:12]}") from None
         fields = {f.name for f in dataclasses.fields(cls)}
+        with contextlib.suppress(FileNotFoundError):
+            data["name"] = paths.name_file(cid).read_text()
         return cls(**{k: v for k, v in data.items() if k in fields})
 
 
@@ -153,6 +155,24 @@ def create(state: ContainerState) -> Journal:
         assert lock_fd is not None, "a new container's directory cannot vanish while we hold the names lock"
         state.save()
     return Journal(state, lock_fd)
+
+
+def rename(ref: str, new: str) -> ContainerState:
+    """Give a container another name (``pish rename``), under the names lock, refused if it is taken.
+    The new name goes into a file of its own: the record is its supervisor's to write."""
+    from pish_core.names import check_name
+
+    check_name(new)
+    with flocked(paths.names_lock()):
+        s = resolve(ref)
+        for other in list_all():
+            if other.name == new and other.id != s.id:
+                raise StateError(f"the container name {new!r} is already in use by {other.id[:12]}")
+        tmp = paths.name_file(s.id).with_suffix(".tmp")
+        tmp.write_text(new)
+        os.replace(tmp, paths.name_file(s.id))
+    s.name = new
+    return s
 
 
 def try_lock(cid: str, wait: bool = False) -> int | None:

@@ -14,15 +14,17 @@ import click
 from pish_core import log
 
 
-def _each(refs: tuple[str, ...], action: object) -> None:
-    """Apply ``action`` to each container and print its name, as docker does; fail at the end if any failed."""
+def _each(refs: tuple[str, ...], action: object, echo: bool = True) -> None:
+    """Apply ``action`` to each container and print its name (with ``echo``), as docker does; fail at the
+    end if any failed."""
     from pish_core.errors import PishError
 
     failed: PishError | None = None
     for ref in refs:
         try:
             action(ref)  # type: ignore[operator]
-            click.echo(ref)
+            if echo:
+                click.echo(ref)
         except PishError as exc:
             print(f"pish: {exc}", file=sys.stderr)
             failed = exc
@@ -60,7 +62,7 @@ def ps(show_all: bool, quiet: bool, as_json: bool) -> None:
     rows: list[dict[str, Any]] = []
     for s in state.list_all():
         status = status_text(s)
-        if not show_all and status != "running":
+        if not show_all and status not in ("running", "paused"):
             continue
         rows.append({"id": s.id, "name": s.name, "image": s.image, "command": " ".join(s.command),
                      "status": status, "created": s.created, "address": s.address,
@@ -214,3 +216,99 @@ def exec_(interactive: bool, tty: bool, env: tuple[str, ...], workdir: str | Non
         parse_workdir(workdir)
     sys.exit(exec_in(ref, command, env=parse_env(env), cwd=workdir, user=user, terminal=tty,
                      interactive=interactive))
+
+
+@click.command()
+@click.argument("refs", nargs=-1, required=True)
+def pause(refs: tuple[str, ...]) -> None:
+    """Freeze every process of running containers where it is (cgroup freezer)."""
+    from pish_core.lifecycle import pause as pause_one
+
+    log.setup("warning")
+    _each(refs, lambda ref: pause_one(ref, True))
+
+
+@click.command()
+@click.argument("refs", nargs=-1, required=True)
+def unpause(refs: tuple[str, ...]) -> None:
+    """Let paused containers go on."""
+    from pish_core.lifecycle import pause as pause_one
+
+    log.setup("warning")
+    _each(refs, lambda ref: pause_one(ref, False))
+
+
+@click.command()
+@click.argument("refs", nargs=-1, required=True)
+def wait(refs: tuple[str, ...]) -> None:
+    """Block until containers stop, then print their exit codes, one a line."""
+    from pish_core.lifecycle import wait as wait_one
+
+    _each(refs, lambda ref: click.echo(wait_one(ref)), echo=False)
+
+
+@click.command()
+@click.argument("ref")
+@click.argument("private_port", required=False)
+def port(ref: str, private_port: str | None) -> None:
+    """List a container's published ports (``80/tcp -> 0.0.0.0:8080``), or the host side of PRIVATE_PORT."""
+    from pish_core import state
+    from pish_core.errors import PishError
+
+    s = state.resolve(ref)
+    want = None
+    if private_port is not None:
+        number, _, protocol = private_port.partition("/")
+        if not number.isascii() or not number.isdigit() or protocol not in ("", "tcp", "udp"):
+            raise PishError(f"invalid port {private_port!r}: use PORT[/tcp|udp], e.g. 80/tcp")
+        want = (int(number), protocol or "tcp")
+    found = False
+    for r in s.resources:
+        if r.get("kind") != "network" or r.get("what") != "port":
+            continue
+        key = (int(r["container_port"]), r["protocol"])
+        if want is None or key == want:
+            found = True
+            host = f"{r.get('host_ip') or '0.0.0.0'}:{r['host_port']}"
+            click.echo(host if want else f"{key[0]}/{key[1]} -> {host}")
+    if want is not None and not found:
+        raise PishError(f"no public port '{want[0]}/{want[1]}' published for {s.name}")
+
+
+@click.command()
+@click.argument("old")
+@click.argument("new")
+def rename(old: str, new: str) -> None:
+    """Rename container OLD to NEW."""
+    from pish_core import state
+
+    state.rename(old, new)
+
+
+@click.command(context_settings={"ignore_unknown_options": True})
+@click.argument("ref")
+@click.argument("ps_options", nargs=-1, type=click.UNPROCESSED)
+def top(ref: str, ps_options: tuple[str, ...]) -> None:
+    """Show the processes of a running container: the host's ps (default -ef) cut to its rows."""
+    import subprocess
+
+    from pish_core.errors import PishError
+    from pish_core.lifecycle import processes
+
+    pids = set(processes(ref))
+    try:
+        out = subprocess.run(["ps", *(ps_options or ("-ef",))], capture_output=True, text=True, check=False)
+    except OSError as exc:
+        raise PishError(f"cannot run ps: {exc.strerror}") from None
+    lines = out.stdout.splitlines()
+    if out.returncode != 0 or not lines:
+        raise PishError(f"ps {' '.join(ps_options)} failed: {out.stderr.strip().splitlines()[-1:] or ['no output']}")
+    header = lines[0].split()
+    if "PID" not in header:
+        raise PishError(f"ps {' '.join(ps_options)}: its output has no PID column")
+    column = header.index("PID")
+    click.echo(lines[0])
+    for line in lines[1:]:
+        fields = line.split(None, len(header) - 1)
+        if len(fields) > column and fields[column].isdigit() and int(fields[column]) in pids:
+            click.echo(line)

@@ -19,9 +19,10 @@ def container_options(f: Any) -> Any:
         click.option("--storage-opt", multiple=True, help="Storage driver option key=value."),
         click.option("--limits", "limits_driver", default="auto", show_default=True,
                      help="Limits driver; auto: cgroupv2 on a unified host, cgroupv1 else, none when rootless."),
-        click.option("--net", default="none", show_default=True, help="Network driver: bridge, none, host, ..."),
+        click.option("--net", help="Network driver: bridge, none, host, ... (default: bridge with --network, else none)."),
         click.option("--net-opt", multiple=True, help="Network driver option key=value."),
-        click.option("--network", default="pish0", show_default=True, help="Bridge (network) to join."),
+        click.option("--network", help="Network to join (default pish0), as docker's: a network's name alone "
+                                        "uses the bridge driver; none, host and bridge name the driver."),
         click.option("--ip", help="Address in CIDR form, e.g. 10.0.4.6/24 (default: the next free one)."),
         click.option("-p", "--publish", multiple=True, help="Publish a port: [IP:][HOSTPORT:]CONTAINERPORT[/tcp|udp] (no HOSTPORT: pish picks one)."),
         click.option("--dns", multiple=True, help="Nameserver for the container (default: the host's)."),
@@ -135,17 +136,18 @@ def build_spec(opts: dict[str, Any]) -> Any:
         from pish_core.errors import SpecError
 
         raise SpecError(f"invalid --stop-timeout {opts['stop_timeout']!r}: use seconds from 0 to 3600")
+    net, network_name = network_choice(opts["net"], opts["network"])
     choices = {
         "storage": DriverChoice(opts["storage"], parse_options(opts["storage_opt"], "--storage-opt")),
         "limits": DriverChoice(limits),
-        "net": DriverChoice(opts["net"], parse_options(opts["net_opt"], "--net-opt")),
+        "net": DriverChoice(net, parse_options(opts["net_opt"], "--net-opt")),
         "isolation": DriverChoice(opts["isolation"]),
     }
     for slot, choice in choices.items():  # an unknown driver is refused before any image is imported
         names.check_name(choice.name, f"{slot} driver name")
         load_class("network" if slot == "net" else slot, choice.name)
     hostname = names.check_hostname(opts["hostname"]) if opts["hostname"] else names.hostname_for(name)
-    network = NetworkSpec(network=opts["network"], ip=parse_ip(address) if (address := opts.get("ip")) else None,
+    network = NetworkSpec(network=network_name, ip=parse_ip(address) if (address := opts.get("ip")) else None,
                           ports=tuple(parse_publish(p) for p in opts["publish"]),
                           dns=tuple(parse_dns(d) for d in opts["dns"]))
     mounts = tuple(parse_volume(v) for v in opts["volume"]) + tuple(parse_tmpfs(t) for t in opts["tmpfs"])
@@ -172,6 +174,20 @@ def build_spec(opts: dict[str, Any]) -> Any:
         net=choices["net"],
         isolation=choices["isolation"],
     )
+
+
+DEFAULT_NETWORK = "pish0"
+
+
+def network_choice(net: str | None, network: str | None) -> tuple[str, str]:
+    """The network driver and the network to join, from ``--net`` and ``--network`` as docker reads its one
+    ``--network``: ``none``, ``host`` and ``bridge`` name the driver (bridge: on pish0), any other name is a
+    network of the bridge driver. ``--net`` alone picks the driver; neither means no network."""
+    if net is None and network in ("none", "host", "bridge"):
+        return network, DEFAULT_NETWORK
+    if net is None:
+        return ("bridge" if network else "none"), network or DEFAULT_NETWORK
+    return net, DEFAULT_NETWORK if network in (None, "bridge") else network
 
 
 def _security_choices(opts: dict[str, Any], resources: Any) -> tuple[str, Any, Any, Any]:

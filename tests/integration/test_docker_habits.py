@@ -1,0 +1,204 @@
+"""The commands docker users reach for after run/ps/exec/stop (issue 14): pause/unpause, wait, port, rename,
+top, update, and ``--network NET`` alone. Real containers from the busybox image; bad input is one line,
+exit 125 (docker's), with nothing changed; the ``leaks`` check ends every test."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from helpers import pish_command
+from helpers.containers import ps_json, run_detached
+from helpers.leaks import LIFECYCLE_BRIDGE, skip_if_bridge_in_use
+
+pytestmark = [pytest.mark.integration, pytest.mark.skipif(os.geteuid() != 0, reason="needs root"),
+              pytest.mark.leak_check(bridge=LIFECYCLE_BRIDGE, at_teardown=True)]
+
+SUBNET = "10.0.7"
+
+
+def sleeper(pish: Any, image: Any, name: str, *options: str) -> str:
+    return run_detached(pish, "--net", "none", "--name", name, *options, str(image), "sleep", "100")
+
+
+def refused(pish: Any, *args: str, match: str) -> None:
+    """``pish ARGS`` fails as a bad request: one line naming the problem, exit 125, nothing on stdout."""
+    proc = pish(*args)
+    assert proc.returncode == 125, (args, proc.returncode, proc.stderr)
+    assert proc.stdout == ""
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("pish: "), proc.stderr
+    assert re.search(match, lines[0]), (lines[0], match)
+
+
+@pytest.fixture
+def cleanup(pish: Any, leaks: Any) -> Iterator[list[str]]:
+    refs: list[str] = []
+    yield refs
+    for ref in refs:
+        pish("rm", "-f", ref)
+
+
+def state_of(pish: Any, cid: str) -> str:
+    return str(ps_json(pish, "-a")[cid]["status"])
+
+
+# -- pause / unpause --------------------------------------------------------------------------------
+
+
+def test_pause_and_unpause(pish, busybox_tar, cleanup, leaks):
+    cleanup.append("hab-pause")
+    cid = run_detached(pish, "--net", "none", "--name", "hab-pause", str(busybox_tar),
+                       "sh", "-c", "while true; do date +%s%N > /tick; sleep 0.05; done")
+    assert pish("pause", "hab-pause", check=True).stdout == "hab-pause\n"
+    assert state_of(pish, cid) == "paused"
+    assert "paused" in pish("ps", check=True).stdout  # listed without -a, as docker's ps lists it
+    tick = pish_env_file(cid, "/tick")
+    time.sleep(0.3)
+    assert pish_env_file(cid, "/tick") == tick, "a paused container went on writing"
+    refused(pish, "pause", "hab-pause", match=r"hab-pause is already paused")
+    refused(pish, "exec", "hab-pause", "true", match=r"hab-pause is paused: unpause it")
+    assert pish("unpause", "hab-pause", check=True).stdout == "hab-pause\n"
+    assert state_of(pish, cid) == "running"
+    refused(pish, "unpause", "hab-pause", match=r"hab-pause is not paused")
+    assert pish("exec", "hab-pause", "echo", "on", check=True).stdout == "on\n"
+    pish("pause", "hab-pause", check=True)
+    pish("stop", "-t", "1", "hab-pause", check=True)  # a paused container still stops
+    assert state_of(pish, cid).startswith("exited")
+    refused(pish, "pause", "hab-pause", match=r"hab-pause is not running")
+    refused(pish, "unpause", "hab-pause", match=r"hab-pause is not running")
+    refused(pish, "pause", "no-such-ctr", match=r"no such container: no-such-ctr")
+
+
+def pish_env_file(cid: str, path: str) -> str:
+    """A file of a running container, read through its first process's root."""
+    record = json.loads((_root() / "containers" / cid / "state.json").read_text())
+    with open(f"/proc/{record['pid']}/root{path}") as f:
+        return f.read()
+
+
+def _root() -> Any:
+    from pathlib import Path
+
+    return Path(os.environ["PISH_ROOT"])
+
+
+def test_rm_force_of_a_paused_container(pish, busybox_tar, cleanup, leaks):
+    cleanup.append("hab-pause-rm")
+    sleeper(pish, busybox_tar, "hab-pause-rm")
+    pish("pause", "hab-pause-rm", check=True)
+    refused(pish, "rm", "hab-pause-rm", match=r"hab-pause-rm is paused")
+    pish("rm", "-f", "hab-pause-rm", check=True)
+    assert ps_json(pish, "-a") == {}
+
+
+# -- wait --------------------------------------------------------------------------------------------
+
+
+def test_wait_prints_exit_codes(pish, busybox_tar, cleanup, leaks):
+    cleanup += ["hab-w1", "hab-w2"]
+    run_detached(pish, "--net", "none", "--name", "hab-w1", str(busybox_tar), "sh", "-c", "sleep 0.5; exit 3")
+    run_detached(pish, "--net", "none", "--name", "hab-w2", str(busybox_tar), "true")
+    out = pish("wait", "hab-w1", "hab-w2", check=True)
+    assert out.stdout == "3\n0\n"
+    assert pish("wait", "hab-w1", check=True).stdout == "3\n"  # an exited container: at once
+    proc = pish("wait", "hab-w2", "no-such-ctr")
+    assert (proc.returncode, proc.stdout, proc.stderr) == (125, "0\n", "pish: no such container: no-such-ctr\n")
+
+
+def test_wait_for_a_killed_container(pish, busybox_tar, cleanup, leaks):
+    cleanup.append("hab-wk")
+    sleeper(pish, busybox_tar, "hab-wk")
+    with subprocess.Popen([*pish_command(), "wait", "hab-wk"], stdout=subprocess.PIPE, text=True) as waiter:
+        time.sleep(0.3)
+        assert waiter.poll() is None
+        pish("kill", "hab-wk", check=True)
+        assert waiter.communicate(timeout=30)[0] == "137\n"
+
+
+# -- rename --------------------------------------------------------------------------------------------
+
+
+def test_rename(pish, busybox_tar, cleanup, leaks):
+    cleanup += ["hab-old", "hab-new", "hab-other"]
+    cid = sleeper(pish, busybox_tar, "hab-old")
+    sleeper(pish, busybox_tar, "hab-other")
+    pish("rename", "hab-old", "hab-new", check=True)
+    assert ps_json(pish)[cid]["name"] == "hab-new"
+    refused(pish, "exec", "hab-old", "true", match=r"no such container: hab-old")
+    assert pish("exec", "hab-new", "echo", "ok", check=True).stdout == "ok\n"
+    refused(pish, "rename", "hab-new", "hab-other", match=r"name 'hab-other' is already in use")
+    refused(pish, "rename", "hab-new", "a/b", match=r"container name")
+    refused(pish, "rename", "no-such-ctr", "x", match=r"no such container: no-such-ctr")
+    pish("stop", "-t", "1", "hab-new", check=True)  # the supervisor's last write keeps the new name
+    assert ps_json(pish, "-a")[cid]["name"] == "hab-new"
+    pish("rename", cid[:12], "hab-old", check=True)  # a stopped one too, as docker
+    assert ps_json(pish, "-a")[cid]["name"] == "hab-old"
+
+
+# -- top -----------------------------------------------------------------------------------------------
+
+
+def test_top(pish, busybox_tar, cleanup, leaks):
+    cleanup.append("hab-top")
+    run_detached(pish, "--net", "none", "--name", "hab-top", str(busybox_tar),
+                 "sh", "-c", "sleep 101 & sleep 102")
+    time.sleep(0.3)
+    lines = pish("top", "hab-top", check=True).stdout.splitlines()
+    assert lines[0].split()[:2] == ["UID", "PID"]
+    commands = sorted(line.split(None, 7)[7] for line in lines[1:])
+    assert commands == ["sleep 101", "sleep 102"], lines  # sh execs its last command
+    lines = pish("top", "hab-top", "-o", "pid,comm", check=True).stdout.splitlines()
+    assert sorted(line.split()[1] for line in lines[1:]) == ["sleep", "sleep"]
+    refused(pish, "top", "hab-top", "-o", "comm", match=r"no PID column")
+    refused(pish, "top", "no-such-ctr", match=r"no such container")
+    pish("stop", "-t", "1", "hab-top", check=True)
+    refused(pish, "top", "hab-top", match=r"hab-top is not running")
+
+
+# -- port, and --network NET alone ---------------------------------------------------------------------
+
+
+def test_network_alone_joins_it_and_port_lists_what_it_publishes(pish, busybox_tar, cleanup, leaks):
+    skip_if_bridge_in_use(LIFECYCLE_BRIDGE)
+    cleanup += ["hab-net", "hab-none"]
+    pish("network", "create", LIFECYCLE_BRIDGE, "--subnet", f"{SUBNET}.0/24", check=True)
+    try:
+        cid = run_detached(pish, "--network", LIFECYCLE_BRIDGE, "--name", "hab-net", "-p", "127.0.0.1:18714:80",
+                           "-p", "53/udp", str(busybox_tar), "sleep", "100")
+        row = ps_json(pish)[cid]
+        assert row["address"] and row["address"].startswith(f"{SUBNET}."), row
+        addrs = pish("exec", "hab-net", "ip", "-4", "addr", check=True).stdout
+        assert f"inet {SUBNET}." in addrs
+        lines = pish("port", "hab-net", check=True).stdout.splitlines()
+        assert lines[0] == "80/tcp -> 127.0.0.1:18714"
+        assert re.fullmatch(r"53/udp -> 0\.0\.0\.0:\d+", lines[1]), lines
+        assert pish("port", "hab-net", "80", check=True).stdout == "127.0.0.1:18714\n"
+        assert pish("port", "hab-net", "80/tcp", check=True).stdout == "127.0.0.1:18714\n"
+        refused(pish, "port", "hab-net", "81", match=r"no public port '81/tcp' published for hab-net")
+        refused(pish, "port", "hab-net", "eighty", match=r"invalid port 'eighty'")
+        refused(pish, "port", "no-such-ctr", match=r"no such container")
+
+        # --network none: no interface but lo
+        run_detached(pish, "--network", "none", "--name", "hab-none", str(busybox_tar), "sleep", "100")
+        links = pish("exec", "hab-none", "ip", "-o", "link", check=True).stdout
+        assert [line.split(":")[1].strip() for line in links.splitlines()] == ["lo"]
+        assert pish("port", "hab-none", check=True).stdout == ""
+        pish("rm", "-f", "hab-net", "hab-none", check=True)
+    finally:
+        pish("rm", "-f", "hab-net", "hab-none")
+        pish("network", "rm", LIFECYCLE_BRIDGE)
+
+
+def test_network_host_and_unknown(pish, busybox_tar, leaks):
+    host_links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
+    out = pish("run", "--network", "host", str(busybox_tar), "ip", "-o", "link", check=True).stdout
+    assert len(out.splitlines()) == len(host_links.splitlines())
+    proc = pish("run", "--network", "no-such-net", str(busybox_tar), "true")
+    assert proc.returncode == 125 and len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert "no-such-net" in proc.stderr
