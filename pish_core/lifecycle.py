@@ -19,7 +19,7 @@ from pish_core import log, paths, proc, state
 from pish_core.drivers import Child, Group, Isolation, Limits, load
 from pish_core.errors import PishError, StateError
 from pish_core.rootpath import resolve_in_root
-from pish_core.spec import ContainerSpec, Process, container_env
+from pish_core.spec import ContainerSpec, Process, Resources, container_env
 
 _log = log.get("lifecycle")
 _SPEC_KEY = {"storage": "storage", "limits": "limits", "network": "net", "isolation": "isolation"}
@@ -95,6 +95,16 @@ def processes(ref: str) -> list[int]:
         return group_of(s).pids()
     except PishError:
         return proc.pids_in_pidns_of(s.pid)
+
+
+def update(ref: str, resources: Resources) -> state.ContainerState:
+    """Change a running container's limits in place (``pish update``): the fields of ``resources`` that
+    are set, written into its cgroup's files."""
+    from pish_core.live_limits import set_group_limits
+
+    s = _running(ref)
+    set_group_limits(group_of(s), resources, s.name)
+    return s
 
 
 def _thaw(s: state.ContainerState) -> None:

@@ -312,3 +312,24 @@ def top(ref: str, ps_options: tuple[str, ...]) -> None:
         fields = line.split(None, len(header) - 1)
         if len(fields) > column and fields[column].isdigit() and int(fields[column]) in pids:
             click.echo(line)
+
+
+@click.command()
+@click.option("--memory", "-m", help="Memory limit, e.g. 64m (at least 6m).")
+@click.option("--cpus", help="CPU quota in CPUs, e.g. 0.5.")
+@click.option("--pids-limit", help="Maximum number of processes.")
+@click.argument("refs", nargs=-1, required=True)
+def update(memory: str | None, cpus: str | None, pids_limit: str | None, refs: tuple[str, ...]) -> None:
+    """Change the limits of running containers, live (their cgroup's files)."""
+    from pish_core.errors import SpecError
+    from pish_core.flags import parse_cpus, parse_memory, parse_positive_int
+    from pish_core.lifecycle import update as update_one
+    from pish_core.spec import Resources
+
+    if memory is None and cpus is None and pids_limit is None:
+        raise SpecError("update: give at least one of --memory, --cpus, --pids-limit")
+    res = Resources(memory=parse_memory(memory) if memory is not None else None,
+                    cpus=parse_cpus(cpus) if cpus is not None else None,
+                    pids_limit=parse_positive_int(pids_limit, "--pids-limit") if pids_limit is not None else None)
+    log.setup("warning")
+    _each(refs, lambda ref: update_one(ref, res))

@@ -28,6 +28,7 @@ COMMANDS = {
     "port": "pish_core.cli.containers:port",
     "rename": "pish_core.cli.containers:rename",
     "top": "pish_core.cli.containers:top",
+    "update": "pish_core.cli.containers:update",
     "network": "pish_core.cli.network:network",
     "image": "pish_core.cli.image:image",
     "demo-image": "pish_core.cli.image:demo_image",

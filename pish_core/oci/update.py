@@ -1,5 +1,6 @@
 """``pish-oci update``: change a running container's limits, from a linux.resources JSON or runc's flags.
-The new values go through the container's limits driver files (cgroup v1 or v2) directly."""
+The new values go through the container's limits driver files (cgroup v1 or v2) directly
+(``pish_core.live_limits``, shared with ``pish update``)."""
 from __future__ import annotations
 
 import json
@@ -12,6 +13,7 @@ from pish_core.errors import PishError
 def update(oci_id: str, resources_file: Path | None, *, memory: str | None, pids_limit: int | None,
            cpu_quota: int | None, cpu_period: int | None, cpu_share: int | None) -> None:
     from pish_core.flags import parse_size
+    from pish_core.live_limits import set_group_limits
     from pish_core.oci import container
     from pish_core.spec import Resources
 
@@ -28,17 +30,4 @@ def update(oci_id: str, resources_file: Path | None, *, memory: str | None, pids
     shares = cpu_share or cpu.get("shares")
     res = Resources(memory=memory_bytes or None, pids_limit=pids or None,
                     cpus=(quota / period) if quota and quota > 0 else None, cpu_shares=shares or None)
-    record = container._record(oci_id)
-    group = container._group(record)
-    cgroup = getattr(group, "cgroup", None)
-    if cgroup is not None:  # cgroup v2 (cgroupv2, systemd)
-        from pish_drivers.limits.cgroupv2 import set_limits
-
-        set_limits(cgroup, res, "update")
-        return
-    dirs = getattr(group, "dirs", None)
-    if dirs is None:
-        raise PishError(f"container {oci_id}: its limits driver cannot be updated")
-    from pish_drivers.limits.cgroupv1 import set_v1_limits
-
-    set_v1_limits(dirs, res)
+    set_group_limits(container._group(container._record(oci_id)), res, oci_id)

@@ -202,3 +202,43 @@ def test_network_host_and_unknown(pish, busybox_tar, leaks):
     proc = pish("run", "--network", "no-such-net", str(busybox_tar), "true")
     assert proc.returncode == 125 and len(proc.stderr.splitlines()) == 1, proc.stderr
     assert "no-such-net" in proc.stderr
+
+
+# -- update --------------------------------------------------------------------------------------------
+
+
+def cgroup_file(pid: int, v1_controller: str, v1_name: str, v2_name: str) -> str:
+    """A cgroup file of process ``pid``: ``v1_name`` in its ``v1_controller`` hierarchy, else ``v2_name``."""
+    from pathlib import Path
+
+    lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if v1_controller in controllers.split(","):
+            return (Path("/sys/fs/cgroup") / v1_controller / path.lstrip("/") / v1_name).read_text().strip()
+    path = next(line.split(":", 2)[2] for line in lines if line.startswith("0::"))
+    return (Path("/sys/fs/cgroup") / path.lstrip("/") / v2_name).read_text().strip()
+
+
+def test_update_live(pish, busybox_tar, cleanup, leaks):
+    cleanup.append("hab-upd")
+    cid = sleeper(pish, busybox_tar, "hab-upd", "--memory", "64m", "--pids-limit", "20")
+    pid = json.loads((_root() / "containers" / cid / "state.json").read_text())["pid"]
+    assert pish("update", "--memory", "96m", "--cpus", "0.5", "--pids-limit", "30", "hab-upd",
+                check=True).stdout == "hab-upd\n"
+    assert cgroup_file(pid, "memory", "memory.limit_in_bytes", "memory.max") == str(96 << 20)
+    assert cgroup_file(pid, "pids", "pids.max", "pids.max") == "30"
+    quota = cgroup_file(pid, "cpu", "cpu.cfs_quota_us", "cpu.max").split()[0]
+    assert quota == "50000"
+    pish("update", "--pids-limit", "40", cid[:12], check=True)  # one flag leaves the others alone
+    assert cgroup_file(pid, "pids", "pids.max", "pids.max") == "40"
+    assert cgroup_file(pid, "memory", "memory.limit_in_bytes", "memory.max") == str(96 << 20)
+
+    refused(pish, "update", "hab-upd", match=r"at least one of --memory")
+    refused(pish, "update", "--memory", "1", "hab-upd", match=r"invalid --memory '1'")
+    refused(pish, "update", "--cpus", "lots", "hab-upd", match=r"invalid --cpus 'lots'")
+    refused(pish, "update", "--pids-limit", "0", "hab-upd", match=r"invalid --pids-limit '0'")
+    refused(pish, "update", "--memory", "64m", "no-such-ctr", match=r"no such container")
+    assert cgroup_file(pid, "pids", "pids.max", "pids.max") == "40"
+    pish("stop", "-t", "1", "hab-upd", check=True)
+    refused(pish, "update", "--memory", "64m", "hab-upd", match=r"hab-upd is not running")
