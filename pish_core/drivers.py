@@ -83,7 +83,7 @@ class Group(abc.ABC):
 
     @abc.abstractmethod
     def stats(self) -> dict[str, int]:
-        """Current figures, such as memory_bytes, cpu_ns, pids."""
+        """Current figures, such as memory_bytes, memory_limit, cpu_ns, pids."""
 
     def oom_killed(self) -> bool:
         """True when the kernel's OOM killer killed a process of this group."""

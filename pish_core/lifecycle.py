@@ -107,6 +107,26 @@ def update(ref: str, resources: Resources) -> state.ContainerState:
     return s
 
 
+def usage(refs: list[str], interval: float = 0.5) -> list[dict[str, object]]:
+    """``pish stats``: CPU % (over ``interval`` seconds), memory use and limit, pids of running containers
+    (all of them when ``refs`` is empty), from their cgroups. A limit the cgroup does not set (or one
+    above the host's memory) is the host's memory, as docker shows it."""
+    states = [_running(ref) for ref in refs] if refs else [s for s in state.list_all() if s.command_running()]
+    groups = [(s, group_of(s)) for s in states]
+    before = [(g.stats().get("cpu_ns", 0), time.monotonic_ns()) for _, g in groups]
+    time.sleep(interval if groups else 0)
+    host_memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    rows: list[dict[str, object]] = []
+    for (s, g), (cpu0, t0) in zip(groups, before):
+        figures = g.stats()
+        cpu = 100 * (figures.get("cpu_ns", 0) - cpu0) / max(time.monotonic_ns() - t0, 1)
+        limit = min(figures.get("memory_limit", host_memory), host_memory)
+        rows.append({"id": s.id, "name": s.name, "cpu_percent": round(cpu, 2),
+                     "memory_bytes": figures.get("memory_bytes", 0), "memory_limit": limit,
+                     "pids": figures.get("pids", 0)})
+    return rows
+
+
 def _thaw(s: state.ContainerState) -> None:
     """Let a paused container go on, so that a signal just sent to it is delivered (``stop``, ``rm -f``)."""
     if paused(s):

@@ -333,3 +333,43 @@ def update(memory: str | None, cpus: str | None, pids_limit: str | None, refs: t
                     pids_limit=parse_positive_int(pids_limit, "--pids-limit") if pids_limit is not None else None)
     log.setup("warning")
     _each(refs, lambda ref: update_one(ref, res))
+
+
+def _size(n: float) -> str:
+    """Bytes as docker's stats shows them: 1.5MiB, 64MiB, 7.6GiB."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.4g}{unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+@click.command()
+@click.option("--no-stream", is_flag=True, help="Print one sample and exit (default: refresh every second).")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
+              help="table, or json: one object a line, docker's keys and the raw figures.")
+@click.argument("refs", nargs=-1)
+def stats(no_stream: bool, fmt: str, refs: tuple[str, ...]) -> None:
+    """CPU %, memory use / limit and pids of running containers (all of them by default), from their cgroups."""
+    from pish_core.lifecycle import usage
+
+    while True:
+        rows = usage(list(refs))
+        lines = []
+        for r in rows:
+            mem, limit = int(str(r["memory_bytes"])), int(str(r["memory_limit"]))
+            docker = {"ID": str(r["id"])[:12], "Name": r["name"], "CPUPerc": f"{r['cpu_percent']:.2f}%",
+                      "MemUsage": f"{_size(mem)} / {_size(limit)}", "MemPerc": f"{100 * mem / limit:.2f}%",
+                      "PIDs": str(r["pids"])}
+            lines.append(json.dumps({**docker, **r}) if fmt == "json" else "\t".join(map(str, docker.values())))
+        if fmt == "table":
+            table = [line.split("\t") for line in
+                     ["CONTAINER ID\tNAME\tCPU %\tMEM USAGE / LIMIT\tMEM %\tPIDS", *lines]]
+            widths = [max(len(row[c]) for row in table) for c in range(len(table[0]))]
+            lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table]
+        if not no_stream and sys.stdout.isatty():
+            click.echo("\033[2J\033[H", nl=False)
+        click.echo("\n".join(lines))
+        if no_stream:
+            return
+        time.sleep(0.5)

@@ -29,6 +29,7 @@ COMMANDS = {
     "rename": "pish_core.cli.containers:rename",
     "top": "pish_core.cli.containers:top",
     "update": "pish_core.cli.containers:update",
+    "stats": "pish_core.cli.containers:stats",
     "network": "pish_core.cli.network:network",
     "image": "pish_core.cli.image:image",
     "demo-image": "pish_core.cli.image:demo_image",

@@ -88,6 +88,7 @@ class CgroupV1Group(Group):
             "memory_bytes": ("memory", "memory.usage_in_bytes"),
             "cpu_ns": ("cpuacct", "cpuacct.usage"),
             "pids": ("pids", "pids.current"),
+            "memory_limit": ("memory", "memory.limit_in_bytes"),  # a huge number when there is none
         }
         out = {}
         for key, (controller, file) in figures.items():

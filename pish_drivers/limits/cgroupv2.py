@@ -114,6 +114,8 @@ class CgroupV2Group(Group):
             out["cpu_ns"] = read_keyed(self.cgroup / "cpu.stat")["usage_usec"] * 1000  # always there
         with contextlib.suppress(OSError, ValueError):
             out["pids"] = int(read(self.cgroup / "pids.current"))
+        with contextlib.suppress(OSError, ValueError):  # "max": no limit, no figure
+            out["memory_limit"] = int(read(self.cgroup / "memory.max"))
         return out
 
     def oom_killed(self) -> bool:

@@ -242,3 +242,39 @@ def test_update_live(pish, busybox_tar, cleanup, leaks):
     assert cgroup_file(pid, "pids", "pids.max", "pids.max") == "40"
     pish("stop", "-t", "1", "hab-upd", check=True)
     refused(pish, "update", "--memory", "64m", "hab-upd", match=r"hab-upd is not running")
+
+
+# -- stats -------------------------------------------------------------------------------------------
+
+
+def test_stats_no_stream(pish, busybox_tar, cleanup, leaks):
+    cleanup += ["hab-hog", "hab-spin"]
+    cid = run_detached(pish, "--net", "none", "--name", "hab-hog", "--memory", "64m", str(busybox_tar), "sh", "-c",
+                       "dd if=/dev/zero of=/dev/shm/hog bs=1M count=24 2>/dev/null; touch /done; sleep 100")
+    spin = run_detached(pish, "--net", "none", "--name", "hab-spin", str(busybox_tar), "sh", "-c",
+                        "while :; do :; done")
+    pid = json.loads((_root() / "containers" / cid / "state.json").read_text())["pid"]
+    deadline = time.monotonic() + 20
+    while not os.path.exists(f"/proc/{pid}/root/done"):
+        assert time.monotonic() < deadline, "the memory hog did not finish writing"
+        time.sleep(0.05)
+    rows = [json.loads(line) for line in pish("stats", "--no-stream", "--format", "json", check=True).stdout.splitlines()]
+    by_name = {row["Name"]: row for row in rows}
+    assert set(by_name) == {"hab-hog", "hab-spin"}
+    hog = by_name["hab-hog"]
+    current = int(cgroup_file(pid, "memory", "memory.usage_in_bytes", "memory.current"))
+    assert abs(hog["memory_bytes"] - current) <= current / 10, (hog, current)
+    assert hog["memory_bytes"] >= 24 << 20
+    assert hog["memory_limit"] == 64 << 20 and hog["MemUsage"].endswith(" / 64MiB")
+    assert hog["pids"] == 1 and hog["PIDs"] == "1"
+    assert by_name["hab-spin"]["cpu_percent"] > 30, by_name["hab-spin"]  # one busy CPU: ~100 %
+    assert by_name["hab-spin"]["memory_limit"] > 64 << 20  # no limit: the host's memory
+
+    table = pish("stats", "--no-stream", "hab-hog", check=True).stdout.splitlines()
+    assert table[0].split("  ")[0] == "CONTAINER ID" and "MEM USAGE / LIMIT" in table[0]
+    assert len(table) == 2 and table[1].startswith(cid[:12]) and "hab-hog" in table[1]
+
+    refused(pish, "stats", "--no-stream", "no-such-ctr", match=r"no such container: no-such-ctr")
+    refused(pish, "stats", "--no-stream", "--format", "xml", match=r"--format")
+    pish("stop", "-t", "1", spin, check=True)
+    refused(pish, "stats", "--no-stream", "hab-spin", match=r"hab-spin is not running")

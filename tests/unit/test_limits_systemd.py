@@ -285,7 +285,7 @@ def test_apply_makes_the_scope_and_release_stops_it(fake: FakeSystemd, driver: S
         assert fake.device_programs == [cgroup]
         (cgroup / "cgroup.procs").write_text("4242\n")
         assert driver.group(journal.records[0]).pids() == [4242]  # found again, as `pish-oci ps` does
-        assert group.stats() == {"memory_bytes": 4096, "cpu_ns": 1_500_000, "pids": 1}
+        assert group.stats() == {"memory_bytes": 4096, "cpu_ns": 1_500_000, "pids": 1, "memory_limit": 48 << 20}
         assert not group.oom_killed()
         (cgroup / "memory.events").write_text("low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n")
         assert group.oom_killed()

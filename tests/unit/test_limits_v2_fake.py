@@ -160,7 +160,7 @@ def test_apply_writes_the_limits_and_release_removes_the_cgroup(kernel: FakeKern
         assert (cgroup / "memory.swap.max").read_text() == "0"
         assert (cgroup / "cgroup.procs").read_text() == "4242"
         assert kernel.device_programs == [cgroup]
-        assert group.stats() == {"memory_bytes": 4096, "cpu_ns": 1_500_000, "pids": 1}
+        assert group.stats() == {"memory_bytes": 4096, "cpu_ns": 1_500_000, "pids": 1, "memory_limit": 32 << 20}
         assert not group.oom_killed()
         (cgroup / "memory.events").chmod(0o644)
         (cgroup / "memory.events").write_text("low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n")
