@@ -26,6 +26,15 @@ def image() -> None:
     """Import, list, inspect and remove images."""
 
 
+def _pull_command() -> click.Command:
+    from pish_core.cli.pull import pull
+
+    return pull
+
+
+image.add_command(_pull_command(), "pull")
+
+
 @image.command("import")
 @click.option("--name", help="NAME[:TAG] for the image (default: the names the archive gives, if any).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar; print only the image ids.")

@@ -34,6 +34,9 @@ COMMANDS = {
     "image": "pish_core.cli.image:image",
     "demo-image": "pish_core.cli.image:demo_image",
     "drivers": "pish_core.cli.drivers:drivers",
+    "pull": "pish_core.cli.pull:pull",
+    "login": "pish_core.cli.pull:login",
+    "logout": "pish_core.cli.pull:logout",
 }
 
 

@@ -62,6 +62,11 @@ def container_options(f: Any) -> Any:
                      help="seccomp=FILE (a custom profile, docker's format), seccomp=unconfined, or "
                           "no-new-privileges[=false] (on by default)."),
         click.option("--userns", help="User namespace: host (default), auto, or CONTAINERID:HOSTID:COUNT (HOSTID 0 only with --privileged)."),
+        click.option("--pull", "pull_policy", type=click.Choice(["missing", "always", "never"]), default="missing",
+                     show_default=True, help="Pull IMAGE from its registry: when not in the store, always, never."),
+        click.option("--platform", help="OS/ARCH[/VARIANT] to pull (default: the host's)."),
+        click.option("--tls-verify", "tls_verify", default="true", show_default=True, metavar="BOOL",
+                     help="Verify the registry's TLS certificate when pulling; false: plain HTTP."),
         click.argument("image"),
         click.argument("command", nargs=-1, type=click.UNPROCESSED),
     ]
@@ -81,6 +86,32 @@ def _image_process(opts: dict[str, Any]) -> tuple[Any, Any]:
                           workdir=opts["workdir"], user=opts["user"], entrypoint=opts["entrypoint"],
                           terminal=opts["tty"], interactive=opts["interactive"])
     return image, process
+
+
+def _pull_if_needed(opts: dict[str, Any]) -> None:
+    """``--pull``: fetch IMAGE from its registry when it names no path and (``missing``) no stored image.
+    Imports the registry client only then: a run of a local tar or a stored image never loads it."""
+    from pathlib import Path
+
+    image, policy = opts["image"], opts.get("pull_policy", "missing")
+    if policy == "never" or Path(image).exists() or image.endswith((".tar", ".tar.gz", ".tgz")) \
+            or image.startswith(("/", "./", "../")):
+        return
+    from pish_core.image import store
+
+    if policy == "missing" and store.find(image) is not None:
+        return
+    from pish_core.image.reference import looks_like_reference
+
+    if not looks_like_reference(image):
+        return
+    from pish_core.cli.pull import _tls_verify
+    from pish_core.image.pull import pull
+
+    img = pull(image, platform=opts.get("platform"), tls_verify=_tls_verify(opts.get("tls_verify", "true")))
+    found = store.find(image)
+    if found is None or found.id != img.id:  # pulled by digest: no name to find it by
+        opts["image"] = img.id
 
 
 def build_spec(opts: dict[str, Any]) -> Any:
@@ -152,6 +183,7 @@ def build_spec(opts: dict[str, Any]) -> Any:
                           dns=tuple(parse_dns(d) for d in opts["dns"]))
     mounts = tuple(parse_volume(v) for v in opts["volume"]) + tuple(parse_tmpfs(t) for t in opts["tmpfs"])
     # Last, because it may import an archive into the store: every cheap check has passed by now.
+    _pull_if_needed(opts)
     check_image(opts["image"])
     image, process = _image_process(opts)
     return ContainerSpec(

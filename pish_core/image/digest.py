@@ -54,16 +54,21 @@ def sha256_file(f: IO[bytes], on_read: Callable[[int], None] | None = None) -> s
 class HashingReader:
     """A read-only stream that hashes (and counts) every byte read through it."""
 
-    def __init__(self, raw: IO[bytes], on_read: Callable[[int], None] | None = None) -> None:
+    def __init__(self, raw: IO[bytes], on_read: Callable[[int], None] | None = None,
+                 limit: int | None = None, what: str = "") -> None:
         self.raw = raw
         self.hash = hashlib.sha256()
         self.size = 0
         self.on_read = on_read
+        self.limit, self.what = limit, what
 
     def read(self, n: int = -1) -> bytes:
         data = self.raw.read(n)
         self.hash.update(data)
         self.size += len(data)
+        if self.limit is not None and self.size > self.limit:
+            raise ImageError(f"{self.what} is bigger than {self.limit} bytes uncompressed "
+                             f"(a decompression bomb?): refused")
         if self.on_read and data:
             self.on_read(len(data))
         return data
@@ -113,16 +118,17 @@ class LayerStream:
     """One pass over a stored layer: ``tar`` is the uncompressed tar stream to unpack; afterwards
     ``finish()`` drains both streams and ``blob_digest`` / ``diff_id`` are the hex digests seen."""
 
-    def __init__(self, raw: IO[bytes], what: str, on_read: Callable[[int], None] | None = None) -> None:
+    def __init__(self, raw: IO[bytes], what: str, on_read: Callable[[int], None] | None = None,
+                 max_tar: int | None = None) -> None:
         self.blob = HashingReader(raw, on_read)
         head = self.blob.read(4)
         self.compression = compression(head)
         source: Any = _Prefixed(head, self.blob)
         if self.compression == "zstd":
-            raise ImageError(f"{what} is zstd-compressed, which pish cannot read yet (use gzip or no compression)")
+            source = _zstd_reader(source, what)
         if self.compression == "gzip":
             source = gzip.GzipFile(fileobj=source, mode="rb")
-        self.tar = HashingReader(source)
+        self.tar = HashingReader(source, limit=max_tar, what=what)
 
     def finish(self) -> None:
         try:
@@ -138,3 +144,31 @@ class LayerStream:
     @property
     def diff_id(self) -> str:
         return self.tar.hexdigest()
+
+
+class _ZstdErrors:
+    """zstandard's reader with its ZstdError turned into OSError, which the unpacker reports in one line."""
+
+    def __init__(self, reader: Any, error: type[Exception]) -> None:
+        self.reader, self.error = reader, error
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            data: bytes = self.reader.read(n)
+        except self.error as exc:
+            raise OSError(f"corrupt zstd data: {exc}") from None
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+
+def _zstd_reader(source: Any, what: str) -> Any:
+    """A streaming zstd decompressor over ``source`` (python-zstandard; imported only for zstd layers)."""
+    try:
+        import zstandard
+    except ImportError:
+        raise ImageError(f"{what} is zstd-compressed and the zstandard module is not installed "
+                         f"(pip install zstandard)") from None
+    reader = zstandard.ZstdDecompressor().stream_reader(source, read_across_frames=True)
+    return _ZstdErrors(reader, zstandard.ZstdError)

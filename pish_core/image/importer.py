@@ -85,9 +85,9 @@ def _import_entry(src: oci.Source, entry: oci.ImageEntry, names: list[str], sour
     progress = Progress(total if not quiet else 0, "importing")
     for i, (ref, diff_id) in enumerate(missing, 1):
         progress.set_label(f"layer {i}/{len(missing)}")
-        _ensure_layer(diff_id, ref.digest, lambda ref=ref: src.open(ref.path), f"layer {ref.path}", progress)
+        ensure_layer(diff_id, ref.digest, lambda ref=ref: src.open(ref.path), f"layer {ref.path}", progress)
     progress.done()
-    return _commit(entry.config, config, diff_ids, names, source)
+    return commit(entry.config, config, diff_ids, names, source)
 
 
 def _size(src: oci.Source, path: str) -> int:
@@ -107,10 +107,10 @@ def _import_rootfs_tar(tar: Path, source: Path, name: str | None, quiet: bool) -
     if not paths.store_layer(diff_id).is_dir():
         progress.set_label("unpacking")
         progress.seen = 0
-        _ensure_layer(diff_id, None, lambda: open(tar, "rb"), str(tar), progress)  # noqa: SIM115
+        ensure_layer(diff_id, None, lambda: open(tar, "rb"), str(tar), progress)  # noqa: SIM115
     progress.done()
     raw = oci.rootfs_config(diff_id)
-    return _commit(raw, json.loads(raw), [diff_id], [parse_name(name)] if name else [], str(source))
+    return commit(raw, json.loads(raw), [diff_id], [parse_name(name)] if name else [], str(source))
 
 
 def _import_dir(path: Path, name: str | None, quiet: bool) -> Image:
@@ -128,8 +128,10 @@ def _import_dir(path: Path, name: str | None, quiet: bool) -> Image:
         tmp.unlink(missing_ok=True)
 
 
-def _ensure_layer(diff_id: str, blob_digest: str | None, opener: Any, what: str, progress: Progress) -> None:
-    """Unpack a layer into the store unless it is there; verify both digests before it goes in place."""
+def ensure_layer(diff_id: str, blob_digest: str | None, opener: Any, what: str, progress: Progress,
+                 max_tar: int | None = None) -> None:
+    """Unpack a layer into the store unless it is there; verify both digests before it goes in place.
+    ``max_tar``: refuse the layer as soon as more than that many uncompressed bytes come out of it."""
     final = paths.store_layer(diff_id)
     if final.is_dir():
         return
@@ -144,7 +146,7 @@ def _ensure_layer(diff_id: str, blob_digest: str | None, opener: Any, what: str,
         _log.info("unpacking layer %s into %s", short, final)
         try:
             with opener() as raw:
-                stream = digest.LayerStream(raw, what, progress.advance)
+                stream = digest.LayerStream(raw, what, progress.advance, max_tar)
                 try:
                     stats = unpack_stream(stream.tar, tmp / "fs", what=what)  # type: ignore[arg-type]
                 except ImageError as exc:
@@ -193,7 +195,7 @@ def _layer_size(diff_id: str) -> int:
         return 0
 
 
-def _commit(raw: bytes, config: dict[str, Any], diff_ids: list[str], names: list[str], source: str) -> Image:
+def commit(raw: bytes, config: dict[str, Any], diff_ids: list[str], names: list[str], source: str) -> Image:
     """Write the image record (if new) and point ``names`` at it."""
     image_id = digest.sha256_bytes(raw)
     rec = paths.image_record(image_id)
