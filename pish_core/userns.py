@@ -174,6 +174,9 @@ def parse(text: str | None, files: tuple[Path, Path] = (SUBUID, SUBGID)) -> User
         raise SpecError(f"invalid --userns {text!r}: the count must be at least 1 and the ids below {MAX_ID + 1}")
     if inside != 0:
         raise SpecError(f"invalid --userns {text!r}: the range must start at the container's root, 0")
+    if host == 0 and count == MAX_ID + 1:  # the kernel refuses id-mapped mounts with it (EPERM)
+        raise SpecError(f"invalid --userns {text!r}: maps every id to itself, which is the host's own "
+                        "namespace: say --userns host")
     for path in files:
         _check_free(host, count, read_ranges(path), path, f"--userns {text}")
     mapping = (IDMapping(inside, host, count),)
