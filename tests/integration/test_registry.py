@@ -5,6 +5,7 @@ registry (a small http.server) that sends what no honest one does. No traffic le
 - ``plain``: HTTP, no auth. ``busybox:1`` (one layer), ``busybox:2`` (the same base layer and one more),
   ``busybox-zstd:1`` (the base layer compressed with zstd by skopeo: from an uncompressed layout, as skopeo
   1.9 keeps a gzip layer gzip whatever ``--dest-compress-format`` says).
+- ``plain`` also has ``multi:1``, an index of a linux/amd64 and a linux/arm64 image (``skopeo copy --all``).
 - ``secure``: TLS with a CA made here, Basic auth from an htpasswd file made here.
 """
 from __future__ import annotations
@@ -137,7 +138,31 @@ def layouts(busybox_tar: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
         config = ib.config_for(layers, Cmd=["/bin/sh", "-c", "echo hi"])
         ib.oci_layout(work / name, layers, config, compress=compress)
         out[name] = work / name
+    out["multi"] = multi_arch_layout(work / "multi", base)
     return out
+
+
+def multi_arch_layout(root: Path, base: bytes) -> Path:
+    """An OCI layout tagged ``latest`` with an index of two images: linux/amd64 and linux/arm64, each
+    the busybox layer and a layer with ``/arch`` saying which it is (the arm64 one runs here too)."""
+    entries = []
+    for arch in ("amd64", "arm64"):
+        layers = [base, ib.layer_tar([ib.file("arch", f"{arch}\n".encode())])]
+        config = ib.config_for(layers)
+        config["architecture"] = arch
+        written = ib.oci_layout(root, layers, config, tag=arch)
+        manifest = root / "blobs" / "sha256" / written["manifest"]
+        entries.append({"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                        "digest": f"sha256:{written['manifest']}", "size": manifest.stat().st_size,
+                        "platform": {"os": "linux", "architecture": arch}})
+    index = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                        "manifests": entries}).encode()
+    index_digest = hashlib.sha256(index).hexdigest()
+    (root / "blobs" / "sha256" / index_digest).write_bytes(index)
+    (root / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.index.v1+json", "digest": f"sha256:{index_digest}",
+        "size": len(index), "annotations": {"org.opencontainers.image.ref.name": "latest"}}]}))
+    return root
 
 
 @pytest.fixture(scope="session")
@@ -145,6 +170,7 @@ def plain(layouts: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) ->
     reg = start_registry(tmp_path_factory.mktemp("plain-registry"))
     try:
         for layout, ref, extra in ((layouts["one"], "busybox:1", []), (layouts["two"], "busybox:2", []),
+                                   (layouts["multi"], "multi:1", ["--all"]),
                                    (layouts["raw"], "busybox-zstd:1",
                                     ["--dest-compress-format", "zstd"])):
             sh("skopeo", "copy", "-q", "--dest-tls-verify=false", *extra, f"oci:{layout}:latest",
@@ -238,6 +264,27 @@ def test_zstd_image_pulls_and_runs(pish: Pish, plain: Registry, reg_env: Path) -
     assert pish("run", ref, "/bin/echo", "zstd-ok", check=True).stdout == "zstd-ok\n"
 
 
+def test_multi_arch_index(pish: Pish, plain: Registry, reg_env: Path) -> None:
+    """The host's platform is chosen from an index; ``--platform linux/arm64`` gets the other manifest."""
+    if pull_host_platform() != "linux/amd64":
+        pytest.skip("the test's index has an amd64 image for the host and an arm64 one for --platform")
+    ref = f"{plain.host}/multi:1"
+    index = json.loads(sh("skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{ref}"))
+    assert len(index["manifests"]) == 2
+    pish("pull", "--tls-verify=false", ref, check=True)
+    assert pish("run", ref, "/bin/cat", "/arch", check=True).stdout == "amd64\n"
+    pish("pull", "--tls-verify=false", "--platform", "linux/arm64", ref, check=True)
+    assert pish("run", ref, "/bin/cat", "/arch", check=True).stdout == "arm64\n"
+    assert "no image for linux/s390x" in one_error(pish("pull", "--tls-verify=false", "--platform", "linux/s390x",
+                                                         ref))
+
+
+def pull_host_platform() -> str:
+    from pish_core.image.pull import host_platform
+
+    return host_platform()
+
+
 def test_tls_basic_auth_login_pull_run(pish: Pish, secure: Registry, reg_env: Path) -> None:
     assert secure.ca is not None
     ref = f"{secure.host}/busybox:1"
@@ -285,7 +332,12 @@ class HostileHandler(http.server.BaseHTTPRequestHandler):
             self.end_headers()
             return
         if "/manifests/" in self.path:
-            self._send(s.manifest, "application/vnd.oci.image.manifest.v1+json")
+            manifest = s.manifest
+            if s.mode == "many-layers":
+                doc = json.loads(manifest)
+                doc["layers"] = doc["layers"] * 10_000
+                manifest = json.dumps(doc).encode()
+            self._send(manifest, "application/vnd.oci.image.manifest.v1+json")
         elif self.path.endswith(s.config_digest):
             self._send(s.config, "application/octet-stream")
         elif "/blobs/" in self.path:
@@ -364,6 +416,7 @@ def hostile() -> Iterator[Hostile]:
     ("endless", "bigger than"),
     ("stall", "timed out"),
     ("redirect-loop", "too many redirects"),
+    ("many-layers", "more than the limit"),
 ])
 def test_hostile_registry(pish: Pish, hostile: Hostile, reg_env: Path, pish_env: object,
                           monkeypatch: pytest.MonkeyPatch, mode: str, message: str) -> None:
