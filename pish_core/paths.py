@@ -218,6 +218,16 @@ def resolv_conf(cid: str) -> Path:
     return container_dir(cid) / "resolv.conf"
 
 
+def etc_hosts(cid: str) -> Path:
+    """The /etc/hosts of a container on no network of pish's (``--net none``): its own, loopback only."""
+    return container_dir(cid) / "hosts"
+
+
+def etc_hostname(cid: str) -> Path:
+    """The container's /etc/hostname (bind-mounted read-only)."""
+    return container_dir(cid) / "hostname"
+
+
 def host_lock(name: str) -> Path:
     """A lock on something every pish on the host shares, whatever PISH_ROOT says (the ``ip pish``
     nftables table): it lives in /run/lock, not under the state root."""

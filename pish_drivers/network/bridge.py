@@ -112,6 +112,7 @@ class BridgeNetwork(Network):
             resolv_conf = hosts.resolv_conf_mount(cid, spec.network.dns)
             yield Attachment(ifname=CONTAINER_IFNAME, address=str(address), network=net.name, mounts=[
                 Mount("/etc/hosts", str(paths.hosts_file(net.name)), "bind", FILE_MOUNT_OPTIONS), resolv_conf,
+                *hosts.hostname_mounts(cid, spec.hostname),
             ])
 
     def release(self, record: dict[str, Any]) -> None:

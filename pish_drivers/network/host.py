@@ -33,8 +33,10 @@ class HostNetwork(Network):
 
     @contextlib.contextmanager
     def attach(self, ctx: RunContext, pid: int) -> Iterator[Attachment]:
-        """Nothing to wire; the container gets the host's nameservers (or ``--dns``) as docker gives."""
-        yield Attachment(mounts=[hosts.resolv_conf_mount(ctx.id, ctx.spec.network.dns)])
+        """Nothing to wire; the container gets the host's nameservers (or ``--dns``) and /etc/hosts, as
+        docker gives."""
+        yield Attachment(mounts=[hosts.resolv_conf_mount(ctx.id, ctx.spec.network.dns),
+                                 *hosts.hostname_mounts(ctx.id, ctx.spec.hostname), *hosts.host_hosts_mounts()])
 
     def release(self, record: dict[str, Any]) -> None:
         """Nothing to undo: nothing was created."""

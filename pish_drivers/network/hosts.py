@@ -99,6 +99,28 @@ def write_resolv_conf(path: Path, dns: Sequence[str]) -> None:
     write_in_place(path, resolv_conf_text(dns))
 
 
+def hostname_mounts(cid: str, hostname: str) -> list[Mount]:
+    """Write the container's /etc/hostname; its read-only mount (none when the spec keeps the host's)."""
+    if not hostname:
+        return []
+    path = paths.etc_hostname(cid)
+    write_in_place(path, f"{hostname}\n")
+    return [Mount("/etc/hostname", str(path), "bind", FILE_MOUNT_OPTIONS)]
+
+
+def host_hosts_mounts(path: Path = Path("/etc/hosts")) -> list[Mount]:
+    """The host's /etc/hosts, read-only, for a container on the host's network (none if it has none)."""
+    return [Mount("/etc/hosts", str(path), "bind", FILE_MOUNT_OPTIONS)] if path.is_file() else []
+
+
+def loopback_hosts_mount(cid: str, hostname: str) -> Mount:
+    """Write an /etc/hosts of the loopback names alone (and the hostname, on 127.0.0.1) for a container
+    on no network; its read-only mount."""
+    path = paths.etc_hosts(cid)
+    write_in_place(path, _HEADER + (f"127.0.0.1\t{hostname}\n" if hostname else ""))
+    return Mount("/etc/hosts", str(path), "bind", FILE_MOUNT_OPTIONS)
+
+
 def resolv_conf_mount(cid: str, dns: Sequence[str]) -> Mount:
     """Write the container's /etc/resolv.conf (``dns``, else the host's nameservers); its read-only mount."""
     path = paths.resolv_conf(cid)

@@ -50,8 +50,11 @@ class NoNetwork(Network):
         with sock:
             bring_up(sock, "lo")
         log.debug("lo of process %d is up", pid)
-        dns = ctx.spec.network.dns
-        yield Attachment(mounts=[hosts.resolv_conf_mount(ctx.id, dns)] if dns else [])
+        # /etc/hosts, /etc/hostname and /etc/resolv.conf, as every container gets them (docker's too)
+        spec = ctx.spec
+        yield Attachment(mounts=[hosts.loopback_hosts_mount(ctx.id, spec.hostname),
+                                 *hosts.hostname_mounts(ctx.id, spec.hostname),
+                                 hosts.resolv_conf_mount(ctx.id, spec.network.dns)])
 
     def release(self, record: dict[str, Any]) -> None:
         """Nothing to undo: ``lo`` goes away with the namespace, and nothing was journaled."""

@@ -278,3 +278,22 @@ def test_stats_no_stream(pish, busybox_tar, cleanup, leaks):
     refused(pish, "stats", "--no-stream", "--format", "xml", match=r"--format")
     pish("stop", "-t", "1", spin, check=True)
     refused(pish, "stats", "--no-stream", "hab-spin", match=r"hab-spin is not running")
+
+
+# -- /etc/hosts, /etc/hostname, /etc/resolv.conf on every network --------------------------------------
+
+
+@pytest.mark.parametrize("network", ["none", "host"])
+def test_etc_files_without_a_network(pish, busybox_tar, network, leaks):
+    script = "cat /etc/hostname; grep -c localhost /etc/hosts; grep -c nameserver /etc/resolv.conf; hostname"
+    out = pish("run", "--network", network, "--hostname", "hab-host", str(busybox_tar), "sh", "-c", script,
+               check=True).stdout.split()
+    assert out[0] == "hab-host" and out[3] == "hab-host"
+    if network == "none":
+        assert int(out[1]) >= 2  # localhost on both families
+        lines = pish("run", "--network", "none", "--hostname", "hab-host", str(busybox_tar), "cat", "/etc/hosts",
+                     check=True).stdout.splitlines()
+        assert "127.0.0.1\thab-host" in lines
+    assert int(out[2]) >= 1
+    proc = pish("run", "--network", network, str(busybox_tar), "sh", "-c", "echo x > /etc/hostname")
+    assert proc.returncode != 0 and "Read-only" in proc.stderr
