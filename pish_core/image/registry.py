@@ -215,9 +215,8 @@ class Registry:
         realm = fields["realm"]
         if not realm.startswith(("https://", "http://")):
             raise ImageError(f"registry {self.host}: the token realm {realm!r} is no http(s) URL")
-        query = {k: v for k, v in (("service", fields.get("service")),
-                                   ("scope", fields.get("scope") or f"repository:{self.repository}:pull"))
-                 if v}
+        scope = fields.get("scope") or (f"repository:{self.repository}:pull" if self.repository else None)
+        query = {k: v for k, v in (("service", fields.get("service")), ("scope", scope)) if v}
         headers = {"User-Agent": "pish"}
         if self.credentials:
             headers["Authorization"] = "Basic " + base64.b64encode(":".join(self.credentials).encode()).decode()

@@ -7,9 +7,12 @@ registry (a small http.server) that sends what no honest one does. No traffic le
   1.9 keeps a gzip layer gzip whatever ``--dest-compress-format`` says).
 - ``plain`` also has ``multi:1``, an index of a linux/amd64 and a linux/arm64 image (``skopeo copy --all``).
 - ``secure``: TLS with a CA made here, Basic auth from an htpasswd file made here.
+- ``token_registry``: the registry's ``token`` auth, tokens from a small token server of the test (JWTs signed
+  with ``openssl``): ``public/*`` pullable anonymously, ``private/*`` only logged in.
 """
 from __future__ import annotations
 
+import base64
 import functools
 import gzip
 import hashlib
@@ -67,7 +70,7 @@ class Registry:
 
 
 def start_registry(work: Path, *, tls: tuple[Path, Path, Path] | None = None,
-                   htpasswd: Path | None = None) -> Registry:
+                   htpasswd: Path | None = None, token: list[str] | None = None) -> Registry:
     port = free_port()
     storage = work / "storage"
     storage.mkdir()
@@ -77,6 +80,8 @@ def start_registry(work: Path, *, tls: tuple[Path, Path, Path] | None = None,
         lines += ["  tls:", f"    certificate: {tls[1]}", f"    key: {tls[2]}"]
     if htpasswd:
         lines += ["auth:", "  htpasswd:", "    realm: pish-test", f"    path: {htpasswd}"]
+    if token:
+        lines += ["auth:", "  token:", *(f"    {line}" for line in token)]
     config = work / "config.yml"
     config.write_text("\n".join(lines) + "\n")
     log = open(work / "registry.log", "wb")  # noqa: SIM115 - the registry writes to it until stopped
@@ -304,6 +309,112 @@ def test_tls_basic_auth_login_pull_run(pish: Pish, secure: Registry, reg_env: Pa
     assert pish("run", ref, "/bin/echo", "tls-ok", check=True).stdout == "tls-ok\n"
     pish("logout", secure.host, check=True)
     assert secure.host not in json.loads(auth_file.read_text())["auths"]
+
+
+# -- token auth: the registry's `token` auth and a small token server of this test -----------------------
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+class TokenServer(http.server.ThreadingHTTPServer):
+    """Anonymous: pull on ``public/*``. USER:PASSWORD: pull and push on everything. Else 401. Tokens are
+    JWTs signed RS256 by ``openssl`` with a self-signed key the registry trusts (``rootcertbundle``)."""
+
+    daemon_threads = True
+    key: Path
+    cert_der: bytes
+    issued: list[str]
+
+    def token(self, user: str | None, scopes: list[str]) -> str:
+        access = []
+        for scope in scopes:
+            kind, _, rest = scope.partition(":")
+            name, _, actions = rest.rpartition(":")
+            allowed = actions.split(",") if user else (["pull"] if name.startswith("public/") else [])
+            access.append({"type": kind, "name": name, "actions": [a for a in actions.split(",") if a in allowed]})
+        now = int(time.time())
+        header = {"typ": "JWT", "alg": "RS256", "x5c": [base64.b64encode(self.cert_der).decode()]}
+        claims = {"iss": "pish-test-issuer", "sub": user or "", "aud": "pish-test-registry", "exp": now + 300,
+                  "nbf": now - 10, "iat": now, "jti": os.urandom(8).hex(), "access": access}
+        signing = f"{b64url(json.dumps(header).encode())}.{b64url(json.dumps(claims).encode())}"
+        sig = subprocess.run(["openssl", "dgst", "-sha256", "-sign", str(self.key)], input=signing.encode(),
+                             capture_output=True, check=True).stdout
+        self.issued.append(user or "<anonymous>")
+        return f"{signing}.{b64url(sig)}"
+
+
+class TokenHandler(http.server.BaseHTTPRequestHandler):
+    server: TokenServer
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        from urllib.parse import parse_qs, urlparse
+
+        query = parse_qs(urlparse(self.path).query)
+        user = None
+        header = self.headers.get("Authorization", "")
+        if header.startswith("Basic "):
+            if base64.b64decode(header[6:]).decode() != f"{USER}:{PASSWORD}":
+                self.send_response(401)
+                self.end_headers()
+                return
+            user = USER
+        body = json.dumps({"token": self.server.token(user, query.get("scope", []))}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@dataclass
+class TokenRegistry:
+    registry: Registry
+    tokens: TokenServer
+
+
+@pytest.fixture(scope="session")
+def token_registry(layouts: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[TokenRegistry]:
+    work = tmp_path_factory.mktemp("token-registry")
+    key, crt, der = work / "token.key", work / "token.crt", work / "token.der"
+    sh("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(crt),
+       "-days", "2", "-subj", "/CN=pish test token signer")
+    sh("openssl", "x509", "-in", str(crt), "-outform", "DER", "-out", str(der))
+    tokens = TokenServer(("127.0.0.1", 0), TokenHandler)
+    tokens.key, tokens.cert_der, tokens.issued = key, der.read_bytes(), []
+    threading.Thread(target=tokens.serve_forever, daemon=True).start()
+    realm = f"http://127.0.0.1:{tokens.server_address[1]}/token"
+    reg = start_registry(work, token=[f"realm: {realm}", "service: pish-test-registry",
+                                      "issuer: pish-test-issuer", f"rootcertbundle: {crt}"])
+    try:
+        for ref in ("public/busybox:1", "private/busybox:1"):
+            sh("skopeo", "copy", "-q", "--dest-tls-verify=false", "--dest-creds", f"{USER}:{PASSWORD}",
+               f"oci:{layouts['one']}:latest", f"docker://{reg.host}/{ref}")
+        yield TokenRegistry(reg, tokens)
+    finally:
+        stop(reg)
+        tokens.shutdown()
+        tokens.server_close()
+
+
+def test_token_auth_anonymous_and_logged_in(pish: Pish, token_registry: TokenRegistry, reg_env: Path) -> None:
+    host = token_registry.registry.host
+    issued = token_registry.tokens.issued
+    issued.clear()
+    pish("pull", "--tls-verify=false", f"{host}/public/busybox:1", check=True)  # an anonymous token
+    assert issued == ["<anonymous>"]
+    assert "log in first" in one_error(pish("pull", "--tls-verify=false", f"{host}/private/busybox:1"))
+    wrong = pish("login", "--tls-verify=false", "-u", USER, "--password-stdin", host, input="nope\n")
+    assert "wrong username or password" in one_error(wrong)
+    pish("login", "--tls-verify=false", "-u", USER, "--password-stdin", host, input=f"{PASSWORD}\n", check=True)
+    issued.clear()
+    pish("pull", "--tls-verify=false", f"{host}/private/busybox:1", check=True)
+    assert issued == [USER]
+    assert pish("run", f"{host}/private/busybox:1", "/bin/echo", "token-ok", check=True).stdout == "token-ok\n"
 
 
 # -- a hostile registry -------------------------------------------------------------------------------
