@@ -54,8 +54,11 @@ def _ports(resources: list[dict[str, Any]]) -> list[str]:
 @click.option("-a", "--all", "show_all", is_flag=True, help="Show every container, not only running ones.")
 @click.option("-q", "--quiet", is_flag=True, help="Only print ids.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def ps(show_all: bool, quiet: bool, as_json: bool) -> None:
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
+              help="table, or json (the same as --json).")
+def ps(show_all: bool, quiet: bool, as_json: bool, fmt: str) -> None:
     """List containers."""
+    as_json = as_json or fmt == "json"
     from pish_core import state
     from pish_core.lifecycle import status_text
 
@@ -251,7 +254,7 @@ def wait(refs: tuple[str, ...]) -> None:
 @click.argument("ref")
 @click.argument("private_port", required=False)
 def port(ref: str, private_port: str | None) -> None:
-    """List a container's published ports (``80/tcp -> 0.0.0.0:8080``), or the host side of PRIVATE_PORT."""
+    """List a container's published ports (80/tcp -> 0.0.0.0:8080), or the host side of PRIVATE_PORT."""
     from pish_core import state
     from pish_core.errors import PishError
 

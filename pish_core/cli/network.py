@@ -13,7 +13,7 @@ import click
 
 @click.group()
 def network() -> None:
-    """Manage networks (for --net bridge --network NAME)."""
+    """Manage networks (joined with run --network NAME)."""
 
 
 def _describe(net: Any) -> dict[str, Any]:

@@ -58,6 +58,7 @@ def test_pause_and_unpause(pish, busybox_tar, cleanup, leaks):
     assert pish("pause", "hab-pause", check=True).stdout == "hab-pause\n"
     assert state_of(pish, cid) == "paused"
     assert "paused" in pish("ps", check=True).stdout  # listed without -a, as docker's ps lists it
+    assert [r["status"] for r in json.loads(pish("ps", "--format", "json", check=True).stdout)] == ["paused"]
     tick = pish_env_file(cid, "/tick")
     time.sleep(0.3)
     assert pish_env_file(cid, "/tick") == tick, "a paused container went on writing"
