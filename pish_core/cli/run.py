@@ -106,9 +106,15 @@ def _pull_if_needed(opts: dict[str, Any]) -> None:
     if not looks_like_reference(image):
         return
     from pish_core.cli.pull import _tls_verify
+    from pish_core.errors import ImageError
     from pish_core.image.pull import pull
 
-    img = pull(image, platform=opts.get("platform"), tls_verify=_tls_verify(opts.get("tls_verify", "true")))
+    try:
+        img = pull(image, platform=opts.get("platform"), tls_verify=_tls_verify(opts.get("tls_verify", "true")))
+    except ImageError as exc:
+        if policy == "always":
+            raise
+        raise ImageError(f"image {image!r} is not in the store (pish image ls) and pulling it failed: {exc}") from None
     found = store.find(image)
     if found is None or found.id != img.id:  # pulled by digest: no name to find it by
         opts["image"] = img.id

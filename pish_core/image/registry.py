@@ -252,8 +252,10 @@ class Registry:
         with Body(resp, self.host, what, self.limits.manifest) as body:
             raw = body.read_all()
         hexd = digest.sha256_bytes(raw)
-        if wanted.startswith("sha256:") and hexd != wanted.removeprefix("sha256:"):
-            raise ImageError(f"registry {self.host}: {what} does not match its digest {wanted}")
+        said = resp.headers.get("Docker-Content-Digest", "")
+        expected = wanted if wanted.startswith("sha256:") else said if said.startswith("sha256:") else ""
+        if expected and hexd != expected.removeprefix("sha256:"):
+            raise ImageError(f"registry {self.host}: {what} does not match its digest {expected}")
         try:
             doc = json.loads(raw)
         except ValueError:

@@ -249,6 +249,8 @@ def test_run_pulls_when_missing(pish: Pish, plain: Registry, reg_env: Path) -> N
 
 def test_https_is_the_default(pish: Pish, plain: Registry, reg_env: Path) -> None:
     assert "TLS" in one_error(pish("pull", f"{plain.host}/busybox:1"))
+    missing = one_error(pish("run", f"{plain.host}/busybox:1", "true"))
+    assert "not in the store" in missing and "TLS" in missing, missing
 
 
 def test_shared_base_layer_fetched_once(pish: Pish, plain: Registry, reg_env: Path, pish_env: object) -> None:
@@ -448,7 +450,8 @@ class HostileHandler(http.server.BaseHTTPRequestHandler):
                 doc = json.loads(manifest)
                 doc["layers"] = doc["layers"] * 10_000
                 manifest = json.dumps(doc).encode()
-            self._send(manifest, "application/vnd.oci.image.manifest.v1+json")
+            lie = {"Docker-Content-Digest": "sha256:" + "0" * 64} if s.mode == "manifest-digest" else {}
+            self._send(manifest, "application/vnd.oci.image.manifest.v1+json", lie)
         elif self.path.endswith(s.config_digest):
             self._send(s.config, "application/octet-stream")
         elif "/blobs/" in self.path:
@@ -456,9 +459,11 @@ class HostileHandler(http.server.BaseHTTPRequestHandler):
         else:
             self._send(b"{}", "application/json")
 
-    def _send(self, body: bytes, media: str) -> None:
+    def _send(self, body: bytes, media: str, headers: dict[str, str] | None = None) -> None:
         self.send_response(200)
         self.send_header("Content-Type", media)
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -528,6 +533,7 @@ def hostile() -> Iterator[Hostile]:
     ("stall", "timed out"),
     ("redirect-loop", "too many redirects"),
     ("many-layers", "more than the limit"),
+    ("manifest-digest", "does not match its digest"),
 ])
 def test_hostile_registry(pish: Pish, hostile: Hostile, reg_env: Path, pish_env: object,
                           monkeypatch: pytest.MonkeyPatch, mode: str, message: str) -> None:
