@@ -187,7 +187,8 @@ def rm(force: bool, refs: tuple[str, ...]) -> None:
 @click.command()
 @click.option("--log-level", default="info", type=click.Choice(log.LEVELS), show_default=True)
 def gc(log_level: str) -> None:
-    """Release everything held by containers whose supervisor died (after a crash or a SIGKILL)."""
+    """Release everything held by containers whose supervisor died (after a crash or a SIGKILL), and remove
+    the partial layers of killed imports and pulls."""
     from pish_core.errors import PishError
     from pish_core.lifecycle import gc as collect_all
 
@@ -195,6 +196,9 @@ def gc(log_level: str) -> None:
     failed: list[PishError] = []
     for cid in collect_all(failed):
         click.echo(cid[:12])
+    from pish_core.image.importer import clean_partial
+
+    clean_partial()  # partial layers of killed imports and pulls
     for exc in failed:
         print(f"pish: {exc}", file=sys.stderr)
     if failed:

@@ -169,6 +169,19 @@ def ensure_layer(diff_id: str, blob_digest: str | None, opener: Any, what: str, 
     _log.debug("layer %s: %s in %d entries", short, human(stats.file_bytes), stats.entries)
 
 
+def clean_partial() -> int:
+    """``pish gc``: remove what imports and pulls that were killed left half-way (their pid is gone)."""
+    if not paths.layers_dir().is_dir():
+        return 0
+    with flocked(paths.unpack_lock()):
+        before = len(os.listdir(paths.layers_dir()))
+        _clean_stale_tmp()
+        removed = before - len(os.listdir(paths.layers_dir()))
+    if removed:
+        _log.info("removed %d partial layer(s) of killed imports or pulls", removed)
+    return removed
+
+
 def _clean_stale_tmp() -> None:
     """Remove what an import killed mid-way left (its pid is gone). Called under unpack.lock."""
     for entry in os.listdir(paths.layers_dir()):

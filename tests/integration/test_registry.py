@@ -563,3 +563,33 @@ def test_run_of_a_local_tar_imports_no_http_client(busybox_tar: Path, pish_env: 
                           cwd=Path(__file__).resolve().parents[2])
     lines = proc.stderr.strip().splitlines()
     assert lines[-2:] == ["exit 0", "[]"], proc.stderr
+
+
+def test_sigkill_during_a_pull_then_gc_and_pull_again(pish: Pish, hostile: Hostile, plain: Registry,
+                                                      reg_env: Path, pish_env: object,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pull killed while a layer streams in leaves only its temporary directory; `pish gc` removes it,
+    and the next pull fills the store whole."""
+    from helpers import pish_command
+
+    hostile.mode = "stall"
+    bomb()
+    monkeypatch.setenv("PISH_PULL_STALL_TIMEOUT", "60")
+    lib = Path(os.environ["PISH_LIB"])
+    proc = subprocess.Popen([*pish_command(), "pull", "--tls-verify=false",
+                             f"127.0.0.1:{hostile.server_address[1]}/evil:1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while not any(e.startswith(".tmp-") for e in store_layers(lib)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert any(e.startswith(".tmp-") for e in store_layers(lib)), store_layers(lib)
+    finally:
+        proc.kill()
+        proc.wait()
+    pish("gc", check=True)
+    assert store_layers(lib) == [], store_layers(lib)
+    pish("pull", "--tls-verify=false", f"{plain.host}/busybox:1", check=True)
+    assert [e for e in store_layers(lib) if not e.startswith(".")] and \
+        not [e for e in store_layers(lib) if e.startswith(".tmp-")]
+    assert pish("run", f"{plain.host}/busybox:1", "/bin/echo", "whole", check=True).stdout == "whole\n"
