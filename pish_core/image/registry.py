@@ -82,7 +82,8 @@ def _http_error(host: str, exc: BaseException) -> ImageError:
     """An urllib3 error in one line, naming the registry."""
     reason: Any = getattr(exc, "reason", None) or exc
     if isinstance(exc, urllib3.exceptions.MaxRetryError) and isinstance(reason, urllib3.exceptions.ResponseError):
-        return ImageError(f"registry {host}: too many redirects")
+        return ImageError(f"registry {host}: too many redirects" if "redirect" in str(reason)
+                          else f"registry {host}: {str(reason)[:200]}")
     if isinstance(reason, urllib3.exceptions.SSLError | ssl.SSLError):
         return ImageError(f"registry {host}: TLS failed ({str(reason).splitlines()[0][:200]}); "
                           f"add its CA as {certs_dir(host)}/ca.crt, or use --tls-verify=false for plain HTTP")
@@ -146,8 +147,12 @@ class Registry:
         self.limits = limits or Limits.from_env()
         self.base = f"{'https' if tls_verify else 'http'}://{host}"
         self.authorization: str | None = None
-        retries = Retry(total=None, connect=2, read=0, redirect=self.limits.redirects, status=0, other=0,
-                        raise_on_redirect=True, backoff_factor=0.5)
+        # Transient failures (a refused connection, 429 and 5xx answers) are retried 3 times with backoff
+        # (0.5 s, 1 s, 2 s); a Retry-After header is not obeyed (a hostile server could ask for days).
+        retries = Retry(total=None, connect=3, read=0, redirect=self.limits.redirects, status=3, other=0,
+                        status_forcelist=(429, 500, 502, 503, 504), allowed_methods=("GET",),
+                        respect_retry_after_header=False, raise_on_redirect=True, raise_on_status=False,
+                        backoff_factor=0.5, backoff_max=4)
         timeout = Timeout(connect=self.limits.connect, read=self.limits.stall)
         self.pool = urllib3.PoolManager(retries=retries, timeout=timeout,
                                         ssl_context=self._ssl_context() if tls_verify else None)

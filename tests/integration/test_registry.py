@@ -429,6 +429,8 @@ class Hostile(http.server.ThreadingHTTPServer):
     config = b""
     layer_digest = ""
     config_digest = ""
+    blob = b""
+    failures = 0  # "flaky": how many 503s are left to answer
 
 
 class HostileHandler(http.server.BaseHTTPRequestHandler):
@@ -442,6 +444,12 @@ class HostileHandler(http.server.BaseHTTPRequestHandler):
         if s.mode == "redirect-loop":
             self.send_response(302)
             self.send_header("Location", f"/loop/{time.monotonic_ns()}")
+            self.end_headers()
+            return
+        if s.mode in ("flaky", "unavailable") and s.failures > 0:
+            s.failures -= 1
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
             self.end_headers()
             return
         if "/manifests/" in self.path:
@@ -474,7 +482,9 @@ class HostileHandler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/octet-stream")
         self.end_headers()
         try:
-            if mode == "wrong-digest":
+            if mode == "flaky":
+                self.wfile.write(self.server.blob)
+            elif mode == "wrong-digest":
                 self.wfile.write(gzip.compress(ib.layer_tar([ib.file("not-what-was-promised")])))
             elif mode == "bomb":
                 self.wfile.write(bomb())
@@ -511,6 +521,7 @@ def hostile() -> Iterator[Hostile]:
     config = json.dumps(ib.config_for([honest_layer])).encode()
     server.config, server.config_digest = config, hashlib.sha256(config).hexdigest()
     server.layer_digest = hashlib.sha256(blob).hexdigest()
+    server.blob = blob
     server.manifest = json.dumps({
         "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
@@ -534,10 +545,12 @@ def hostile() -> Iterator[Hostile]:
     ("redirect-loop", "too many redirects"),
     ("many-layers", "more than the limit"),
     ("manifest-digest", "does not match its digest"),
+    ("unavailable", "HTTP 503"),
 ])
 def test_hostile_registry(pish: Pish, hostile: Hostile, reg_env: Path, pish_env: object,
                           monkeypatch: pytest.MonkeyPatch, mode: str, message: str) -> None:
     hostile.mode = mode
+    hostile.failures = 1000
     if mode in ("bomb", "stall"):
         bomb()  # made before the pull: making it takes longer than the stall timeout
     monkeypatch.setenv("PISH_PULL_MAX_LAYER", str(64 << 20))
@@ -563,6 +576,13 @@ def test_run_of_a_local_tar_imports_no_http_client(busybox_tar: Path, pish_env: 
                           cwd=Path(__file__).resolve().parents[2])
     lines = proc.stderr.strip().splitlines()
     assert lines[-2:] == ["exit 0", "[]"], proc.stderr
+
+
+def test_transient_errors_are_retried(pish: Pish, hostile: Hostile, reg_env: Path) -> None:
+    hostile.mode, hostile.failures = "flaky", 2
+    out = pish("pull", "--tls-verify=false", f"127.0.0.1:{hostile.server_address[1]}/flaky:1", check=True)
+    assert hostile.failures == 0, out.stderr
+    assert f"127.0.0.1:{hostile.server_address[1]}/flaky " in pish("image", "ls", check=True).stdout
 
 
 def test_sigkill_during_a_pull_then_gc_and_pull_again(pish: Pish, hostile: Hostile, plain: Registry,
