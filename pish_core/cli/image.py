@@ -85,8 +85,15 @@ def list_images(quiet: bool, as_json: bool) -> None:
 
 
 def _summary(img: Any) -> dict[str, Any]:
+    # A pulled image's source is REGISTRY/REPO:TAG@sha256:MANIFEST: its repo digest is REGISTRY/REPO@sha256:...
+    repo_digests = []
+    if "@sha256:" in img.source:
+        name, _, manifest = img.source.partition("@")
+        if ":" in name.rsplit("/", 1)[-1]:
+            name = name.rsplit(":", 1)[0]
+        repo_digests.append(f"{name}@{manifest}")
     return {"id": f"sha256:{img.id}", "names": img.names, "size": img.size, "layers": len(img.layers),
-            "source": img.source, "imported": img.imported}
+            "source": img.source, "imported": img.imported, "repo_digests": repo_digests}
 
 
 @image.command("inspect")
@@ -108,6 +115,19 @@ def inspect(refs: tuple[str, ...]) -> None:
             layers.append({**meta, "path": str(paths.store_layer(diff_id) / "fs")})
         out.append({**_summary(img), "config": img.config, "layers": layers, "used_by": store.users(img)})
     click.echo(json.dumps(out, indent=2))
+
+
+@image.command("tag")
+@click.argument("source")
+@click.argument("target")
+def tag(source: str, target: str) -> None:
+    """Give the image SOURCE (name or id) the name TARGET ([HOST[:PORT]/]NAME[:TAG])."""
+    from pish_core.image import store
+
+    log.setup("warning")
+    with store.reading():
+        img = store.lookup(source)
+        store.tag(img.id, [store.parse_name(target)])
 
 
 @image.command("rm")

@@ -239,6 +239,16 @@ def test_plain_http_pull_and_run(pish: Pish, plain: Registry, reg_env: Path, pis
     assert pulled_layers(again.stderr) == [], again.stderr  # every layer already in the store
 
 
+def test_inspect_shows_the_repo_digest_and_tag_names_it(pish: Pish, plain: Registry, reg_env: Path) -> None:
+    ref = f"{plain.host}/busybox:1"
+    pish("pull", "-q", "--tls-verify=false", ref, check=True)
+    want = json.loads(sh("skopeo", "inspect", "--tls-verify=false", f"docker://{ref}"))["Digest"]
+    shown = json.loads(pish("image", "inspect", ref, check=True).stdout)[0]
+    assert shown["repo_digests"] == [f"{plain.host}/busybox@{want}"]
+    pish("image", "tag", ref, "mine:v1", check=True)
+    assert json.loads(pish("image", "inspect", "mine:v1", check=True).stdout)[0]["id"] == shown["id"]
+
+
 def test_run_pulls_when_missing(pish: Pish, plain: Registry, reg_env: Path) -> None:
     ref = f"{plain.host}/busybox:1"
     one_error(pish("run", "--pull", "never", ref, "/bin/true"))
