@@ -3,7 +3,10 @@
 A rootfs legitimately holds absolute symlinks (``/bin/sh -> /bin/busybox``): they are fine once the
 container's root is ``/``. What is not fine is anything that makes the *unpacking* touch the host:
 a member named ``../x`` or ``/etc/x``, a member written *through* a symlink the archive planted earlier,
-a hard link to a file outside the tree, or a device node. Each is refused, naming the member.
+a hard link to a file outside the tree, or a device node. Each is refused, naming the member, with one
+exception: device nodes under ``/dev`` (``/dev/null``, ``/dev/console``..., which every ``mmdebstrap`` or
+debootstrap tarball holds) are skipped with one warning, as the container gets its own ``/dev`` (rootless
+podman does the same). Fifos are kept: making one touches nothing but the tree.
 
 An image layer is unpacked the same way, from a stream (``unpack_stream``), with its OCI whiteouts turned
 into overlayfs ones as it goes (see ``whiteout.py``): the layer directory is then an overlayfs lower layer
@@ -18,8 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from pish_core import log
 from pish_core.errors import ImageError
 from pish_core.image import whiteout
+
+_log = log.get("image")
 
 #: pish checks every member itself (``_check``) and needs none of tarfile's own extraction filters (PEP 706,
 #: Python 3.11.4+; the default from 3.14), which would refuse what a rootfs rightly holds, such as absolute
@@ -31,6 +37,7 @@ class UnpackStats:
     entries: int = 0
     file_bytes: int = 0  # the sizes of the regular files written
     whiteouts: int = 0
+    skipped_devices: int = 0  # device nodes under /dev, not made
     data_end: int = 0  # where the data of the last member ends in the tar stream
 
 
@@ -56,8 +63,9 @@ def _check(member: tarfile.TarInfo, dest: Path) -> str:
     if rel == ".":
         return rel
     _no_symlink_on_the_way(dest, rel, member.name)
-    if member.ischr() or member.isblk() or member.isfifo():
-        raise ImageError(f"refusing tar member {member.name!r}: device nodes and fifos are not allowed in images")
+    if (member.ischr() or member.isblk()) and not rel.startswith("dev/"):
+        raise ImageError(f"refusing tar member {member.name!r}: device nodes are not allowed in images "
+                         f"(outside /dev, where they are skipped)")
     if member.islnk():
         link = _inside(member.linkname, member.name)
         _no_symlink_on_the_way(dest, link + "/x", member.name)
@@ -65,7 +73,7 @@ def _check(member: tarfile.TarInfo, dest: Path) -> str:
             raise ImageError(f"refusing tar member {member.name!r}: it links to {member.linkname!r}, "
                              f"which is no file the archive wrote before it")
         member.linkname = link
-    elif not (member.isreg() or member.isdir() or member.issym()):
+    elif not (member.isreg() or member.isdir() or member.issym() or member.isdev()):
         raise ImageError(f"refusing tar member {member.name!r}: unsupported member type")
     # tarfile extracts by the raw name, which the kernel resolves component by component: `sym/../x`
     # would go through the symlink `sym` that the checks above, on the normalised `x`, never saw.
@@ -137,6 +145,9 @@ def _unpack(tar: tarfile.TarFile, dest: Path, whiteouts: bool) -> UnpackStats:
         if whiteouts and _whiteout(member, rel, dest, made):
             stats.whiteouts += 1
             continue
+        if member.ischr() or member.isblk():  # under dev/ (_check refused the others)
+            stats.skipped_devices += 1
+            continue
         target = dest / rel
         if rel == "." or (member.isdir() and target.is_dir() and not target.is_symlink()):
             if rel in made:
@@ -156,6 +167,8 @@ def _unpack(tar: tarfile.TarFile, dest: Path, whiteouts: bool) -> UnpackStats:
             dirs.append((target, member.mtime))
     for target, mtime in reversed(dirs):  # what was written into a directory changed its mtime: restore it
         os.utime(target, (mtime, mtime), follow_symlinks=False)
+    if stats.skipped_devices:
+        _log.warning("skipped %d device node(s) under /dev: the container gets its own /dev", stats.skipped_devices)
     return stats
 
 

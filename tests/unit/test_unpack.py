@@ -93,7 +93,7 @@ def hostile_cases(sentinel: Path) -> dict[str, tuple[list[Member], str]]:
         ),
         "char-device": ([Member("null", tarfile.CHRTYPE, mode=0o666)], "null"),
         "block-device": ([Member("sda", tarfile.BLKTYPE, mode=0o660)], "sda"),
-        "fifo": ([Member("pipe", tarfile.FIFOTYPE)], "pipe"),
+        "device-outside-dev": ([directory("etc"), Member("etc/null", tarfile.CHRTYPE, mode=0o666)], "etc/null"),
     }
 
 
@@ -110,6 +110,24 @@ def test_hostile_archive_is_refused(layout: Layout, case: str) -> None:
     layout.assert_untouched()
     if case == "hardlink-outside":
         assert not (layout.dest / "passwd").exists()
+
+
+def test_devices_under_dev_are_skipped_and_fifos_kept(layout: Layout, caplog: pytest.LogCaptureFixture) -> None:
+    """A debootstrap/mmdebstrap tarball holds /dev/null, /dev/console...: skipped with one warning (the
+    container gets its own /dev); a fifo is made."""
+    make_tar(layout.archive, [
+        directory("dev"), Member("dev/null", tarfile.CHRTYPE, mode=0o666), Member("dev/sda", tarfile.BLKTYPE),
+        Member("./dev/console", tarfile.CHRTYPE, mode=0o600), directory("run"), Member("run/pipe", tarfile.FIFOTYPE),
+        file("dev/readme", b"kept\n"),
+    ])
+    with caplog.at_level("WARNING"):
+        stats = unpack_tar(layout.archive, layout.dest)
+    assert sorted(os.listdir(layout.dest / "dev")) == ["readme"]
+    assert stat.S_ISFIFO(os.lstat(layout.dest / "run" / "pipe").st_mode)
+    assert stats.skipped_devices == 3
+    assert [r.getMessage() for r in caplog.records if "device node" in r.getMessage()] == [
+        "skipped 3 device node(s) under /dev: the container gets its own /dev"]
+    layout.assert_untouched()
 
 
 def test_not_a_tar(layout: Layout) -> None:
