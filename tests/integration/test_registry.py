@@ -623,3 +623,18 @@ def test_sigkill_during_a_pull_then_gc_and_pull_again(pish: Pish, hostile: Hosti
     assert [e for e in store_layers(lib) if not e.startswith(".")] and \
         not [e for e in store_layers(lib) if e.startswith(".tmp-")]
     assert pish("run", f"{plain.host}/busybox:1", "/bin/echo", "whole", check=True).stdout == "whole\n"
+
+
+def test_two_pulls_of_one_image_at_once(plain: Registry, reg_env: Path, pish_env: object, pish: Pish) -> None:
+    from helpers import pish_command
+
+    ref = f"{plain.host}/busybox:2"
+    procs = [subprocess.Popen([*pish_command(), "pull", "-q", "--tls-verify=false", ref], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert outs[0][0] == outs[1][0]  # the same image id
+    lib = Path(os.environ["PISH_LIB"])
+    assert len([e for e in store_layers(lib) if not e.startswith(".")]) == 2, store_layers(lib)
+    assert not [e for e in store_layers(lib) if e.startswith(".tmp-")]
+    assert pish("run", ref, "/bin/cat", "/etc/second", check=True).stdout == "second layer\n"
