@@ -167,6 +167,8 @@ def start(ref: str, timeout: float = 30) -> state.ContainerState:
 def kill(ref: str, sig: int = signal.SIGKILL) -> state.ContainerState:
     s = _running(ref)
     assert s.pid is not None
+    if paused(s):  # the signal would wait for the thaw: docker refuses it too
+        raise StateError(f"container {s.name} is paused: unpause it before kill (or use stop, or rm -f)")
     os.kill(s.pid, sig)
     return s
 

@@ -64,6 +64,7 @@ def test_pause_and_unpause(pish, busybox_tar, cleanup, leaks):
     assert pish_env_file(cid, "/tick") == tick, "a paused container went on writing"
     refused(pish, "pause", "hab-pause", match=r"hab-pause is already paused")
     refused(pish, "exec", "hab-pause", "true", match=r"hab-pause is paused: unpause it")
+    refused(pish, "kill", "hab-pause", match=r"hab-pause is paused: unpause it")
     assert pish("unpause", "hab-pause", check=True).stdout == "hab-pause\n"
     assert state_of(pish, cid) == "running"
     refused(pish, "unpause", "hab-pause", match=r"hab-pause is not paused")
@@ -149,8 +150,10 @@ def test_top(pish, busybox_tar, cleanup, leaks):
     cleanup.append("hab-top")
     run_detached(pish, "--net", "none", "--name", "hab-top", str(busybox_tar),
                  "sh", "-c", "sleep 101 & sleep 102")
-    time.sleep(0.3)
-    lines = pish("top", "hab-top", check=True).stdout.splitlines()
+    deadline = time.monotonic() + 20
+    while len(lines := pish("top", "hab-top", check=True).stdout.splitlines()) < 3 or any("sh -c" in line for line in lines):
+        assert time.monotonic() < deadline, lines
+        time.sleep(0.05)
     assert lines[0].split()[:2] == ["UID", "PID"]
     commands = sorted(line.split(None, 7)[7] for line in lines[1:])
     assert commands == ["sleep 101", "sleep 102"], lines  # sh execs its last command
@@ -268,7 +271,7 @@ def test_stats_no_stream(pish, busybox_tar, cleanup, leaks):
     assert hog["memory_bytes"] >= 24 << 20
     assert hog["memory_limit"] == 64 << 20 and hog["MemUsage"].endswith(" / 64MiB")
     assert hog["pids"] == 1 and hog["PIDs"] == "1"
-    assert by_name["hab-spin"]["cpu_percent"] > 30, by_name["hab-spin"]  # one busy CPU: ~100 %
+    assert by_name["hab-spin"]["cpu_percent"] > 5, by_name["hab-spin"]  # one busy CPU: ~100 % on an idle host
     assert by_name["hab-spin"]["memory_limit"] > 64 << 20  # no limit: the host's memory
 
     table = pish("stats", "--no-stream", "hab-hog", check=True).stdout.splitlines()
