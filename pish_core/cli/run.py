@@ -101,10 +101,15 @@ def _pull_if_needed(opts: dict[str, Any]) -> None:
 
     if policy == "missing" and store.find(image) is not None:
         return
-    from pish_core.image.reference import looks_like_reference
+    from pish_core.image.reference import candidates, looks_like_reference
 
     if not looks_like_reference(image):
         return
+    if policy == "missing":  # a short name pulled before from a search registry other than Docker Hub
+        for ref in candidates(image):
+            if ref.store_name and (found := store.find(ref.store_name)) is not None:
+                opts["image"] = found.id
+                return
     from pish_core.cli.pull import _tls_verify
     from pish_core.errors import ImageError
     from pish_core.image.pull import pull

@@ -18,7 +18,7 @@ from pish_core import log, paths
 from pish_core.errors import ImageError
 from pish_core.image import auth, digest, importer, oci
 from pish_core.image.progress import Progress, human
-from pish_core.image.reference import Reference, parse
+from pish_core.image.reference import Reference, candidates
 from pish_core.image.registry import INDEX_TYPES, Registry
 from pish_core.image.store import Image
 from pish_core.state import flocked
@@ -41,8 +41,22 @@ def _parse_platform(text: str) -> tuple[str, str, str | None]:
 
 
 def pull(text: str, *, platform: str | None = None, tls_verify: bool = True, quiet: bool = False) -> Image:
-    """Pull the image ``text`` names; return it, tagged with its name in the store."""
-    ref = parse(text)
+    """Pull the image ``text`` names (a short name from the first search registry that has it); return it,
+    tagged with its full name in the store."""
+    refs = candidates(text)
+    if len(refs) == 1:
+        return _pull(refs[0], platform=platform, tls_verify=tls_verify, quiet=quiet)
+    failures = []
+    for ref in refs:
+        try:
+            return _pull(ref, platform=platform, tls_verify=tls_verify, quiet=quiet)
+        except ImageError as exc:
+            _log.info("%s: %s; trying the next search registry", ref, exc)
+            failures.append(f"{ref.registry}: {exc}")
+    raise ImageError(f"{text} is in none of the search registries ({'; '.join(failures)})")
+
+
+def _pull(ref: Reference, *, platform: str | None, tls_verify: bool, quiet: bool) -> Image:
     registry = Registry(ref.api_host, ref.repository, tls_verify=tls_verify,
                         credentials=auth.credentials(ref.registry))
     _log.info("pulling %s from %s", ref, registry.base)

@@ -3,11 +3,18 @@
 ``[HOST[:PORT]/]PATH[:TAG][@sha256:DIGEST]``: the first component is a registry host when it holds a ``.``
 or a ``:``, or is ``localhost``; otherwise the registry is Docker Hub, where a one-component path lives
 under ``library/``. A reference with a digest is pulled by that digest (the tag, if any, only names it).
+
+A short name (no registry) is looked for in the registries ``unqualified-search-registries`` lists in
+``/etc/pish/registries.conf`` (``PISH_REGISTRIES_CONF``; the TOML key of podman's registries.conf), in
+order; without that file, Docker Hub only, as docker does.
 """
 from __future__ import annotations
 
+import os
 import re
+import tomllib
 from dataclasses import dataclass
+from pathlib import Path
 
 from pish_core.errors import ImageError
 from pish_core.image import digest
@@ -90,3 +97,29 @@ def looks_like_reference(text: str) -> bool:
     except ImageError:
         return False
     return True
+
+
+REGISTRIES_CONF = "/etc/pish/registries.conf"
+
+
+def search_registries() -> list[str]:
+    path = Path(os.environ.get("PISH_REGISTRIES_CONF") or REGISTRIES_CONF)
+    try:
+        conf = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        return [DOCKER_HUB]
+    except (OSError, ValueError) as exc:
+        raise ImageError(f"cannot read {path}: {str(exc).splitlines()[0]}") from None
+    listed = conf.get("unqualified-search-registries", [DOCKER_HUB])
+    if not isinstance(listed, list) or not all(isinstance(r, str) and _HOST_RE.fullmatch(r) for r in listed):
+        raise ImageError(f"{path}: unqualified-search-registries must be a list of registry hosts")
+    return listed or [DOCKER_HUB]
+
+
+def candidates(text: str) -> list[Reference]:
+    """The references ``text`` may mean: itself when it names a registry, else one per search registry."""
+    first, slash, _ = text.strip().partition("/")
+    if slash and ("." in first or ":" in first or first == "localhost"):
+        return [parse(text)]
+    parse(text)  # a bad name is refused as it is, not as REGISTRY/name
+    return [parse(f"{registry}/{text.strip()}") for registry in search_registries()]

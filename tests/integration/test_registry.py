@@ -638,3 +638,17 @@ def test_two_pulls_of_one_image_at_once(plain: Registry, reg_env: Path, pish_env
     assert len([e for e in store_layers(lib) if not e.startswith(".")]) == 2, store_layers(lib)
     assert not [e for e in store_layers(lib) if e.startswith(".tmp-")]
     assert pish("run", ref, "/bin/cat", "/etc/second", check=True).stdout == "second layer\n"
+
+
+def test_short_name_from_the_search_registries(pish: Pish, plain: Registry, reg_env: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """`busybox:1` is looked for in each search registry in turn: the first (nothing listens) fails, the
+    second has it; a run of the short name then finds it in the store."""
+    conf = reg_env / "registries.conf"
+    conf.write_text(f'unqualified-search-registries = ["127.0.0.1:{free_port()}", "{plain.host}"]\n')
+    monkeypatch.setenv("PISH_REGISTRIES_CONF", str(conf))
+    out = pish("pull", "--tls-verify=false", "busybox:1", check=True)
+    assert "trying the next search registry" in out.stderr
+    assert f"{plain.host}/busybox  1 " in pish("image", "ls", check=True).stdout
+    run = pish("run", "busybox:1", "/bin/echo", "short", check=True)
+    assert run.stdout == "short\n" and "pulling" not in run.stderr

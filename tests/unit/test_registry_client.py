@@ -108,3 +108,18 @@ def test_commands_that_do_not_pull_import_no_http_client(tmp_path: Path) -> None
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=env,
                           timeout=60, check=False)
     assert proc.stderr.strip().splitlines()[-1] == "[]", proc.stderr
+
+
+def test_short_names_and_the_search_list(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pish_core.image.reference import candidates
+
+    monkeypatch.setenv("PISH_REGISTRIES_CONF", str(tmp_path / "none.conf"))
+    assert [str(r) for r in candidates("alpine")] == ["docker.io/library/alpine:latest"]
+    conf = tmp_path / "registries.conf"
+    conf.write_text('unqualified-search-registries = ["quay.io", "docker.io"]\n')
+    monkeypatch.setenv("PISH_REGISTRIES_CONF", str(conf))
+    assert [str(r) for r in candidates("alpine:3")] == ["quay.io/alpine:3", "docker.io/library/alpine:3"]
+    assert [str(r) for r in candidates("myreg:5000/x")] == ["myreg:5000/x:latest"]
+    conf.write_text("unqualified-search-registries = 'quay.io'\n")
+    with pytest.raises(ImageError, match="must be a list"):
+        candidates("alpine")
