@@ -89,7 +89,10 @@ def _pull(ref: Reference, *, platform: str | None, tls_verify: bool, quiet: bool
         if len(missing) < len(layers):
             _log.info("%d of %d layers already in the store", len(layers) - len(missing), len(layers))
         names = [ref.store_name] if ref.store_name else []
-        return importer.commit(raw_config, config, diff_ids, names, f"{ref}@sha256:{manifest_digest}")
+        # The source names the digest the tag pointed to (an index's, for a multi-platform image), as
+        # docker's RepoDigests and `skopeo inspect` do.
+        name = f"{ref.registry}/{ref.repository}" + (f":{ref.tag}" if ref.tag else "")
+        return importer.commit(raw_config, config, diff_ids, names, f"{name}@sha256:{manifest_digest}")
 
 
 def _opener(registry: Registry, hexd: str, what: str, size: int) -> Any:
@@ -108,12 +111,14 @@ def _size(desc: dict[str, Any]) -> int:
 
 
 def _manifest(registry: Registry, ref: Reference, platform: str) -> tuple[dict[str, Any], str]:
-    """The image manifest for ``platform`` (descending from an index) and its hex digest."""
+    """The image manifest for ``platform`` (descending from an index) and the hex digest of what
+    ``ref`` named (the index, if it is one)."""
     raw, media, hexd = registry.manifest(ref.wanted, f"manifest {ref}")
+    top = hexd
     doc = json.loads(raw)
     if media in INDEX_TYPES:
         child = _choose(doc, platform, ref)
-        raw, media, hexd = registry.manifest(f"sha256:{child}", f"manifest sha256:{child[:12]} of {ref}")
+        raw, media, _ = registry.manifest(f"sha256:{child}", f"manifest sha256:{child[:12]} of {ref}")
         doc = json.loads(raw)
         if media in INDEX_TYPES:
             raise ImageError(f"{ref}: an index inside an index, which pish does not follow")
@@ -129,7 +134,7 @@ def _manifest(registry: Registry, ref: Reference, platform: str) -> tuple[dict[s
                              f"layer, which pish does not fetch")
         if media_type and not media_type.endswith(_LAYER_TYPES):
             raise ImageError(f"{ref}: layer {d.get('digest')} has media type {media_type!r}, no image layer")
-    return doc, hexd
+    return doc, top
 
 
 def _choose(index: Any, platform: str, ref: Reference) -> str:

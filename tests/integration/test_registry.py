@@ -652,3 +652,14 @@ def test_short_name_from_the_search_registries(pish: Pish, plain: Registry, reg_
     assert f"{plain.host}/busybox  1 " in pish("image", "ls", check=True).stdout
     run = pish("run", "busybox:1", "/bin/echo", "short", check=True)
     assert run.stdout == "short\n" and "pulling" not in run.stderr
+
+
+def test_pull_and_run_by_digest(pish: Pish, plain: Registry, reg_env: Path) -> None:
+    want = json.loads(sh("skopeo", "inspect", "--tls-verify=false", f"docker://{plain.host}/busybox:2"))["Digest"]
+    ref = f"{plain.host}/busybox@{want}"
+    out = pish("pull", "--tls-verify=false", ref, check=True)
+    assert json.loads(pish("image", "inspect", out.stdout.strip(), check=True).stdout)[0]["repo_digests"] == [ref]
+    run = pish("run", "--tls-verify=false", ref, "/bin/cat", "/etc/second", check=True)
+    assert run.stdout == "second layer\n"
+    bad = f"{plain.host}/busybox@sha256:{'0' * 64}"
+    assert "not found" in one_error(pish("pull", "--tls-verify=false", bad))
