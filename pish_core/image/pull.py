@@ -4,14 +4,21 @@ The manifest (or, from an index, the one for the platform asked) and the config 
 and verified; then each layer the store lacks (by ``diff_id``: a layer any image brought is never fetched
 again) is streamed straight into ``importer.ensure_layer``, which hashes the blob as it arrives, unpacks
 the tar that comes out of it into a temporary directory, and renames it into place only when both digests
-match. Nothing of a failed pull is left in the store.
+match. Nothing of a failed pull is left in the store. With several layers to fetch, up to
+``Limits.parallel`` download at once into temporary files (hashed as they arrive) and are unpacked in order
+through the same ``ensure_layer`` as each is whole (``_fetch_parallel``).
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import os
 import platform as _platform
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from pish_core import log, paths
@@ -78,13 +85,17 @@ def _pull(ref: Reference, *, platform: str | None, tls_verify: bool, quiet: bool
             raise ImageError(f"{ref}: its layers are {sum(sizes)} bytes, more than the limit of "
                              f"{registry.limits.image} (PISH_PULL_MAX_IMAGE)")
         progress = Progress(0 if quiet else sum(sizes), "pulling")
-        for i, ((desc, diff_id), size) in enumerate(zip(missing, sizes, strict=True), 1):
-            lhex = digest.parse(desc.get("digest"), f"a layer of {ref}")
-            what = f"layer sha256:{lhex[:12]}"
-            _log.info("pulling layer %d/%d sha256:%s (%s)", i, len(missing), lhex[:12], human(size))
-            progress.set_label(f"layer {i}/{len(missing)}")
-            importer.ensure_layer(diff_id, lhex, _opener(registry, lhex, what, size), what, progress,
-                                  max_tar=registry.limits.layer_uncompressed)
+        jobs = [(digest.parse(desc.get("digest"), f"a layer of {ref}"), diff_id, size)
+                for (desc, diff_id), size in zip(missing, sizes, strict=True)]
+        if registry.limits.parallel > 1 and len(jobs) > 1:
+            _fetch_parallel(registry, jobs, progress)
+        else:
+            for i, (lhex, diff_id, size) in enumerate(jobs, 1):
+                what = f"layer sha256:{lhex[:12]}"
+                _log.info("pulling layer %d/%d sha256:%s (%s)", i, len(jobs), lhex[:12], human(size))
+                progress.set_label(f"layer {i}/{len(jobs)}")
+                importer.ensure_layer(diff_id, lhex, _opener(registry, lhex, what, size), what, progress,
+                                      max_tar=registry.limits.layer_uncompressed)
         progress.done()
         if len(missing) < len(layers):
             _log.info("%d of %d layers already in the store", len(layers) - len(missing), len(layers))
@@ -93,6 +104,57 @@ def _pull(ref: Reference, *, platform: str | None, tls_verify: bool, quiet: bool
         # docker's RepoDigests and `skopeo inspect` do.
         name = f"{ref.registry}/{ref.repository}" + (f":{ref.tag}" if ref.tag else "")
         return importer.commit(raw_config, config, diff_ids, names, f"{name}@sha256:{manifest_digest}")
+
+
+def _fetch_parallel(registry: Registry, jobs: list[tuple[str, str, int]], progress: Progress) -> None:
+    """Download up to ``limits.parallel`` layers at once, each into a temporary file of the store, hashed
+    as it arrives; unpack them in order (through the same ``ensure_layer``) as each is whole. On any error
+    the other downloads stop at their next chunk and every temporary file goes."""
+    stop = threading.Event()
+    quiet = Progress(0, "unpacking")  # the bar counts bytes downloaded, not read again from disk
+    with ThreadPoolExecutor(max_workers=registry.limits.parallel, thread_name_prefix="pull") as pool:
+        futures = [pool.submit(_download, registry, lhex, size, f"{i}/{len(jobs)}", progress, stop)
+                   for i, (lhex, _, size) in enumerate(jobs, 1)]
+        try:
+            for (lhex, diff_id, _), future in zip(jobs, futures, strict=True):
+                path = future.result()
+                what = f"layer sha256:{lhex[:12]}"
+                importer.ensure_layer(diff_id, lhex, lambda path=path: open(path, "rb"), what, quiet,  # noqa: SIM115
+                                      max_tar=registry.limits.layer_uncompressed)
+                path.unlink(missing_ok=True)
+        finally:
+            stop.set()
+            for future in futures:
+                future.cancel()
+    for lhex, _, _ in jobs:  # what a failed pull downloaded and never unpacked
+        _blob_tmp(lhex).unlink(missing_ok=True)
+
+
+def _blob_tmp(hexd: str) -> Path:
+    """Where a layer blob is downloaded to (``importer`` cleans those of dead pids as ``.tmp-*.tar``)."""
+    return paths.layers_dir() / f".tmp-{hexd}-{os.getpid()}.tar"
+
+
+def _download(registry: Registry, hexd: str, size: int, count: str, progress: Progress,
+              stop: threading.Event) -> Path:
+    what = f"layer sha256:{hexd[:12]}"
+    _log.info("pulling layer %s sha256:%s (%s)", count, hexd[:12], human(size))
+    path = _blob_tmp(hexd)
+    h = hashlib.sha256()
+    try:
+        with registry.blob(hexd, what, min(size, registry.limits.layer)) as body, open(path, "wb") as f:
+            while chunk := body.read(digest.CHUNK):
+                if stop.is_set():
+                    raise ImageError(f"{what}: download stopped")
+                h.update(chunk)
+                f.write(chunk)
+                progress.advance(len(chunk))
+        if h.hexdigest() != hexd:
+            raise ImageError(f"{what} is corrupt: its sha256 is {h.hexdigest()}, the manifest says {hexd}")
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return path
 
 
 def _opener(registry: Registry, hexd: str, what: str, size: int) -> Any:

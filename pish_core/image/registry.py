@@ -62,6 +62,7 @@ class Limits:
     redirects: int = 5
     stall: float = 30.0  # seconds without a byte
     connect: float = 15.0
+    parallel: int = 3  # layers downloaded at once
 
     @classmethod
     def from_env(cls) -> Limits:
@@ -75,6 +76,7 @@ class Limits:
             layers=_env_int("PISH_PULL_MAX_LAYERS", d.layers),
             redirects=_env_int("PISH_PULL_MAX_REDIRECTS", d.redirects),
             stall=float(_env_int("PISH_PULL_STALL_TIMEOUT", int(d.stall))),
+            parallel=max(1, _env_int("PISH_PULL_PARALLEL", d.parallel)),
         )
 
 

@@ -440,6 +440,9 @@ class Hostile(http.server.ThreadingHTTPServer):
     layer_digest = ""
     config_digest = ""
     blob = b""
+    manifest2 = b""  # "two-layers-corrupt": two layers, so that they are downloaded in parallel
+    config2 = b""
+    config2_digest = "-"
     failures = 0  # "flaky": how many 503s are left to answer
 
 
@@ -468,10 +471,14 @@ class HostileHandler(http.server.BaseHTTPRequestHandler):
                 doc = json.loads(manifest)
                 doc["layers"] = doc["layers"] * 10_000
                 manifest = json.dumps(doc).encode()
+            if s.mode == "two-layers-corrupt":
+                manifest = s.manifest2
             lie = {"Docker-Content-Digest": "sha256:" + "0" * 64} if s.mode == "manifest-digest" else {}
             self._send(manifest, "application/vnd.oci.image.manifest.v1+json", lie)
         elif self.path.endswith(s.config_digest):
             self._send(s.config, "application/octet-stream")
+        elif self.path.endswith(s.config2_digest):
+            self._send(s.config2, "application/octet-stream")
         elif "/blobs/" in self.path:
             self._layer()
         else:
@@ -492,7 +499,9 @@ class HostileHandler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/octet-stream")
         self.end_headers()
         try:
-            if mode == "flaky":
+            if mode == "two-layers-corrupt":
+                self.wfile.write(gzip.compress(ib.layer_tar([ib.file("not-what-was-promised")])))
+            elif mode == "flaky":
                 self.wfile.write(self.server.blob)
             elif mode == "wrong-digest":
                 self.wfile.write(gzip.compress(ib.layer_tar([ib.file("not-what-was-promised")])))
@@ -538,6 +547,12 @@ def hostile() -> Iterator[Hostile]:
                    "digest": f"sha256:{server.config_digest}", "size": len(config)},
         "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
                     "digest": f"sha256:{server.layer_digest}", "size": 1 << 30}]}).encode()
+    config2 = json.dumps(ib.config_for([honest_layer, honest_layer])).encode()
+    server.config2, server.config2_digest = config2, hashlib.sha256(config2).hexdigest()
+    doc = json.loads(server.manifest)
+    doc["config"] = {**doc["config"], "digest": f"sha256:{server.config2_digest}", "size": len(config2)}
+    doc["layers"] = doc["layers"] * 2
+    server.manifest2 = json.dumps(doc).encode()
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -556,6 +571,7 @@ def hostile() -> Iterator[Hostile]:
     ("many-layers", "more than the limit"),
     ("manifest-digest", "does not match its digest"),
     ("unavailable", "HTTP 503"),
+    ("two-layers-corrupt", "is corrupt"),
 ])
 def test_hostile_registry(pish: Pish, hostile: Hostile, reg_env: Path, pish_env: object,
                           monkeypatch: pytest.MonkeyPatch, mode: str, message: str) -> None:
@@ -569,6 +585,8 @@ def test_hostile_registry(pish: Pish, hostile: Hostile, reg_env: Path, pish_env:
     start = time.monotonic()
     out = pish("pull", "--tls-verify=false", f"127.0.0.1:{hostile.server_address[1]}/evil:1", timeout=60)
     assert message in one_error(out)
+    if mode == "two-layers-corrupt":  # the parallel download path
+        assert "pulling layer 1/2" in out.stderr and "pulling layer 2/2" in out.stderr, out.stderr
     assert time.monotonic() - start < 30
     lib = Path(os.environ["PISH_LIB"])
     assert store_layers(lib) == [], store_layers(lib)
