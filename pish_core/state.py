@@ -40,7 +40,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
     """Write, then rename over: a reader, or a process killed mid-write, never sees half a file. No fsync:
     the state lives in /run (tmpfs) and what must survive is a crash of pish, not of the machine."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600), "w") as f:
         json.dump(data, f, indent=1, default=str)
     os.replace(tmp, path)
 
@@ -148,7 +148,10 @@ def create(state: ContainerState) -> Journal:
         for other in list_all():
             if other.name == state.name:
                 raise StateError(f"the container name {state.name!r} is already in use by {other.id[:12]}")
-        paths.container_dir(state.id).mkdir(parents=True, mode=0o700)
+        # 0711, as runc's state directories: a container in a user namespace of its own must reach the
+        # files bound into it from here (hosts, hostname, resolv.conf); the record and logs are 0600.
+        paths.container_dir(state.id).mkdir(parents=True, mode=0o711)
+        os.chmod(paths.container_dir(state.id), 0o711)
         # A `pish gc` may hold it a moment, having found the directory without a record: it lets go
         # without removing anything, as we hold the names lock (see remove_unloadable).
         lock_fd = try_lock(state.id, wait=True)

@@ -90,6 +90,20 @@ def needed_controllers(res: Resources) -> list[str]:
     return list(dict.fromkeys([c for c, yes in wanted.items() if yes] + [c for c, _, _ in res.extra]))
 
 
+#: Controllers a container gets even with no limit, when the hierarchy has them, as runc enables them: their
+#: figures (memory.current, cpu.stat, pids.current) are what `stats`, `pish-oci events` and OOM reports read.
+ACCOUNTING = ("cpu", "memory", "pids")
+
+
+def with_accounting(root: Path, controllers: list[str]) -> list[str]:
+    """``controllers`` and those of ACCOUNTING the hierarchy's root offers."""
+    try:
+        offered = read(root / "cgroup.controllers").split()
+    except OSError:
+        offered = []
+    return list(dict.fromkeys([*controllers, *(c for c in ACCOUNTING if c in offered)]))
+
+
 def cpu_weight(shares: int) -> int:
     """docker's --cpu-shares (2-262144, default 1024) as cgroup v2's cpu.weight (1-10000, default 100),
     the conversion runc and crun use."""
@@ -199,7 +213,7 @@ class CgroupV2Limits(Limits):
         given = {"given": True} if ctx.spec.cgroups_path else {}  # an OCI config's cgroupsPath
         # Journal first: if we die half-way, `pish gc` finds the record and removes what was made.
         with ctx.journal.held("limits", NAME, "cgroup", self.release, paths=[str(cgroup)], **given) as record:
-            made = make_cgroup(self.root, cgroup, needed_controllers(res), NAME)
+            made = make_cgroup(self.root, cgroup, with_accounting(self.root, needed_controllers(res)), NAME)
             if given and made:
                 ctx.journal.update(record, made=[str(p) for p in made])
             set_limits(cgroup, res, NAME)
@@ -218,17 +232,22 @@ class CgroupV2Limits(Limits):
         cgroups = cgroup_paths(record, NAME)
         for cgroup in filter(Path.is_dir, cgroups):
             log.info("removing cgroup %s", label(cgroup))
-            deadline = time.monotonic() + RELEASE_TIMEOUT
-            everything = subtree(cgroup)
-            if (cgroup / "cgroup.kill").exists():
-                write(cgroup / "cgroup.kill", 1, NAME)  # the kernel SIGKILLs the whole subtree, forks too
-            else:
-                kill_all(everything, deadline, NAME)  # before Linux 5.14
-            wait_until_empty(cgroup, deadline, NAME)
-            remove_dirs(everything, deadline, NAME)
+            kill_and_remove(cgroup, NAME)
             if not record.get("given"):
                 remove_parent_if_empty(cgroup.parent)
         remove_made_parents(record)
+
+
+def kill_and_remove(cgroup: Path, driver: str) -> None:
+    """Kill every process of ``cgroup`` and its subtree, wait until it is empty, remove it all."""
+    deadline = time.monotonic() + RELEASE_TIMEOUT
+    everything = subtree(cgroup)
+    if (cgroup / "cgroup.kill").exists():
+        write(cgroup / "cgroup.kill", 1, driver)  # the kernel SIGKILLs the whole subtree, forks too
+    else:
+        kill_all(everything, deadline, driver)  # before Linux 5.14
+    wait_until_empty(cgroup, deadline, driver)
+    remove_dirs(everything, deadline, driver)  # retried while the kernel still counts a process
 
 
 def make_cgroup(root: Path, cgroup: Path, controllers: list[str], driver: str) -> list[Path]:

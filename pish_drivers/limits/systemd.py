@@ -50,7 +50,6 @@ import contextlib
 import os
 import re
 import signal
-import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,15 +61,11 @@ from pish_core.errors import DriverError, SpecError
 from pish_core.security.devices import rules_for
 from pish_drivers.limits import (
     CPU_PERIOD_US,
-    RELEASE_TIMEOUT,
     cgroup_mounts,
     check_cpus,
-    kill_all,
     log,
     parse_cpu_list,
     read,
-    remove_dirs,
-    subtree,
     write,
 )
 from pish_drivers.limits.cgroupv2 import (
@@ -79,6 +74,7 @@ from pish_drivers.limits.cgroupv2 import (
     allow_devices,
     cpu_weight,
     io_weight,
+    kill_and_remove,
     needed_controllers,
 )
 
@@ -410,13 +406,7 @@ class SystemdLimits(Limits):
         top = cgroup.parent if cgroup is not None and "slice" in record else cgroup  # the container's slice
         if top is not None and top.is_dir():  # systemd could not be asked, or left it
             log.info("removing cgroup %s", top)
-            deadline = time.monotonic() + RELEASE_TIMEOUT
-            everything = subtree(top)
-            if (top / "cgroup.kill").exists():
-                write(top / "cgroup.kill", 1, NAME)  # the kernel SIGKILLs the whole subtree, forks too
-            else:
-                kill_all(everything, deadline, NAME)  # before Linux 5.14
-            remove_dirs(everything, deadline, NAME)  # retried while the kernel still counts a process
+            kill_and_remove(top, NAME)
 
 
 def _connect(user: bool) -> Manager:

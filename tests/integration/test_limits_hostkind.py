@@ -63,7 +63,7 @@ def wait_stopped(pish: Any, cid: str, timeout: float = 120) -> dict[str, Any]:
 
 def pish_cgroups() -> list[str]:
     """Everything of pish's in the cgroup trees: what must be gone once no container runs."""
-    found = [*CGROUP.glob("*/pish/*"), *CGROUP.glob("pish/*"), *CGROUP.glob("pish.slice/*.scope")]
+    found = [*CGROUP.glob("*/pish/*"), *CGROUP.glob("pish/*"), *CGROUP.glob("pish.slice/*")]
     return [str(p) for p in found if p.is_dir()]
 
 

@@ -188,7 +188,7 @@ def test_docker_resource_flags_map_to_v2_files(kernel: FakeKernel) -> None:
                      device_limits=(DeviceLimit(253, 0, "rbps", 1 << 20), DeviceLimit(253, 0, "wiops", 100)))
     with driver(kernel).apply(RunContext(spec, FakeJournal()), 4242):  # type: ignore[arg-type]
         cgroup = kernel.root / "pish" / spec.id
-        assert (kernel.root / "cgroup.subtree_control").read_text() == "+memory +cpu +cpuset +io"
+        assert (kernel.root / "cgroup.subtree_control").read_text() == "+memory +cpu +cpuset +io +pids"
         assert (cgroup / "memory.swap.max").read_text() == str(32 << 20)  # swap alone, not memory + swap
         assert (cgroup / "memory.low").read_text() == str(32 << 20)
         assert (cgroup / "cpu.weight").read_text() == "20"  # runc's conversion of 512 shares
@@ -204,12 +204,12 @@ def test_default_shares_and_weights_convert_as_runc_does() -> None:
     assert io_weight(10) == 1 and io_weight(1000) == 10000
 
 
-def test_no_limits_touches_no_controller(kernel: FakeKernel) -> None:
+def test_no_limits_enables_only_the_accounting_controllers(kernel: FakeKernel) -> None:
     spec, journal = make_spec(), FakeJournal()
     with driver(kernel).apply(RunContext(spec, journal), 77) as group:  # type: ignore[arg-type]
-        assert (kernel.root / "cgroup.subtree_control").read_text() == ""
+        assert (kernel.root / "cgroup.subtree_control").read_text() == "+cpu +memory +pids"  # figures, as runc
         assert (kernel.root / "pish" / spec.id / "cgroup.procs").read_text() == "77"
-        assert group.stats() == {"cpu_ns": 1_500_000}
+        assert group.stats() == {"cpu_ns": 1_500_000, "memory_bytes": 4096, "pids": 1}
         assert not group.oom_killed()
     assert not (kernel.root / "pish" / spec.id).exists()
 
