@@ -8,6 +8,7 @@ killed half-way. The child's error comes back on a pipe as one line.
 """
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 
@@ -36,6 +37,7 @@ def in_child(attempt: Callable[[], None]) -> str | None:
     return message.splitlines()[0] if message else f"the probe died (wait status {status})"
 
 
+@functools.cache  # asked when the spec is checked and again when a rootless supervisor enters it
 def user_namespace() -> str | None:
     """None if this process may make a user namespace (unprivileged ones can be off: the sysctls
     kernel.unprivileged_userns_clone or user.max_user_namespaces, or a security module), else why not."""

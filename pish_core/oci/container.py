@@ -73,11 +73,9 @@ def _limits_record(record: state.ContainerState) -> dict[str, Any] | None:
 
 
 def _group(record: state.ContainerState) -> Any:
-    journal = _limits_record(record)
-    if journal is None:
-        raise OciError(f"container {record.name} has no cgroup")
-    driver: Any = load("limits", journal["driver"], _options(_spec(record), "limits", journal["driver"]))
-    return driver.group(journal)
+    from pish_core.lifecycle import group_of
+
+    return group_of(record)
 
 
 def _options(spec: ContainerSpec, kind: str, driver: str) -> dict[str, str]:

@@ -243,13 +243,7 @@ def _process(f: _Fields, warn: Callable[[str], None]) -> tuple[Process, Security
     cwd = f.get("cwd", str) or ""
     if not cwd.startswith("/"):
         raise SpecError(f"config.json: process.cwd {cwd!r} must be an absolute path")
-    user = _user(f.sub("user"))
-    umask = user_umask = None
-    if (u := f.data.get("user")) and isinstance(u, dict) and "umask" in u:
-        user_umask = u["umask"]
-        if not isinstance(user_umask, int) or not 0 <= user_umask <= 0o777:
-            raise SpecError("config.json: process.user.umask must be a mode such as 18 (0022)")
-        umask = user_umask
+    user, umask = _user(f.sub("user"))
     rlimits = tuple(_rlimit(r, i) for i, r in enumerate(f.get("rlimits", list) or []))
     caps = f.sub("capabilities")
     sets: dict[str, tuple[str, ...] | None] = {}
@@ -283,18 +277,22 @@ def _process(f: _Fields, warn: Callable[[str], None]) -> tuple[Process, Security
     return process, security, no_new_privs
 
 
-def _user(f: _Fields | None) -> User:
+def _user(f: _Fields | None) -> tuple[User, int | None]:
+    """process.user: who the program runs as, and its umask (None: the init's own)."""
     if f is None:
-        return User()
+        return User(), None
     uid, gid = f.get("uid", int, 0), f.get("gid", int, 0)
     extra = f.get("additionalGids", list) or []
-    f.get("umask", int)
+    umask = f.data.get("umask")
+    f.seen.add("umask")
+    if umask is not None and (not isinstance(umask, int) or isinstance(umask, bool) or not 0 <= umask <= 0o777):
+        raise SpecError("config.json: process.user.umask must be a mode such as 18 (0022)")
     if f.get("username", str):
         raise SpecError("config.json: process.user.username is for Windows")
     f.done()
     if not all(isinstance(g, int) and g >= 0 for g in extra) or uid < 0 or gid < 0:
         raise SpecError("config.json: process.user ids must be numbers from 0")
-    return User(uid=uid, gid=gid, additional_gids=tuple(extra))
+    return User(uid=uid, gid=gid, additional_gids=tuple(extra)), umask
 
 
 def _cap(name: Any, where: str) -> str:
