@@ -23,7 +23,7 @@ def demo_image(out: Path | None) -> None:
 
 @click.group()
 def image() -> None:
-    """Import, list, inspect and remove images."""
+    """Import, load, save, list, inspect, tag and remove images."""
 
 
 def _pull_command() -> click.Command:
@@ -33,6 +33,15 @@ def _pull_command() -> click.Command:
 
 
 image.add_command(_pull_command(), "pull")
+
+
+def _save_command() -> click.Command:
+    from pish_core.cli.transfer import save
+
+    return save
+
+
+image.add_command(_save_command(), "save")
 
 
 @image.command("import")
@@ -49,6 +58,19 @@ def import_(name: str | None, quiet: bool, log_level: str, path: Path) -> None:
     log.setup("warning" if quiet else log_level)
     for img in importer.import_path(path, name, quiet=quiet):
         click.echo(img.id if quiet else f"{img.short_id} {' '.join(img.names) or '<untagged>'}")
+
+
+@image.command("load")
+@click.option("-i", "--input", "path", required=True, type=click.Path(exists=True, path_type=Path),
+              help="The archive: docker-archive (docker/podman/pish image save) or oci-archive.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only the image ids.")
+def load(path: Path, quiet: bool) -> None:
+    """Load the images of an archive `image save` wrote (as `image import`, under the archive's names)."""
+    from pish_core.image import importer
+
+    log.setup("warning" if quiet else "info")
+    for img in importer.import_path(path, None, quiet=quiet):
+        click.echo(img.id if quiet else f"Loaded image: {' '.join(img.names) or img.short_id}")
 
 
 def _created(img: Any) -> str:

@@ -37,6 +37,8 @@ COMMANDS = {
     "pull": "pish_core.cli.pull:pull",
     "login": "pish_core.cli.pull:login",
     "logout": "pish_core.cli.pull:logout",
+    "export": "pish_core.cli.transfer:export",
+    "commit": "pish_core.cli.transfer:commit",
 }
 
 
