@@ -110,6 +110,24 @@ def pivot_into(root: Path) -> None:
     os.chdir("/")
 
 
+def move_into(root: Path) -> None:
+    """runc's --no-pivot (its msMoveRoot): detach every mount outside ``root`` (none leaks into the
+    container's mount table), move ``root`` onto / and chroot into it."""
+    real = os.path.realpath(root)  # mountinfo shows resolved paths (a bundle's rootfs may be a symlink)
+    prefix = real.rstrip("/") + "/"
+    with open("/proc/self/mountinfo") as table:
+        points = [line.split()[4] for line in table]
+    for point in sorted(set(points), key=len, reverse=True):  # deepest first
+        if point == real or point.startswith(prefix) or prefix.startswith(point.rstrip("/") + "/"):
+            continue  # the root, what is in it, and the mounts it sits on
+        with contextlib.suppress(OSError):  # already gone with a parent, or busy: it is covered anyway
+            native.umount2(point, native.MNT_DETACH)
+    os.chdir(real)
+    native.mount(real, "/", None, native.MS_MOVE)
+    os.chroot(".")
+    os.chdir("/")
+
+
 def remount_readonly(root: Path) -> None:
     """``--read-only``: the root's own bind mount becomes read-only. /proc, /dev, /sys, volumes and tmpfs
     mounts are mounts of their own on top of it and keep their flags, as with docker."""
@@ -185,7 +203,10 @@ def container_main(spec: ContainerSpec, root: Path, go_fd: int, err_fd: int,
         if spec.readonly_rootfs:
             remount_readonly(root)
         enforce.confine(root, spec)  # masked and read-only paths, the bounding set
-        pivot_into(root)
+        if spec.no_pivot:
+            move_into(root)
+        else:
+            pivot_into(root)
         if spec.from_oci_config:
             ocisetup.set_propagation(spec.rootfs_propagation)
         ocisetup.set_process_limits(spec.process)  # rlimits, oom_score_adj, umask: while we are still root

@@ -331,6 +331,9 @@ class ContainerSpec:
     devices: tuple[Device, ...] = ()
     rootfs_propagation: str = ""  # linux.rootfsPropagation ("": rslave, as runc)
     bundle: str = ""  # the OCI bundle directory (hooks get it in the state on their stdin)
+    #: runc's --no-pivot: move the root onto / and chroot instead of pivot_root (a root on a ramdisk, where
+    #: pivot_root fails); weaker: a process with CAP_SYS_CHROOT can leave a chroot
+    no_pivot: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "namespaces", tuple(

@@ -68,7 +68,7 @@ def _c() -> ModuleType:
 @click.option("--bundle", "-b", type=click.Path(file_okay=False), default=".")
 @click.option("--pid-file", type=click.Path(dir_okay=False), default=None)
 @click.option("--console-socket", default=None)
-@click.option("--no-pivot", is_flag=True)
+@click.option("--no-pivot", is_flag=True, help="Move the root onto / and chroot instead of pivot_root (a ramdisk root).")
 @click.option("--no-new-keyring", is_flag=True)
 @click.option("--preserve-fds", type=int, default=0)
 @click.argument("container_id")
@@ -78,7 +78,7 @@ def create(ctx: click.Context, bundle: str, pid_file: str | None, console_socket
     """Create a container, stopped before its program runs."""
     _c().create(container_id, Path(bundle), pid_file=Path(pid_file) if pid_file else None,
                 console_socket=console_socket, preserve_fds=preserve_fds,
-                systemd_cgroup=ctx.obj["systemd_cgroup"])
+                systemd_cgroup=ctx.obj["systemd_cgroup"], no_pivot=no_pivot)
 
 
 @cli.command()
@@ -93,7 +93,7 @@ def start(container_id: str) -> None:
 @click.option("--pid-file", type=click.Path(dir_okay=False), default=None)
 @click.option("--console-socket", default=None)
 @click.option("--detach", "-d", is_flag=True)
-@click.option("--no-pivot", is_flag=True)
+@click.option("--no-pivot", is_flag=True, help="Move the root onto / and chroot instead of pivot_root (a ramdisk root).")
 @click.option("--no-new-keyring", is_flag=True)
 @click.option("--preserve-fds", type=int, default=0)
 @click.option("--keep", is_flag=True, help="Do not delete the container after it exits.")
@@ -104,7 +104,8 @@ def run(ctx: click.Context, bundle: str, pid_file: str | None, console_socket: s
     """Create and start a container; without --detach, wait for it, delete it and exit with its status."""
     c = _c()
     c.create(container_id, Path(bundle), pid_file=Path(pid_file) if pid_file else None,
-             console_socket=console_socket, preserve_fds=preserve_fds, systemd_cgroup=ctx.obj["systemd_cgroup"])
+             console_socket=console_socket, preserve_fds=preserve_fds, systemd_cgroup=ctx.obj["systemd_cgroup"],
+             no_pivot=no_pivot)
     try:
         c.start(container_id)
         if detach:

@@ -97,7 +97,7 @@ def state_json(oci_id: str) -> dict[str, Any]:
 
 
 def create(oci_id: str, bundle: Path, *, pid_file: Path | None = None, console_socket: str | None = None,
-           preserve_fds: int = 0, systemd_cgroup: bool = False) -> None:
+           preserve_fds: int = 0, systemd_cgroup: bool = False, no_pivot: bool = False) -> None:
     """runc create: set the container up, leave its first process waiting before exec, and return."""
     from pish_core import names
 
@@ -108,7 +108,7 @@ def create(oci_id: str, bundle: Path, *, pid_file: Path | None = None, console_s
     spec = specconv.convert(specconv.load(bundle), bundle, oci_id, systemd_cgroup=systemd_cgroup,
                             rootless=paths.rootless(), warn=lambda message: _log.warning("%s", message))
     listen = int(os.environ.get("LISTEN_FDS", "0") or 0)
-    spec = spec.with_changes(process=_with(spec.process, preserve_fds=preserve_fds + listen))
+    spec = spec.with_changes(process=_with(spec.process, preserve_fds=preserve_fds + listen), no_pivot=no_pivot)
     limits: Any = load("limits", spec.limits.name, spec.limits.options)
     isolation: Any = load("isolation", spec.isolation.name, spec.isolation.options)
     for driver in (limits, isolation):

@@ -106,6 +106,18 @@ def test_spec_then_run_prints_and_exits_with_the_status(oci: Oci) -> None:
     assert oci.states() == []
 
 
+def test_no_pivot_runs_on_the_moved_root_with_the_same_mount_table(oci: Oci) -> None:
+    """runc's --no-pivot (MS_MOVE onto /, then chroot): the container sees its rootfs and the same mounts as
+    after pivot_root, none of the host's (before the fix the flag was accepted and ignored)."""
+    oci.write(**{"process.args": ["sh", "-c", "cut -d' ' -f5 /proc/self/mountinfo | sort; test -x /bin/busybox"]})
+    moved = oci("run", "--no-pivot", "np1")
+    pivoted = oci("run", "p1")
+    assert moved.returncode == 0 and pivoted.returncode == 0, moved.stderr + pivoted.stderr
+    assert moved.stdout == pivoted.stdout
+    assert "/" in moved.stdout.split() and str(oci.bundle) not in moved.stdout
+    assert oci.states() == []
+
+
 @pytest.mark.hostkind  # runs in the Debian 12 VM too: cgroup v2, the BPF device filter
 def test_create_start_state_kill_delete(oci: Oci, tmp_path: Path) -> None:
     oci.write(**{"process.args": ["sleep", "300"]})
