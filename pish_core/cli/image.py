@@ -114,6 +114,11 @@ def _summary(img: Any) -> dict[str, Any]:
         if ":" in name.rsplit("/", 1)[-1]:
             name = name.rsplit(":", 1)[0]
         repo_digests.append(f"{name}@{manifest}")
+    from pish_core.image.pushrecord import pushed
+
+    for entry in pushed(img.id):  # what `pish push` sent: the digest of the manifest pish made
+        if isinstance(entry.get("repo_digest"), str) and entry["repo_digest"] not in repo_digests:
+            repo_digests.append(entry["repo_digest"])
     return {"id": f"sha256:{img.id}", "names": img.names, "size": img.size, "layers": len(img.layers),
             "source": img.source, "imported": img.imported, "repo_digests": repo_digests}
 

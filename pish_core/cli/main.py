@@ -39,6 +39,7 @@ COMMANDS = {
     "logout": "pish_core.cli.pull:logout",
     "export": "pish_core.cli.transfer:export",
     "commit": "pish_core.cli.transfer:commit",
+    "push": "pish_core.cli.transfer:push",
 }
 
 

@@ -72,3 +72,24 @@ def save(out: Path | None, fmt: str, log_level: str, images: tuple[str, ...]) ->
     log.setup(log_level)
     refuse_terminal(out)
     do.save(images, out, fmt)
+
+
+@click.command("push")
+@click.option("--tls-verify", "tls_verify", default="true", show_default=True, metavar="BOOL",
+              help="Verify the registry's TLS certificate; false: talk plain HTTP.")
+@click.option("--format", "fmt", default="oci", show_default=True, type=click.Choice(["oci", "docker"]),
+              help="The manifest's format: OCI's, or docker's schema 2 (v2s2).")
+@click.option("-q", "--quiet", is_flag=True, help="Print only the pushed manifest's digest.")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(log.LEVELS, case_sensitive=False), help="How much pish says on stderr.")
+@click.argument("image")
+@click.argument("destination", required=False)
+def push(tls_verify: str, fmt: str, quiet: bool, log_level: str, image: str, destination: str | None) -> None:
+    """Push IMAGE (a name of the store, [HOST[:PORT]/]NAME[:TAG]) to its registry, or to DESTINATION.
+    Blobs the registry has are not sent again. Prints the pushed manifest's digest."""
+    from pish_core.cli.pull import _tls_verify
+    from pish_core.image.push import push as do
+
+    log.setup("warning" if quiet else log_level)
+    result = do(image, destination, tls_verify=_tls_verify(tls_verify), docker_format=fmt == "docker")
+    click.echo(f"sha256:{result.digest}")

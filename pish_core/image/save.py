@@ -19,9 +19,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import sys
 import tarfile
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +67,20 @@ class MadeImage:
                         "digest": f"sha256:{layer.digest}", "size": layer.size} for layer in self.layers],
         }
         return json.dumps(doc, separators=(",", ":")).encode()
+
+
+@contextlib.contextmanager
+def workdir() -> Iterator[Path]:
+    """A directory for the blobs being made, in the layer store (on its filesystem, with its space):
+    ``.tmp-dir-PID``, which ``pish gc`` removes if this process is killed."""
+    paths.layers_dir().mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = paths.layers_dir() / f".tmp-dir-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(mode=0o700)
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def make_layer(diff_id: str, workdir: Path, compressed: bool) -> MadeLayer:
@@ -234,14 +248,13 @@ def save(refs: Sequence[str], out: Path | None, fmt: str = "docker-archive") -> 
     """Write the images ``refs`` name as one archive of format ``fmt`` to ``out`` (None: stdout)."""
     if fmt not in FORMATS:
         raise ImageError(f"unknown format {fmt!r}: use {' or '.join(FORMATS)}")
-    work_parent = out.resolve().parent if out is not None else None
     with store.reading():
         chosen = _names_for(refs)
-        with tempfile.TemporaryDirectory(prefix=".pish-save-", dir=work_parent) as tmp:
+        with workdir() as tmp:
             cache: dict[str, MadeLayer] = {}
             made = [MadeImage(m.config, m.config_digest, m.layers, names)
                     for img, names in chosen
-                    for m in [make_image(img, Path(tmp), fmt == "oci-archive", cache)]]
+                    for m in [make_image(img, tmp, fmt == "oci-archive", cache)]]
             with output(out) as f:
                 archive = _Archive(f)
                 (_oci_archive if fmt == "oci-archive" else _docker_archive)(made, archive)
