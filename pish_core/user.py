@@ -103,6 +103,14 @@ def resolve(spec: str, passwd: str | None, group: str | None) -> tuple[User, str
     return User(uid=uid, gid=gid, additional_gids=additional), home
 
 
+def _setgroups_denied() -> bool:
+    try:
+        with open("/proc/self/setgroups") as f:
+            return f.read().strip() == "deny"
+    except OSError:  # before Linux 3.19: no such file, setgroups allowed
+        return False
+
+
 def become(user: User | None, cwd: str) -> None:
     """In the init, after pivot_root: make the working directory (as root, as docker does), then drop to
     ``user``. Nothing to do when the spec names no user (the command runs as root, as before)."""
@@ -112,8 +120,15 @@ def become(user: User | None, cwd: str) -> None:
         os.makedirs(cwd, exist_ok=True)
     except OSError:
         pass  # a read-only root, say: exec_command reports a missing working directory itself
+    if _setgroups_denied():  # a user namespace mapped without newgidmap (rootless pish-oci), as runc
+        if user.additional_gids:
+            raise PishError("cannot set any additional groups in a rootless container")
+    else:
+        try:
+            os.setgroups(list(user.additional_gids))
+        except OSError as exc:
+            raise PishError(f"cannot run as uid {user.uid} gid {user.gid}: {exc.strerror}") from None
     try:
-        os.setgroups(list(user.additional_gids))
         os.setgid(user.gid)
         os.setuid(user.uid)
     except OSError as exc:

@@ -28,7 +28,7 @@ import os
 import re
 import shutil
 import signal
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -38,6 +38,8 @@ from pish_core.errors import PishError, SpecError
 from pish_core.spec import IDMapping, UserNamespace
 
 if TYPE_CHECKING:
+    import subprocess
+
     from pish_core.spec import ContainerSpec
 
 _log = log.get("userns")
@@ -196,7 +198,14 @@ def host_root(ns: UserNamespace) -> tuple[int, int]:
 
 
 def write_maps(pid: int, ns: UserNamespace) -> None:
-    """Write the uid_map and gid_map of ``pid``'s new user namespace (from outside it, as host root)."""
+    """Write the uid_map and gid_map of ``pid``'s new user namespace from outside it: as root of the
+    namespace we are in; or, unprivileged (rootless pish-oci, as runc), one mapping of our own ids after
+    denying setgroups (the kernel's condition), or more through the setuid newuidmap/newgidmap."""
+    if os.geteuid() != 0:
+        if len(ns.uid_mappings) > 1 or len(ns.gid_mappings) > 1:
+            _map_with_helpers(pid, ns)
+            return
+        Path(f"/proc/{pid}/setgroups").write_text("deny")
     for kind, maps in (("uid", ns.uid_mappings), ("gid", ns.gid_mappings)):
         text = "".join(f"{m.container_id} {m.host_id} {m.size}\n" for m in maps)
         fd = os.open(f"/proc/{pid}/{kind}_map", os.O_WRONLY | os.O_CLOEXEC)
@@ -388,11 +397,7 @@ def _unshare_with_helpers(ns: UserNamespace, flags: int) -> None:
         code = 1
         try:
             if os.read(go_r, 1) == b"g":
-                target = str(os.getppid())
-                code = 0
-                for tool, maps in (("newuidmap", ns.uid_mappings), ("newgidmap", ns.gid_mappings)):
-                    args = [str(x) for m in maps for x in (m.container_id, m.host_id, m.size)]
-                    code = code or subprocess.run([tool, target, *args], check=False).returncode
+                code = _run_map_helpers(os.getppid(), ns, subprocess.run)
         finally:
             os._exit(code)
     os.close(go_r)
@@ -403,4 +408,20 @@ def _unshare_with_helpers(ns: UserNamespace, flags: int) -> None:
         os.close(go_w)
         _, status = os.waitpid(pid, 0)
     if status != 0:
+        raise PishError("newuidmap/newgidmap could not map the user namespace (see the line above)")
+
+
+def _run_map_helpers(pid: int, ns: UserNamespace, run: Callable[..., subprocess.CompletedProcess[bytes]]) -> int:
+    """newuidmap and newgidmap on ``pid``; the first non-zero exit status, or 0."""
+    code = 0
+    for tool, maps in (("newuidmap", ns.uid_mappings), ("newgidmap", ns.gid_mappings)):
+        args = [str(x) for m in maps for x in (m.container_id, m.host_id, m.size)]
+        code = code or run([tool, str(pid), *args], check=False).returncode
+    return code
+
+
+def _map_with_helpers(pid: int, ns: UserNamespace) -> None:
+    import subprocess  # lazy: only a rootless user namespace with several ranges starts a program
+
+    if _run_map_helpers(pid, ns, subprocess.run):
         raise PishError("newuidmap/newgidmap could not map the user namespace (see the line above)")

@@ -346,3 +346,7 @@ def entry() -> None:
     """The ``pish-oci`` console script. Unlike ``pish`` it keeps the fds it was given: an engine passes
     some on purpose (--preserve-fds, LISTEN_FDS); the container's init closes the rest before exec."""
     main()
+
+
+if __name__ == "__main__":
+    entry()

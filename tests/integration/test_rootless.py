@@ -12,6 +12,7 @@ directory and only the needed subdirectories are bound back: nothing on the host
 """
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import shutil
@@ -79,9 +80,10 @@ def _hidden_dirs() -> dict[Path, set[Path]]:
     return hidden
 
 
-def as_user(u: User, *args: str, env: dict[str, str] | None = None,
-            timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """Run ``pish ARGS...`` as ``u``, with only the environment a login would give (plus ``env``)."""
+def as_user(u: User, *args: str, env: dict[str, str] | None = None, timeout: float = 60,
+            module: str = "pish_core.cli.main") -> subprocess.CompletedProcess[str]:
+    """Run ``pish ARGS...`` (``module``: pish-oci's) as ``u``, with only the environment a login would give
+    (plus ``env``)."""
     lines = ["set -e"]
     for n, (top, children) in enumerate(_hidden_dirs().items()):
         for m, child in enumerate(sorted(children)):
@@ -93,7 +95,7 @@ def as_user(u: User, *args: str, env: dict[str, str] | None = None,
                 "XDG_RUNTIME_DIR": str(u.runtime_dir), **(env or {})}
     lines.append(f'exec setpriv --reuid={u.uid} --regid={u.gid} --init-groups env -i "$@"')
     command = ["unshare", "--mount", "--propagation", "private", "sh", "-c", "\n".join(lines), "as-user",
-               *(f"{k}={v}" for k, v in user_env.items() if v), sys.executable, "-m", "pish_core.cli.main", *args]
+               *(f"{k}={v}" for k, v in user_env.items() if v), sys.executable, "-m", module, *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
 
 
@@ -123,6 +125,28 @@ def test_rootless_run(user):
     else:
         assert maps[1:] == []
     nothing_left(user)
+
+
+def test_rootless_pish_oci_spec_rootless_then_run(user):
+    """``pish-oci spec --rootless`` and ``pish-oci run`` as a user, as rootless podman uses runc: the user
+    is root in the container's user namespace, state under $XDG_RUNTIME_DIR/pish-oci, nothing left."""
+    from pish_core.image.unpack import unpack_tar
+
+    bundle = user.home / "bundle"
+    (bundle / "rootfs").mkdir(parents=True)
+    unpack_tar(user.image, bundle / "rootfs")
+    subprocess.run(["chown", "-R", f"{user.uid}:{user.gid}", str(bundle)], check=True)
+    oci = "pish_core.oci.cli"
+    assert as_user(user, "spec", "--rootless", "--bundle", str(bundle), module=oci).returncode == 0
+    config = json.loads((bundle / "config.json").read_text())
+    config["process"].update(terminal=False, args=["sh", "-c", "id -u; cat /proc/self/uid_map; exit 3"])
+    (bundle / "config.json").write_text(json.dumps(config))
+    proc = as_user(user, "run", "--bundle", str(bundle), "rl1", module=oci)
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stdout.split() == ["0", "0", str(user.uid), "1"]
+    state = user.runtime_dir / "pish-oci"
+    assert state.is_dir() and list((state / "containers").iterdir()) == []
+    assert str(user.home) not in Path("/proc/self/mountinfo").read_text()
 
 
 def test_rootless_without_subordinate_ids_maps_one_uid(user):
