@@ -157,14 +157,18 @@ class _Exact:
         self.fd, self.left = fd, size
 
     def read(self, n: int = -1) -> bytes:
+        parts: list[bytes]
         n = self.left if n < 0 else min(n, self.left)
-        if n <= 0:
-            return b""
-        data = os.read(self.fd, n)
-        if not data:
-            data = b"\0" * n
-        self.left -= len(data)
-        return data
+        parts, want = [], n
+        while want > 0:  # tarfile wants every read whole: a short one is "unexpected end of data"
+            data = os.read(self.fd, want)
+            if not data:
+                parts.append(b"\0" * want)
+                break
+            parts.append(data)
+            want -= len(data)
+        self.left -= n
+        return b"".join(parts)
 
 
 def _needs_binary(*texts: str) -> bool:
