@@ -5,28 +5,75 @@ The supervisor is a small background process per container, as conmon is for pod
 writes the container's stdout and stderr to ``container.log`` and records the exit status. The command
 that starts it waits on a pipe until the container is running (or created), then prints its id; an
 error on the way arrives on the same pipe and is printed as one line.
+
+The supervisor also carries out the container's ``--restart`` policy: it runs ``supervise`` again after
+the policy's back-off, with the root filesystem the first run kept, until the policy says no or the user
+stops the container. ``pish start`` of an exited container starts a new supervisor on the same record.
 """
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import time
 import traceback
+from collections.abc import Callable, Iterator
+from types import FrameType
 
-from pish_core import log, paths, proc, state
-from pish_core.errors import PishError
-from pish_core.runtime import Prepared, prepare, supervise
+from pish_core import events, log, paths, proc, state
+from pish_core.errors import PishError, StateError
+from pish_core.restartpolicy import Backoff, RestartPolicy, from_dict
+from pish_core.runtime import Drivers, Prepared, prepare, supervise
 from pish_core.spec import ContainerSpec
 from pish_core.terminal import open_io
 
 _log = log.get("supervisor")
+Notify = Callable[[PishError | None], None]
 
 
-def start_detached(spec: ContainerSpec, *, start: bool = True, auto_remove: bool = False) -> str:
+def start_detached(spec: ContainerSpec, *, start: bool = True, auto_remove: bool = False,
+                   restart: RestartPolicy | None = None) -> str:
     """Start a supervisor for ``spec`` in the background; return once the container is running
     (``start``) or created and waiting for ``pish start``."""
-    p = prepare(spec, auto_remove=auto_remove)
+    policy = restart or RestartPolicy()
+    p = prepare(spec, auto_remove=auto_remove, restart_policy=policy.to_dict())
+    p.keep_rootfs = not auto_remove
     if not start:
         os.mkfifo(paths.start_fifo(spec.id), 0o600)
+    return _launch(p, start)
+
+
+def start_again(cid: str) -> None:
+    """``pish start`` of an exited container: a new supervisor on the same record, spec and root
+    filesystem (kept by the first run); return once it runs. Its restart count starts again at 0."""
+    fd = state.try_lock(cid)
+    if fd is None:
+        raise StateError(f"container {cid[:12]} is busy: another pish is starting, stopping or removing it")
+    try:
+        s = state.ContainerState.load(cid)  # again, under the lock
+        if s.status != "stopped":
+            raise StateError(f"container {s.name} is {s.status}: it cannot be started again")
+        if s.auto_remove:
+            raise StateError(f"container {s.name} was run with --rm: it cannot be started again")
+        if any(not r.get("kept") for r in s.resources):
+            raise StateError(f"container {s.name} was not cleaned up after its last run: run pish gc first")
+        spec = ContainerSpec.from_dict(s.spec).with_changes(name=s.name)  # renamed meanwhile
+        p = Prepared(spec, Drivers.for_spec(spec), state.Journal(s, fd), keep_rootfs=True)
+    except BaseException:
+        os.close(fd)
+        raise
+    paths.stop_marker(cid).unlink(missing_ok=True)
+    s.status, s.exit_code, s.error, s.oom_killed, s.restart_count = "creating", None, None, False, 0
+    s.pid = s.pid_start = None
+    s.started = s.finished = None
+    s.supervisor_pid, s.supervisor_start = os.getpid(), proc.start_time(os.getpid())
+    s.save()
+    _launch(p, True)
+
+
+def _launch(p: Prepared, start: bool) -> str:
+    """Fork the supervisor of ``p``; return once it reports the container running (or created)."""
+    spec = p.spec
     report_r, report_w = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -76,8 +123,7 @@ def _be_supervisor(p: Prepared, report_fd: int, start: bool) -> None:
             report_fd = -1
 
     try:
-        status = supervise(p, open_io(p.spec, output=container_log), wait_for_start=not start, notify=notify)
-        _log.info("container %s exited with %d", p.spec.name, status)
+        _run_with_policy(p, container_log, start, notify)
         if p.record.auto_remove:
             state.finish(p.record)
     except PishError as exc:
@@ -92,3 +138,63 @@ def _be_supervisor(p: Prepared, report_fd: int, start: bool) -> None:
         traceback.print_exc()
         notify(PishError(f"supervisor failed: {exc}"))
         state.finish(p.record)
+
+
+def _run_with_policy(p: Prepared, container_log: int, start: bool, notify: Notify) -> int:
+    """Run the container, then again as its restart policy says, after the back-off; return the last
+    exit status. ``pish stop``/``kill`` (their marker file) or a SIGTERM to the supervisor end it."""
+    policy = from_dict(p.record.restart_policy)
+    backoff = Backoff()
+    with _stop_requests() as stop:
+        wait_for_start = not start
+        while True:
+            status = supervise(p, open_io(p.spec, output=container_log), wait_for_start=wait_for_start,
+                               notify=notify)
+            wait_for_start = False
+            _log.info("container %s exited with %d", p.spec.name, status)
+            stopped = stop.requested or paths.stop_marker(p.spec.id).exists()
+            if not policy.should_restart(status, p.record.restart_count, stopped):
+                return status
+            ran = (p.record.finished or 0) - (p.record.started or 0)
+            delay = backoff.next(ran)
+            p.record.status = "restarting"
+            p.record.save()
+            _log.info("restarting container %s in %g s (policy %s)", p.spec.name, delay, policy)
+            if stop.wait(delay, p.spec.id):
+                p.record.status = "stopped"
+                p.record.save()
+                return status
+            p.record.restart_count += 1
+            events.emit("restart", p.spec.id, p.record.name, image=p.record.image,
+                        restartCount=p.record.restart_count)
+
+
+class _StopRequest:
+    """A SIGTERM to the supervisor between two runs, or ``pish stop``'s marker file: no more restarts."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.requested = True
+
+    def wait(self, delay: float, cid: str) -> bool:
+        """Sleep ``delay`` seconds unless a stop comes first; True if one did."""
+        deadline = time.monotonic() + delay
+        while not (self.requested or paths.stop_marker(cid).exists()):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(left, 0.02))
+        return True
+
+
+@contextlib.contextmanager
+def _stop_requests() -> Iterator[_StopRequest]:
+    stop = _StopRequest()
+    saved = {s: signal.signal(s, stop.on_signal) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    try:
+        yield stop
+    finally:
+        for s, h in saved.items():
+            signal.signal(s, h)

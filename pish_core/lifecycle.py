@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import cast
 
-from pish_core import log, paths, proc, state
+from pish_core import events, log, paths, proc, state
 from pish_core.drivers import Child, Group, Isolation, Limits, load, load_class
 from pish_core.errors import PishError, StateError
 from pish_core.rootpath import resolve_in_root
@@ -34,6 +34,8 @@ def status_text(s: state.ContainerState, alive: bool | None = None) -> str:
         alive = state.supervisor_alive(s.id)
     if not alive:
         return "dead"
+    if s.status == "restarting":  # its policy starts it again after a back-off; N: how it last exited
+        return f"restarting ({s.exit_code})"
     return "paused" if s.status == "running" and paused(s) else s.status
 
 
@@ -72,21 +74,39 @@ def pause(ref: str, frozen: bool = True) -> state.ContainerState:
         raise StateError(f"container {s.name} is already paused" if frozen else f"container {s.name} is not paused")
     group_of(s).freeze(frozen)
     _log.info("%s container %s", "paused" if frozen else "unpaused", s.name)
+    events.emit("pause" if frozen else "unpause", s.id, s.name, image=s.image)
     return s
 
 
 def wait(ref: str) -> int:
-    """Block until the container's command has ended and its supervisor released it; its exit code."""
+    """Block until the container's command has ended and its supervisor released it; its exit code. A
+    ``--rm`` container's record is gone by then: its exit code is in its ``die`` event."""
     s = state.resolve(ref)
     while s.status != "stopped" or state.supervisor_alive(s.id):
         if not state.supervisor_alive(s.id) and s.status != "stopped":
+            if not paths.container_dir(s.id).exists():
+                break
             raise StateError(f"container {s.name} is dead: its supervisor is gone (pish gc cleans it up)")
         time.sleep(0.05)
         try:
             s = state.ContainerState.load(s.id)
         except StateError:
-            raise StateError(f"container {s.name} was removed before its exit code could be read") from None
-    return s.exit_code if s.exit_code is not None else 255
+            break
+    else:
+        return s.exit_code if s.exit_code is not None else 255
+    code = _last_exit_code(s.id)
+    if code is None:
+        raise StateError(f"container {s.name} was removed before its exit code could be read")
+    return code
+
+
+def _last_exit_code(cid: str) -> int | None:
+    """The exit code of the container's last ``die`` event, if the events log still has it."""
+    for event in reversed(events.read_all()):
+        if event.get("Action") == "die" and event.get("Actor", {}).get("ID") == cid:
+            code = str(event["Actor"].get("Attributes", {}).get("exitCode", ""))
+            return int(code) if code.isdigit() else None
+    return None
 
 
 def processes(ref: str) -> list[int]:
@@ -136,10 +156,20 @@ def _thaw(s: state.ContainerState) -> None:
 
 
 def start(ref: str, timeout: float = 30) -> state.ContainerState:
-    """Let a created container run its command (`pish create` then `pish start`)."""
+    """Let a created container run its command (`pish create` then `pish start`), or run an exited one
+    again: the same id, name, spec and files (its root filesystem was kept), a new process."""
     s = state.resolve(ref)
+    if s.status == "stopped":
+        from pish_core.detach import start_again
+
+        if state.supervisor_alive(s.id):
+            raise StateError(f"container {s.name} is {status_text(s, True)}: it cannot be started now")
+        start_again(s.id)
+        return state.ContainerState.load(s.id)
+    if s.status == "running" and s.command_running():
+        return s  # starting a running container is not an error, as with docker
     if s.status != "created":
-        raise StateError(f"container {s.name} is {status_text(s)}: only a created container can be started")
+        raise StateError(f"container {s.name} is {status_text(s)}: only a created or exited container can be started")
     try:
         fd = os.open(paths.start_fifo(s.id), os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
@@ -166,21 +196,62 @@ def start(ref: str, timeout: float = 30) -> state.ContainerState:
     raise StateError(f"container {s.name} did not start within {timeout:g} s")
 
 
+def _stopped_by_user(s: state.ContainerState) -> None:
+    """Tell the supervisor the user ended the container: its restart policy must not start it again."""
+    with contextlib.suppress(FileNotFoundError):
+        paths.stop_marker(s.id).touch()
+
+
+def _settled(s: state.ContainerState, timeout: float = 30) -> state.ContainerState:
+    """A container between two runs of its restart policy, once its command runs again or its supervisor
+    has ended (the stop marker ends the back-off); any other container as it is."""
+    deadline = time.monotonic() + timeout
+    while s.status == "restarting" and state.supervisor_alive(s.id) and time.monotonic() < deadline:
+        time.sleep(0.02)
+        with contextlib.suppress(StateError):
+            s = state.ContainerState.load(s.id)
+    return s
+
+
 def kill(ref: str, sig: int = signal.SIGKILL) -> state.ContainerState:
+    s = state.resolve(ref)
+    if s.status == "restarting" and state.supervisor_alive(s.id):  # between two runs: no more runs
+        _stopped_by_user(s)
+        events.emit("kill", s.id, s.name, image=s.image, signal=sig)
+        return s
     s = _running(ref)
     assert s.pid is not None
     if paused(s):  # the signal would wait for the thaw: docker refuses it too
         raise StateError(f"container {s.name} is paused: unpause it before kill (or use stop, or rm -f)")
+    _stopped_by_user(s)
     os.kill(s.pid, sig)
+    events.emit("kill", s.id, s.name, image=s.image, signal=sig)
+    return s
+
+
+def restart(ref: str, timeout: float = 10) -> state.ContainerState:
+    """``pish restart``: stop (SIGTERM, SIGKILL after ``timeout``) if it runs, then start it again."""
+    s = stop(ref, timeout)
+    if s.status == "created":
+        raise StateError(f"container {s.name} is created: start it with pish start")
+    s = start(s.id)
+    events.emit("restart", s.id, s.name, image=s.image)
     return s
 
 
 def stop(ref: str, timeout: float = 10) -> state.ContainerState:
     """SIGTERM, then SIGKILL after ``timeout`` seconds, as ``docker stop``; return once all is released."""
     s = state.resolve(ref)
+    if s.status in ("running", "restarting"):
+        _stopped_by_user(s)
+        s = _settled(s)
     if not s.command_running():
+        if s.status == "restarting":
+            state.wait_supervisor_gone(s.id, 30)
+            events.emit("stop", s.id, s.name, image=s.image)
         return s  # stopping a stopped container is not an error, as with docker
     assert s.pid is not None
+    events.emit("kill", s.id, s.name, image=s.image, signal=int(signal.SIGTERM))
     with contextlib.suppress(ProcessLookupError):
         os.kill(s.pid, signal.SIGTERM)
     _thaw(s)
@@ -189,6 +260,9 @@ def stop(ref: str, timeout: float = 10) -> state.ContainerState:
         with contextlib.suppress(ProcessLookupError):
             os.kill(s.pid, signal.SIGKILL)
         state.wait_supervisor_gone(s.id, 30)
+    events.emit("stop", s.id, s.name, image=s.image)
+    with contextlib.suppress(StateError):
+        s = state.ContainerState.load(s.id)
     return s
 
 
@@ -217,6 +291,7 @@ def remove(ref: str, force: bool = False) -> state.ContainerState:
         if time.monotonic() > deadline:
             raise StateError(f"container {s.name}: another pish did not finish cleaning it up within 30 s")
         time.sleep(0.02)
+    events.emit("destroy", s.id, s.name, image=s.image)
     return s
 
 
@@ -267,8 +342,9 @@ def gc(failed: list[PishError] | None = None) -> list[str]:
             s = None
             with contextlib.suppress(StateError, ValueError):
                 s = state.ContainerState.load(cid)
-            if s is not None and s.status == "stopped" and not s.resources and not s.auto_remove:
-                continue  # an exited container: kept until `pish rm`, as docker keeps it
+            if s is not None and s.status == "stopped" and all(r.get("kept") for r in s.resources) \
+                    and not s.auto_remove:
+                continue  # an exited container, with its root filesystem: kept until `pish rm`, as docker keeps it
             try:
                 done = collect(cid)
             except PishError as exc:

@@ -100,6 +100,26 @@ def start_fifo(cid: str) -> Path:
     return container_dir(cid) / "start.fifo"
 
 
+def stop_marker(cid: str) -> Path:
+    """Made by ``pish stop`` / ``kill``: the user ended the container, so its restart policy does not
+    restart it (as docker's); removed by the next ``pish start``."""
+    return container_dir(cid) / "stopped-by-user"
+
+
+def events_file() -> Path:
+    """``pish events``' log: one JSON object a line, appended; rotated to ``events_old()`` when big."""
+    return run_root() / "events.jsonl"
+
+
+def events_old() -> Path:
+    return run_root() / "events.jsonl.1"
+
+
+def events_lock() -> Path:
+    """Held while the events log is rotated."""
+    return locks_dir() / "events.lock"
+
+
 def layer_dir(cid: str) -> Path:
     """The container's writable layer (overlay upper/work, mount point)."""
     return lib_root() / "containers" / cid

@@ -20,9 +20,10 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager as ContextManager
 from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 
-from pish_core import log, paths, proc, state, userns
+from pish_core import events, log, paths, proc, state, userns
 from pish_core.drivers import Child, Isolation, Limits, Network, RunContext, Storage, load
 from pish_core.errors import Interrupted, PishError
 from pish_core.flags import check_image
@@ -64,21 +65,28 @@ class Prepared:
     spec: ContainerSpec
     drivers: Drivers
     journal: state.Journal
+    #: keep the root filesystem when the command exits (a detached container without --rm, as docker
+    #: keeps its writable layer), so `pish start` runs it again on the same files; `pish rm` releases it
+    keep_rootfs: bool = False
 
     @property
     def record(self) -> state.ContainerState:
         return self.journal.state
 
 
-def prepare(spec: ContainerSpec, *, auto_remove: bool = False) -> Prepared:
+def prepare(spec: ContainerSpec, *, auto_remove: bool = False,
+            restart_policy: dict[str, object] | None = None) -> Prepared:
     """1. Validate everything, then write the state record (status ``creating``). Nothing else exists yet."""
     check_image(spec.image)
     userns.check_rootless(spec)  # what needs root, refused in one line when pish runs without it
     drivers = Drivers.for_spec(spec)
     record = state.ContainerState(id=spec.id, name=spec.name, image=spec.image, command=list(spec.process.args),
                                   supervisor_pid=os.getpid(), supervisor_start=proc.start_time(os.getpid()),
-                                  spec=spec.to_dict(), auto_remove=auto_remove)
-    return Prepared(spec, drivers, state.create(record))
+                                  spec=spec.to_dict(), auto_remove=auto_remove,
+                                  restart_policy=dict(restart_policy or {}))
+    p = Prepared(spec, drivers, state.create(record))
+    events.emit("create", spec.id, spec.name, image=spec.image)
+    return p
 
 
 def supervise(p: Prepared, io_cm: ContextManager[ProcessIO], *, wait_for_start: bool = False,
@@ -98,6 +106,9 @@ def supervise(p: Prepared, io_cm: ContextManager[ProcessIO], *, wait_for_start: 
         record.status, record.exit_code, record.finished = "stopped", status, time.time()
         record.save()
     if oom:
+        events.emit("oom", record.id, record.name, image=record.image)
+    events.emit("die", record.id, record.name, image=record.image, exitCode=status)
+    if oom:
         print(f"pish: container {p.spec.name} was killed by the OOM killer "
               f"(memory limit {_mib(p.spec.resources.memory)})", file=sys.stderr)
     return status
@@ -109,7 +120,7 @@ def _start_and_wait(p: Prepared, stack: contextlib.ExitStack, signals: _Signals,
     spec, record, ctx = p.spec, p.record, RunContext(p.spec, p.journal)
     if paths.rootless():  # pish becomes root of a user namespace of its own (pish_core/userns.py)
         userns.enter_rootless(spec)
-    rootfs = stack.enter_context(p.drivers.storage.mount(ctx))  # 2. the root filesystem
+    rootfs = _kept_rootfs(p) or stack.enter_context(p.drivers.storage.mount(ctx))  # 2. the root filesystem
     _stage("storage")
     io = stack.enter_context(io_cm)
     child = stack.enter_context(  # 3. the process, in new namespaces, blocked
@@ -130,7 +141,10 @@ def _start_and_wait(p: Prepared, stack: contextlib.ExitStack, signals: _Signals,
     signals.forward_to(child, io, spec.stop_timeout)
     io.started()
     record.status, record.started = "running", time.time()
+    if p.keep_rootfs:
+        p.journal.keep("storage", rootfs=str(rootfs))  # saves the record
     record.save()
+    events.emit("start", record.id, record.name, image=record.image)
     _stage("running")
     if not wait_for_start:
         notify(None)
@@ -139,6 +153,18 @@ def _start_and_wait(p: Prepared, stack: contextlib.ExitStack, signals: _Signals,
     signals.done()
     record.oom_killed = group.oom_killed()
     return status, record.oom_killed
+
+
+def _kept_rootfs(p: Prepared) -> Path | None:
+    """The root filesystem an earlier run of this container kept (``Prepared.keep_rootfs``), if any."""
+    kept = p.journal.kept("storage")
+    if kept is None or not kept.get("rootfs"):
+        return None
+    rootfs = Path(kept["rootfs"])
+    if not rootfs.is_dir():
+        raise PishError(f"container {p.spec.name}: its root filesystem {rootfs} is gone; remove it with pish rm")
+    _log.debug("reusing the root filesystem %s", rootfs)
+    return rootfs
 
 
 def run(spec: ContainerSpec) -> int:

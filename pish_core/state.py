@@ -18,10 +18,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from pish_core import paths, proc
+from pish_core import events, paths, proc
 from pish_core.errors import StateError
 
-STATUSES = ("creating", "created", "running", "stopped")
+STATUSES = ("creating", "created", "running", "restarting", "stopped")
 
 
 @contextlib.contextmanager
@@ -64,6 +64,8 @@ class ContainerState:
     error: str | None = None
     address: str | None = None
     auto_remove: bool = False
+    restart_policy: dict[str, Any] = dataclasses.field(default_factory=dict)  # docker's {Name, MaximumRetryCount}
+    restart_count: int = 0  # restarts by the policy since the last `pish start`
     spec: dict[str, Any] = dataclasses.field(default_factory=dict)
     resources: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
@@ -122,9 +124,21 @@ class Journal:
         try:
             yield record
         finally:
-            if not self.detached:
+            if not self.detached and not record.get("kept"):
                 release(record)
                 self.drop(record)
+
+    def keep(self, kind: str, **data: Any) -> dict[str, Any] | None:
+        """Mark the resource of ``kind`` to outlive this run (a detached container's root filesystem, kept
+        until ``pish rm`` as docker keeps the writable layer); return its record, None if it holds none."""
+        record = self.kept(kind) or next((r for r in self.state.resources if r.get("kind") == kind), None)
+        if record is not None:
+            self.update(record, kept=True, **data)
+        return record
+
+    def kept(self, kind: str) -> dict[str, Any] | None:
+        """The record of ``kind`` an earlier run kept (``keep``), if any."""
+        return next((r for r in self.state.resources if r.get("kind") == kind and r.get("kept")), None)
 
     def update(self, record: dict[str, Any], **data: Any) -> None:
         record.update(data)
@@ -241,6 +255,7 @@ def finish(record: ContainerState) -> None:
         record.save()
     else:
         remove(record.id)
+        events.emit("destroy", record.id, record.name, image=record.image)
 
 
 def list_all() -> list[ContainerState]:

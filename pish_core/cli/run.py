@@ -255,6 +255,10 @@ def _security_choices(opts: dict[str, Any], resources: Any) -> tuple[str, Any, A
     return limits, limits_class, security, user_namespace
 
 
+restart_option = click.option(
+    "--restart", metavar="POLICY",
+    help="Restart the container when it exits: no (default), on-failure[:N] (N restarts at most), always, "
+         "unless-stopped; with a back-off from 100 ms, doubling. Not with --rm; run needs -d.")
 log_level_option = click.option("--log-level", default="info", show_default=True,
                                 type=click.Choice(log.LEVELS, case_sensitive=False),
                                 help="How much pish says on stderr.")
@@ -265,17 +269,25 @@ log_level_option = click.option("--log-level", default="info", show_default=True
 @click.option("-d", "--detach", is_flag=True, help="Run in the background and print the container id.")
 @click.option("--rm", "auto_remove", is_flag=True,
               help="Remove the container when it exits (a foreground run always leaves nothing).")
+@restart_option
 @container_options
-def run(log_level: str, detach: bool, auto_remove: bool, **opts: Any) -> None:
+def run(log_level: str, detach: bool, auto_remove: bool, restart: str | None, **opts: Any) -> None:
     """Run COMMAND (default: the image's) in a new container on IMAGE and exit with its status.
 
     IMAGE is an imported image (NAME[:TAG] or id), an image archive, or a rootfs tar or directory."""
     log.setup(log_level)
+    from pish_core.restartpolicy import parse as parse_restart
+
+    policy = parse_restart(restart, auto_remove=auto_remove)
+    if policy.name != "no" and not detach:
+        from pish_core.errors import SpecError
+
+        raise SpecError(f"--restart {restart} needs -d: a supervisor in the background restarts the container")
     spec = build_spec(opts)
     if detach:
         from pish_core.detach import start_detached
 
-        click.echo(start_detached(spec, start=True, auto_remove=auto_remove))
+        click.echo(start_detached(spec, start=True, auto_remove=auto_remove, restart=policy))
         return
     from pish_core.runtime import run as run_container
 
@@ -285,10 +297,13 @@ def run(log_level: str, detach: bool, auto_remove: bool, **opts: Any) -> None:
 @click.command(context_settings={"allow_interspersed_args": False})
 @log_level_option
 @click.option("--rm", "auto_remove", is_flag=True, help="Remove the container when it exits.")
+@restart_option
 @container_options
-def create(log_level: str, auto_remove: bool, **opts: Any) -> None:
+def create(log_level: str, auto_remove: bool, restart: str | None, **opts: Any) -> None:
     """Create a container whose command waits for `pish start`; print its id."""
     log.setup(log_level)
     from pish_core.detach import start_detached
+    from pish_core.restartpolicy import parse as parse_restart
 
-    click.echo(start_detached(build_spec(opts), start=False, auto_remove=auto_remove))
+    policy = parse_restart(restart, auto_remove=auto_remove)
+    click.echo(start_detached(build_spec(opts), start=False, auto_remove=auto_remove, restart=policy))
