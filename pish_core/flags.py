@@ -9,6 +9,7 @@ import posixpath
 import re
 from pathlib import Path
 
+from pish_core import names
 from pish_core.errors import SpecError
 from pish_core.spec import DeviceLimit, Mount, PortMapping
 
@@ -170,6 +171,15 @@ def _publish_ip(text: str, item: str) -> str:
     except ValueError:
         raise SpecError(f"invalid -p {item!r}: {text!r} is not an IPv4 address") from None
     return "" if address.is_unspecified else str(address)
+
+
+def parse_network_alias(text: str) -> str:
+    """``--network-alias NAME``: a host name (letters, digits, ``-``, dots between labels), as /etc/hosts
+    can hold it."""
+    try:
+        return names.check_hostname(text)
+    except SpecError:
+        raise SpecError(f"invalid --network-alias {text!r}: use a host name, e.g. db or db.internal") from None
 
 
 def parse_dns(text: str) -> str:

@@ -58,9 +58,12 @@ def hostname_for(name: str) -> str:
     return name.replace("_", "-").replace(".", "-")[:63].strip("-") or "pish"
 
 
-def veth_host(cid: str) -> str:
-    """The host end of a container's veth pair: ``pv`` + 11 hex digits of the id (13 bytes < 15)."""
-    return "pv" + cid[:11]
+def veth_host(cid: str, n: int = 0) -> str:
+    """The host end of a container's veth pair: ``pv`` + 11 hex digits of the id (13 bytes < 15); for its
+    ``ethN`` (N from 1 to 99, ``pish network connect``) N follows (15 bytes at most)."""
+    if not 0 <= n <= 99:
+        raise SpecError(f"a container has at most 99 networks besides its first (asked for eth{n})")
+    return "pv" + cid[:11] + (str(n) if n else "")
 
 
 def cgroup_name(cid: str) -> str:

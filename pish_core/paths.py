@@ -243,6 +243,17 @@ def etc_hosts(cid: str) -> Path:
     return container_dir(cid) / "hosts"
 
 
+def connections_file(cid: str) -> Path:
+    """The networks a running container was connected to with ``pish network connect``, each with the
+    journal records of what that took (the container's own journal names this file)."""
+    return container_dir(cid) / "connections.json"
+
+
+def connections_lock(cid: str) -> Path:
+    """Held while a container is connected to or disconnected from a network, or its connections released."""
+    return container_dir(cid) / "connections.lock"
+
+
 def etc_hostname(cid: str) -> Path:
     """The container's /etc/hostname (bind-mounted read-only)."""
     return container_dir(cid) / "hostname"

@@ -160,17 +160,20 @@ class PortMapping:
 @dataclass(frozen=True)
 class NetworkSpec:
     """Which network the container joins and with which address (None: the driver decides), the ports
-    it publishes and the nameservers it is given (empty: the host's)."""
+    it publishes, the nameservers it is given (empty: the host's) and the other names it answers to on
+    its network (``--network-alias``)."""
 
     network: str = "pish0"
     ip: ipaddress.IPv4Interface | None = None
     ports: tuple[PortMapping, ...] = ()
     dns: tuple[str, ...] = ()
+    aliases: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:  # from JSON (``from_dict``) ports arrive as dicts, lists as lists
         ports = tuple(p if isinstance(p, PortMapping) else PortMapping(**p) for p in self.ports)
         object.__setattr__(self, "ports", ports)
         object.__setattr__(self, "dns", tuple(self.dns))
+        object.__setattr__(self, "aliases", tuple(self.aliases))
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""``pish network create|ls|inspect|rm``: named networks for ``--net bridge``, as docker's.
+"""``pish network create|ls|inspect|rm|connect|disconnect``: named networks for ``--net bridge``, as docker's.
 
 Thin, like every command: the bridge driver's ``networks`` module does the work (importing it does not
 import pyroute2: a definition is only a file until a container uses it).
@@ -19,18 +19,28 @@ def network() -> None:
 def _describe(net: Any) -> dict[str, Any]:
     from pish_core import paths
 
+    def member(address: str, o: dict[str, Any]) -> dict[str, Any]:
+        out = {"name": o["name"], "address": f"{address}/{net.subnet.prefixlen}", "aliases": o.get("aliases", [])}
+        if o.get("address6"):
+            out["address6"] = f"{o['address6']}/{net.subnet6.prefixlen}"
+        return out
+
     return {"name": net.name, "driver": "bridge", "bridge": net.bridge, "subnet": str(net.subnet),
-            "gateway": str(net.gateway), "created": net.created, "implicit": net.implicit,
+            "gateway": str(net.gateway), "ipv6": net.subnet6 is not None,
+            "subnet6": str(net.subnet6) if net.subnet6 else None,
+            "gateway6": str(net.gateway6) if net.gateway6 else None,
+            "created": net.created, "implicit": net.implicit,
             "hosts_file": str(paths.hosts_file(net.name)),
-            "containers": {o["container"]: {"name": o["name"], "address": f"{a}/{net.subnet.prefixlen}"}
-                           for a, o in net.allocations.items()}}
+            "containers": {o["container"]: member(a, o) for a, o in net.allocations.items()}}
 
 
 @network.command()
 @click.option("--subnet", help="Subnet in CIDR form, e.g. 10.0.6.0/24 (default: a free /24 of 10.89.0.0/16).")
 @click.option("--gateway", help="The bridge's address (default: the subnet's first).")
+@click.option("--ipv6", is_flag=True, help="Give the network an IPv6 /64 too (default: a random ULA, fdXX::/64).")
+@click.option("--subnet-v6", help="The IPv6 subnet, e.g. fd12:3456:789a::/64 (implies --ipv6).")
 @click.argument("name")
-def create(subnet: str | None, gateway: str | None, name: str) -> None:
+def create(subnet: str | None, gateway: str | None, ipv6: bool, subnet_v6: str | None, name: str) -> None:
     """Create a network NAME; its bridge is made when a container first joins."""
     from pish_drivers.network import ipam, networks
 
@@ -38,7 +48,8 @@ def create(subnet: str | None, gateway: str | None, name: str) -> None:
     gw = ipam.parse_address(gateway, "--gateway") if gateway else None
     if gw is not None and net is None:
         raise click.UsageError("--gateway needs --subnet")
-    click.echo(networks.create(name, net, gw).name)
+    net6 = ipam.parse_subnet6(subnet_v6) if subnet_v6 else None
+    click.echo(networks.create(name, net, gw, ipv6=ipv6, subnet6=net6).name)
 
 
 @network.command("ls")
@@ -77,3 +88,27 @@ def rm(names: tuple[str, ...]) -> None:
     for name in names:
         networks.remove(name)
         click.echo(name)
+
+
+@network.command()
+@click.option("--alias", "aliases", multiple=True, help="Another name the container answers to on NETWORK.")
+@click.option("--ip", help="Its IPv4 address on NETWORK (default: the next free one).")
+@click.argument("network_name", metavar="NETWORK")
+@click.argument("container")
+def connect(aliases: tuple[str, ...], ip: str | None, network_name: str, container: str) -> None:
+    """Connect a running CONTAINER to NETWORK: a new interface (eth1, ...) with an address on it."""
+    from pish_core.flags import parse_network_alias
+    from pish_drivers.network import bridge, ipam
+
+    checked = tuple(parse_network_alias(a) for a in aliases)
+    bridge.connect(network_name, container, checked, ipam.parse_address(ip, "--ip") if ip else None)
+
+
+@network.command()
+@click.argument("network_name", metavar="NETWORK")
+@click.argument("container")
+def disconnect(network_name: str, container: str) -> None:
+    """Disconnect a running CONTAINER from a NETWORK it was connected to with `network connect`."""
+    from pish_drivers.network import bridge
+
+    bridge.disconnect(network_name, container)

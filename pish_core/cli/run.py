@@ -26,6 +26,8 @@ def container_options(f: Any) -> Any:
         click.option("--ip", help="Address in CIDR form, e.g. 10.0.4.6/24 (default: the next free one)."),
         click.option("-p", "--publish", multiple=True, help="Publish a port: [IP:][HOSTPORT:]CONTAINERPORT[/tcp|udp] (no HOSTPORT: pish picks one)."),
         click.option("--dns", multiple=True, help="Nameserver for the container (default: the host's)."),
+        click.option("--network-alias", multiple=True,
+                     help="Another name the container answers to on its network (in the network's /etc/hosts)."),
         click.option("--isolation", default="unshare", show_default=True, help="Isolation driver."),
         click.option("--memory", "-m", help="Memory limit, e.g. 64m (at least 6m)."),
         click.option("--cpus", help="CPU quota in CPUs, e.g. 0.5."),
@@ -141,6 +143,7 @@ def build_spec(opts: dict[str, Any]) -> Any:
         parse_limit,
         parse_memory,
         parse_memory_swap,
+        parse_network_alias,
         parse_options,
         parse_positive_int,
         parse_publish,
@@ -191,7 +194,8 @@ def build_spec(opts: dict[str, Any]) -> Any:
     hostname = names.check_hostname(opts["hostname"]) if opts["hostname"] else names.hostname_for(name)
     network = NetworkSpec(network=network_name, ip=parse_ip(address) if (address := opts.get("ip")) else None,
                           ports=tuple(parse_publish(p) for p in opts["publish"]),
-                          dns=tuple(parse_dns(d) for d in opts["dns"]))
+                          dns=tuple(parse_dns(d) for d in opts["dns"]),
+                          aliases=tuple(parse_network_alias(a) for a in opts["network_alias"]))
     mounts = tuple(parse_volume(v) for v in opts["volume"]) + tuple(parse_tmpfs(t) for t in opts["tmpfs"])
     # Last, because it may import an archive into the store: every cheap check has passed by now.
     _pull_if_needed(opts)

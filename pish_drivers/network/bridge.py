@@ -39,7 +39,7 @@ from pish_core import names, paths, state
 from pish_core.drivers import Attachment, Network, RunContext
 from pish_core.errors import DriverError, SpecError
 from pish_core.spec import Mount, PortMapping
-from pish_drivers.network import hosts, links, nat, networks
+from pish_drivers.network import connections, hosts, links, nat, nat6, networks, proxy
 from pish_drivers.network.hosts import FILE_MOUNT_OPTIONS
 from pish_drivers.network.links import CONTAINER_IFNAME
 
@@ -83,18 +83,24 @@ class BridgeNetwork(Network):
         spec, cid = ctx.spec, ctx.id
         wanted = spec.network.ip
         with contextlib.ExitStack() as undo:
-            # 1. An address, and a line in the network's /etc/hosts.
+            # 0. The networks `pish network connect` may add later: released after everything else.
+            self._journal(ctx, undo, "connections", container=cid)
+
+            # 1. An address (two on an IPv6 network), and a line in the network's /etc/hosts.
             record = self._journal(ctx, undo, "address", network=spec.network.network, container=cid)
             net, ip = networks.allocate(spec.network.network, cid, spec.name, spec.hostname,
-                                        wanted.ip if wanted else None, wanted.network if wanted else None)
+                                        wanted.ip if wanted else None, wanted.network if wanted else None,
+                                        aliases=spec.network.aliases)
             address = ipaddress.IPv4Interface(f"{ip}/{net.subnet.prefixlen}")
-            ctx.journal.update(record, address=str(address))
+            address6 = _address6(net, str(ip))
+            ctx.journal.update(record, address=str(address), **({"address6": str(address6)} if address6 else {}))
             gateway = ipaddress.IPv4Interface(f"{net.gateway}/{net.subnet.prefixlen}")
 
             with IPRoute() as ipr:  # one netlink socket in the host's namespace for steps 2 and 3
                 # 2. Join the bridge, creating it if we are the first.
-                self._journal(ctx, undo, "bridge", bridge=net.bridge, container=cid, gateway=str(gateway))
-                bridge_index = _join_bridge(ipr, net.bridge, gateway, cid)
+                self._journal(ctx, undo, "bridge", bridge=net.bridge, container=cid, gateway=str(gateway),
+                              **_gateway6_data(net))
+                bridge_index = _join_bridge(ipr, net, gateway, cid)
 
                 # 3. Plug a veth pair in: host end into the bridge, the other end in the container.
                 host_end = names.veth_host(cid)
@@ -102,12 +108,19 @@ class BridgeNetwork(Network):
                 links.plug_veth(ipr, host_end, net.bridge, bridge_index, pid, ip)
 
             # 4. Configure the container's end, from inside its namespace.
-            links.configure_container_end(pid, address, net.gateway)
+            links.configure_container_end(pid, address, net.gateway, address6, net.gateway6)
 
-            # 5. Publish ports.
+            # 5. Publish ports: IPv4 DNAT, and on an IPv6 network IPv6 DNAT and a [::1] proxy too.
             for port in spec.network.ports:
                 entry = self._journal(ctx, undo, "port", address=str(ip), **dataclasses.asdict(port))
-                ctx.journal.update(entry, host_port=nat.publish(port, str(ip)).host_port)
+                published = nat.publish(port, str(ip))
+                ctx.journal.update(entry, host_port=published.host_port)
+                if address6 is not None and not port.host_ip:
+                    self._journal(ctx, undo, "port6", address6=str(address6.ip), **dataclasses.asdict(published))
+                    nat6.publish(published, str(address6.ip))
+                    if published.protocol == "tcp":
+                        undo.enter_context(proxy.loopback6(published.host_port, str(address6.ip),
+                                                           published.container_port))
 
             resolv_conf = hosts.resolv_conf_mount(cid, spec.network.dns)
             yield Attachment(ifname=CONTAINER_IFNAME, address=str(address), network=net.name, mounts=[
@@ -117,7 +130,12 @@ class BridgeNetwork(Network):
 
     def release(self, record: dict[str, Any]) -> None:
         what = record.get("what")
-        if what == "port":
+        if what == "connections":
+            connections.release_all(record["container"], self.release)
+        elif what == "port6":
+            nat6.unpublish(PortMapping(record["host_port"], record["container_port"], record["protocol"]),
+                           record["address6"])
+        elif what == "port":
             port = PortMapping(record["host_port"], record["container_port"], record["protocol"],
                                record.get("host_ip", ""))  # none in records of a pish before -p IP:...
             nat.unpublish(port, record["address"])
@@ -126,7 +144,7 @@ class BridgeNetwork(Network):
         elif what == "bridge":
             gateway = record.get("gateway")
             _leave_bridge(record["bridge"], record["container"],
-                          ipaddress.IPv4Interface(gateway) if gateway else None)
+                          ipaddress.IPv4Interface(gateway) if gateway else None, record.get("subnet6"))
         elif what == "address":
             networks.release(record["network"], record["container"])
         else:
@@ -162,8 +180,23 @@ def _live(users: list[str], leaving: str | None = None) -> list[str]:
     return [cid for cid in users if cid != leaving and paths.container_dir(cid).exists()]
 
 
-def _join_bridge(ipr: Any, bridge: str, gateway: ipaddress.IPv4Interface, cid: str) -> int:
-    """Add ``cid`` to the bridge's users; the first user sets up the bridge and its NAT. Return its index."""
+def _address6(net: networks.NetworkDef, address: str) -> ipaddress.IPv6Interface | None:
+    """The IPv6 address (with the network's prefix) allocated with ``address`` on ``net``, or None."""
+    given = net.allocations[address].get("address6")
+    return ipaddress.IPv6Interface(f"{given}/{net.subnet6.prefixlen}") if given and net.subnet6 else None
+
+
+def _gateway6_data(net: networks.NetworkDef) -> dict[str, str]:
+    """What a ``bridge`` record keeps of an IPv6 network, for its release: the /64 and the gateway."""
+    if net.subnet6 is None:
+        return {}
+    return {"subnet6": str(net.subnet6), "gateway6": f"{net.gateway6}/{net.subnet6.prefixlen}"}
+
+
+def _join_bridge(ipr: Any, net: networks.NetworkDef, gateway: ipaddress.IPv4Interface, cid: str) -> int:
+    """Add ``cid`` to the bridge's users; the first user sets up the bridge and its NAT (and IPv6:
+    gateway, NAT66, isolation). Return its index."""
+    bridge = net.bridge
     with state.flocked(paths.bridge_lock(bridge)):
         data = _read_users(bridge) or {"created_by_pish": False, "users": []}
         link = links.link(ipr, bridge)
@@ -181,12 +214,17 @@ def _join_bridge(ipr: Any, bridge: str, gateway: ipaddress.IPv4Interface, cid: s
             if first and links.adopt_bridge(ipr, link, gateway) and not data["created_by_pish"]:
                 data["gateway_added"] = True
                 _write_users(bridge, data)
+        if net.subnet6 is not None:
+            links.add_address6(ipr, index, ipaddress.IPv6Interface(_gateway6_data(net)["gateway6"]), bridge)
         if first:
             nat.add_network(gateway.network, bridge)
+            if net.subnet6 is not None:
+                nat6.add_network(net.subnet6, bridge)
         return index
 
 
-def _leave_bridge(bridge: str, cid: str, gateway: ipaddress.IPv4Interface | None) -> None:
+def _leave_bridge(bridge: str, cid: str, gateway: ipaddress.IPv4Interface | None,
+                  subnet6: str | None = None) -> None:
     """Remove ``cid`` from the bridge's users; the last one out undoes the NAT and the bridge (or, on a
     bridge pish did not make, the gateway address pish added)."""
     with state.flocked(paths.bridge_lock(bridge)):
@@ -199,8 +237,88 @@ def _leave_bridge(bridge: str, cid: str, gateway: ipaddress.IPv4Interface | None
             return
         if gateway is not None:
             nat.remove_network(str(gateway.network), bridge)
+        if subnet6 is not None:
+            nat6.remove_network(subnet6, bridge)
         if data["created_by_pish"]:
             links.delete_bridge(bridge)
         elif data.get("gateway_added") and gateway is not None:
             links.remove_gateway(bridge, gateway)
         paths.bridge_users(bridge).unlink(missing_ok=True)
+
+
+# -- pish network connect / disconnect: a second network for a running container ----------------------
+
+
+def _running_on_bridge(ref: str) -> state.ContainerState:
+    """The running container ``ref``, which must have been started on the bridge driver by a pish that
+    journals connections."""
+    s = state.resolve(ref)
+    if not s.command_running() or s.pid is None:
+        raise SpecError(f"container {s.name} is not running: only a running container can be connected "
+                        "or disconnected")
+    if not any(r.get("kind") == "network" and r.get("what") == "connections" for r in s.resources):
+        raise SpecError(f"container {s.name} is not on a bridge network of this pish (or was started by an "
+                        "older one): start it with --network NET to connect it to others")
+    return s
+
+
+def _next_ifname(taken: set[str]) -> str:
+    """The container's next interface: ``eth1``, ``eth2``, ... (``eth0`` is its first network's)."""
+    n = 1
+    while f"eth{n}" in taken:
+        n += 1
+    return f"eth{n}"
+
+
+def connect(network: str, ref: str, aliases: tuple[str, ...] = (),
+            ip: ipaddress.IPv4Address | None = None) -> state.ContainerState:
+    """``pish network connect``: a veth from ``network``'s bridge into the running container, as
+    ``ethN``, with an address (and an IPv6 one) from that network, each step journaled first in the
+    container's connections file (``connections.py``). The first network keeps the default routes."""
+    from pyroute2 import IPRoute
+
+    net = networks.require(network)
+    s = _running_on_bridge(ref)
+    cid = s.id
+    if ip is not None:
+        networks.usable_by(network, ip)
+    driver = BridgeNetwork()
+    with connections.opened(cid) as conns:
+        if conns.closed or not s.command_running():
+            raise SpecError(f"container {s.name} is stopping: it cannot be connected")
+        if network == s.spec.get("network", {}).get("network") or network in conns.networks:
+            raise SpecError(f"container {s.name} is already connected to network {network}")
+        ifname = _next_ifname(conns.ifnames())
+        host_end = names.veth_host(cid, int(ifname.removeprefix("eth")))
+        assert s.pid is not None
+        try:
+            record = conns.add(network, "address", network=network, container=cid, container_ifname=ifname)
+            net, got = networks.allocate(network, cid, s.name, s.spec.get("hostname") or s.name, ip, None, aliases)
+            address = ipaddress.IPv4Interface(f"{got}/{net.subnet.prefixlen}")
+            address6 = _address6(net, str(got))
+            conns.update(record, address=str(address))
+            gateway = ipaddress.IPv4Interface(f"{net.gateway}/{net.subnet.prefixlen}")
+            with IPRoute() as ipr:
+                conns.add(network, "bridge", bridge=net.bridge, container=cid, gateway=str(gateway),
+                          **_gateway6_data(net))
+                bridge_index = _join_bridge(ipr, net, gateway, cid)
+                conns.add(network, "veth", ifname=host_end, bridge=net.bridge)
+                links.plug_veth(ipr, host_end, net.bridge, bridge_index, s.pid, got, ifname)
+            links.configure_container_end(s.pid, address, None, address6, None, ifname)
+        except BaseException:
+            conns.release(network, driver.release)
+            raise
+    return s
+
+
+def disconnect(network: str, ref: str) -> state.ContainerState:
+    """``pish network disconnect``: undo ``connect`` (the veth, the address, the bridge's user count)."""
+    s = _running_on_bridge(ref)
+    with connections.opened(s.id) as conns:
+        if network not in conns.networks:
+            if network == s.spec.get("network", {}).get("network"):
+                raise SpecError(f"network {network} is the one container {s.name} was started on: it stays "
+                                "until the container stops")
+            raise SpecError(f"container {s.name} is not connected to network {network}")
+        conns.release(network, BridgeNetwork().release)
+    return s

@@ -11,16 +11,24 @@ The rules, as docker's default IPAM has them:
   the bridge, so no container gets it.
 - A container without ``--ip`` gets the lowest free address. Released addresses are reused, lowest
   first, so a container started again usually gets its old address back.
+- IPv6 (``--ipv6``): a /64, a unique local one (RFC 4193: ``fd`` + 40 random bits + subnet 0) unless
+  ``--subnet-v6`` gives one; the gateway is ``::1`` of it and containers get ``::2`` upwards, lowest
+  free first, as docker's IPAM gives them.
 """
 from __future__ import annotations
 
 import ipaddress
+import secrets
 from collections.abc import Iterable, Iterator
 
 from pish_core.errors import SpecError
 
 Net = ipaddress.IPv4Network
 Addr = ipaddress.IPv4Address
+Net6 = ipaddress.IPv6Network
+Addr6 = ipaddress.IPv6Address
+#: Unique local addresses (RFC 4193) with the L bit set: where a generated IPv6 subnet comes from.
+ULA = Net6("fd00::/8")
 
 
 class PoolExhausted(SpecError):
@@ -63,10 +71,10 @@ def check_gateway(subnet: Net, gateway: Addr) -> None:
         raise SpecError(f"gateway {gateway} is not a usable address of subnet {subnet}")
 
 
-def overlapping(subnet: Net, others: Iterable[tuple[str, Net]]) -> str | None:
+def overlapping(subnet: Net | Net6, others: Iterable[tuple[str, Net | Net6]]) -> str | None:
     """The name of the first of ``others`` (name, subnet) whose subnet overlaps ``subnet``, or None."""
     for name, other in others:
-        if subnet.overlaps(other):
+        if subnet.version == other.version and subnet.overlaps(other):
             return name
     return None
 
@@ -105,3 +113,46 @@ def next_free(subnet: Net, gateway: Addr, taken: Iterable[Addr], network: str) -
     for address in free(subnet, gateway, taken):
         return address
     raise PoolExhausted(f"network {network} has no free address left in {subnet}")
+
+
+# -- IPv6 --------------------------------------------------------------------------------------------
+
+
+def parse_subnet6(text: str) -> Net6:
+    """``--subnet-v6 fdXX:...::/64``: an IPv6 subnet with no host bits set, /64 to /120."""
+    try:
+        subnet = ipaddress.IPv6Network(text, strict=True)
+    except ValueError as exc:
+        raise SpecError(f"invalid --subnet-v6 {text!r}: {exc}; use CIDR form, e.g. fd12:3456:789a::/64") from None
+    if not 48 <= subnet.prefixlen <= 120:
+        raise SpecError(f"invalid --subnet-v6 {text!r}: use a prefix from /48 to /120 (a /64 is usual)")
+    if subnet.is_multicast or subnet.is_loopback or subnet.is_link_local or subnet.is_unspecified:
+        raise SpecError(f"invalid --subnet-v6 {text!r}: not a unicast subnet (use a ULA, fd00::/8)")
+    return subnet
+
+
+def random_ula(taken: Iterable[Net6], tries: int = 16) -> Net6:
+    """A /64 of a random ULA /48 (RFC 4193: a 40-bit global id, subnet id 0), overlapping none of ``taken``."""
+    taken = list(taken)
+    for _ in range(tries):
+        global_id = secrets.randbits(40)
+        candidate = Net6(((int(ULA.network_address) | (global_id << 80)), 64))
+        if not any(candidate.overlaps(t) for t in taken):
+            return candidate
+    raise SpecError("no free IPv6 subnet found: give one with --subnet-v6")
+
+
+def gateway6(subnet: Net6) -> Addr6:
+    """The bridge's IPv6 address: ``::1`` of the subnet."""
+    return subnet.network_address + 1
+
+
+def next_free6(subnet: Net6, taken: Iterable[Addr6], network: str) -> Addr6:
+    """The lowest free IPv6 address of ``subnet`` after the gateway (``::2`` upwards)."""
+    used = set(taken)
+    first, last = int(subnet.network_address) + 2, int(subnet.broadcast_address)
+    for value in range(first, min(last, first + len(used) + 1) + 1):
+        address = Addr6(value)
+        if address not in used:
+            return address
+    raise PoolExhausted(f"network {network} has no free IPv6 address left in {subnet}")

@@ -19,6 +19,9 @@ log = pish_log.get("network")
 #: The name of the container's end of the veth pair, inside its network namespace.
 CONTAINER_IFNAME = "eth0"
 IFF_UP = 0x1  # <net/if.h>
+#: <linux/if_addr.h>: an IPv6 address usable at once, without the second of duplicate address detection
+#: (IPAM made it unique on the bridge; a tentative address cannot be bound to or answer pings).
+IFA_F_NODAD = 0x02
 
 
 def route_localnet_path(bridge: str) -> str:
@@ -39,7 +42,7 @@ def link(ipr: Any, ifname: str) -> Any | None:
 
 def host_addresses() -> set[str]:
     """The IPv4 addresses of the host's interfaces, 127.0.0.1 included: what ``-p IP:...`` may name."""
-    from pyroute2 import IPRoute
+    from pyroute2 import IPRoute  # type: ignore[import-untyped]
 
     with IPRoute() as ipr:
         return {a.get("IFA_LOCAL") or a.get("IFA_ADDRESS") for a in ipr.addr("dump", family=socket.AF_INET)}
@@ -56,6 +59,15 @@ def is_bridge(msg: Any) -> bool:
 def has_address(ipr: Any, ifindex: int, iface: ipaddress.IPv4Interface) -> bool:
     return any(a.get("IFA_ADDRESS") == str(iface.ip) and a["prefixlen"] == iface.network.prefixlen
                for a in ipr.addr("dump", index=ifindex))
+
+
+def add_address6(ipr: Any, ifindex: int, iface: ipaddress.IPv6Interface, what: str) -> None:
+    """Give link ``ifindex`` the IPv6 address ``iface``, usable at once (no DAD); no error if it has it."""
+    if any(a.get("IFA_ADDRESS") == str(iface.ip) for a in ipr.addr("dump", index=ifindex, family=socket.AF_INET6)):
+        return
+    log.debug("adding %s to %s", iface, what)
+    ipr.addr("add", index=ifindex, address=str(iface.ip), prefixlen=iface.network.prefixlen,
+             family=socket.AF_INET6, flags=IFA_F_NODAD)
 
 
 def create_bridge(ipr: Any, name: str, gateway: ipaddress.IPv4Interface) -> int:
@@ -87,7 +99,7 @@ def set_route_localnet(bridge: str, on: bool) -> None:
 
 
 def delete_bridge(name: str) -> None:
-    from pyroute2 import IPRoute  # type: ignore[import-untyped]
+    from pyroute2 import IPRoute
 
     with IPRoute() as ipr:
         msg = link(ipr, name)
@@ -118,8 +130,9 @@ def mac_for(address: ipaddress.IPv4Address) -> str:
 
 
 def plug_veth(ipr: Any, host_end: str, bridge: str, bridge_index: int, pid: int,
-              address: ipaddress.IPv4Address) -> None:
-    """Create the veth pair with its peer born inside ``pid``'s netns; put the host end in the bridge."""
+              address: ipaddress.IPv4Address, ifname: str = CONTAINER_IFNAME) -> None:
+    """Create the veth pair with its peer (``ifname``) born inside ``pid``'s netns; put the host end in
+    the bridge."""
     log.info("creating veth %s in bridge %s", host_end, bridge)
     netns = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
@@ -127,7 +140,7 @@ def plug_veth(ipr: Any, host_end: str, bridge: str, bridge_index: int, pid: int,
         # in the namespace that ``net_ns_fd`` points at, so nothing has to move afterwards.
         ipr.link(
             "add", ifname=host_end, kind="veth", master=bridge_index, state="up",
-            peer={"ifname": CONTAINER_IFNAME, "net_ns_fd": netns, "address": mac_for(address)},
+            peer={"ifname": ifname, "net_ns_fd": netns, "address": mac_for(address)},
         )
     finally:
         os.close(netns)
@@ -149,17 +162,27 @@ def delete_veth(host_end: str) -> None:
                 raise
 
 
-def configure_container_end(pid: int, address: ipaddress.IPv4Interface, gateway: ipaddress.IPv4Address) -> None:
-    """In ``pid``'s netns: ``lo`` and ``eth0`` up, ``eth0`` with its address, a default route via the
-    gateway. The netlink socket is opened inside the namespace and used from home (see inside_netns)."""
+def configure_container_end(pid: int, address: ipaddress.IPv4Interface, gateway: ipaddress.IPv4Address | None,
+                            address6: ipaddress.IPv6Interface | None = None,
+                            gateway6: ipaddress.IPv6Address | None = None,
+                            ifname: str = CONTAINER_IFNAME) -> None:
+    """In ``pid``'s netns: ``lo`` and ``ifname`` up, ``ifname`` with its address (and IPv6 address, usable
+    at once), default routes via the gateways given (none for a second network: the first keeps the
+    default route, as docker's). The netlink socket is opened inside the namespace and used from home
+    (see inside_netns)."""
     from pyroute2 import IPRoute
 
     with inside_netns(pid):
         ipr = IPRoute()  # its netlink socket belongs to the container's netns from now on
     with ipr:
         ipr.link("set", ifname="lo", state="up")
-        eth0 = index(ipr, CONTAINER_IFNAME)
-        ipr.addr("add", index=eth0, address=str(address.ip), prefixlen=address.network.prefixlen)
-        ipr.link("set", index=eth0, state="up")
-        ipr.route("add", dst="0.0.0.0/0", gateway=str(gateway), oif=eth0)
-    log.debug("%s of process %d is %s via %s", CONTAINER_IFNAME, pid, address, gateway)
+        dev = index(ipr, ifname)
+        ipr.addr("add", index=dev, address=str(address.ip), prefixlen=address.network.prefixlen)
+        if address6 is not None:
+            add_address6(ipr, dev, address6, ifname)
+        ipr.link("set", index=dev, state="up")
+        if gateway is not None:
+            ipr.route("add", dst="0.0.0.0/0", gateway=str(gateway), oif=dev)
+        if address6 is not None and gateway6 is not None:
+            ipr.route("add", dst="::/0", gateway=str(gateway6), oif=dev, family=socket.AF_INET6)
+    log.debug("%s of process %d is %s (%s) via %s", ifname, pid, address, address6, gateway)

@@ -54,6 +54,7 @@ _RULESET = """
 table ip pish {
     set subnets { type ipv4_addr; flags interval; }
     set bridges { type ifname; }
+    set isolated { type ifname . ifname; }
     map tcp_ports { type inet_service : ipv4_addr . inet_service; }
     map udp_ports { type inet_service : ipv4_addr . inet_service; }
     map tcp_addr_ports { type ipv4_addr . inet_service : ipv4_addr . inet_service; }
@@ -81,6 +82,7 @@ table ip pish {
     }
     chain forward {
         type filter hook forward priority filter; policy accept;
+        iifname . oifname @isolated drop
         oifname @bridges ct state established,related accept
         oifname @bridges ct status dnat accept
         oifname @bridges iifname != @bridges drop
@@ -100,9 +102,9 @@ def _host_locked() -> Iterator[None]:
         yield
 
 
-def _exists() -> bool:
+def _exists(table: str = TABLE) -> bool:
     try:
-        libnft.run(f"list table {TABLE}")
+        libnft.run(f"list table {table}")
     except libnft.NftError as exc:
         if exc.errno == errno.ENOENT:
             return False
@@ -130,12 +132,12 @@ def _add_address_maps() -> None:
     libnft.run("\n".join(commands))
 
 
-def contents() -> dict[str, list[Any]]:
+def contents(table: str = TABLE) -> dict[str, list[Any]]:
     """The elements of every set and map of the table ({} if there is no table): for ``_maybe_drop``
     and for tests. Map elements are [key, [address, port]], the key [address, port] in the
-    ``*_addr_ports`` maps."""
+    ``*_addr_ports`` maps; ``isolated`` holds [bridge, bridge] pairs."""
     try:
-        objects = libnft.list_json(f"table {TABLE}")
+        objects = libnft.list_json(f"table {table}")
     except libnft.NftError as exc:
         if exc.errno == errno.ENOENT:
             return {}
@@ -152,25 +154,62 @@ def _plain(elem: Any) -> Any:
     """nft's JSON element forms, flattened: a prefix to "a/n", a map entry to [key, [addr, port]]."""
     if isinstance(elem, dict) and "prefix" in elem:
         return f"{elem['prefix']['addr']}/{elem['prefix']['len']}"
+    if isinstance(elem, dict) and "concat" in elem:  # a set of concatenations: [bridge, bridge]
+        return list(elem["concat"])
     if isinstance(elem, list):  # a map element: [key or {"concat": [...]}, {"concat": [addr, port]}]
         return [value.get("concat", value) if isinstance(value, dict) else value for value in elem]
     return elem
 
 
-def _maybe_drop() -> None:
+def _maybe_drop(table: str = TABLE) -> None:
     """Delete the table once no set or map holds anything: pish's last user is gone."""
-    found = contents()
+    found = contents(table)
     if found and not any(found.values()):
-        log.info("removing nftables table %s", TABLE)
-        libnft.run(f"delete table {TABLE}")
+        log.info("removing nftables table %s", table)
+        libnft.run(f"delete table {table}")
 
 
-def _delete_elements(*pairs: tuple[str, str]) -> None:
+def _delete_elements(*pairs: tuple[str, str], table: str = TABLE) -> None:
     """Delete set elements that may or may not be there: adding first makes the delete always valid,
     and both happen in one transaction (nft 1.0.6 has no ``destroy element`` yet)."""
-    cmds = [f"add element {TABLE} {name} {{ {elem} }}; delete element {TABLE} {name} {{ {elem} }}"
+    cmds = [f"add element {table} {name} {{ {elem} }}; delete element {table} {name} {{ {elem} }}"
             for name, elem in pairs]
     libnft.run("\n".join(cmds))
+
+
+def _add_isolation(table: str = TABLE) -> None:
+    """Bring a table made by a pish older than network isolation up to date: the ``isolated`` set and
+    its drop rule at the head of ``forward``."""
+    log.info("adding network isolation to nftables table %s", table)
+    libnft.run(f"add set {table} isolated {{ type ifname . ifname; }}\n"
+               f"insert rule {table} forward iifname . oifname @isolated drop")
+
+
+def isolation_pairs(bridge: str, others: list[str]) -> list[str]:
+    """The ``isolated`` elements that keep ``bridge`` and each of ``others`` apart, both ways, in nft
+    syntax: forwarding between two of pish's bridges is dropped (docker's DOCKER-ISOLATION chains)."""
+    pairs = []
+    for other in others:
+        if other != bridge:
+            pairs += [f'"{bridge}" . "{other}"', f'"{other}" . "{bridge}"']
+    return pairs
+
+
+def _isolate(bridge: str, found: dict[str, list[Any]], table: str = TABLE) -> None:
+    """Keep ``bridge`` apart from every other bridge of ``table`` (whose contents are ``found``)."""
+    if "isolated" not in found:
+        _add_isolation(table)
+    pairs = isolation_pairs(bridge, [str(b) for b in found.get("bridges", [])])
+    if pairs:
+        log.info("isolating bridge %s from %d other network(s) of pish", bridge, len(pairs) // 2)
+        libnft.run(f"add element {table} isolated {{ {', '.join(pairs)} }}")
+
+
+def _unisolate(bridge: str, found: dict[str, list[Any]], table: str = TABLE) -> None:
+    """Delete every ``isolated`` pair naming ``bridge``."""
+    pairs = [f'"{a}" . "{b}"' for a, b in found.get("isolated", []) if bridge in (a, b)]
+    if pairs:
+        libnft.run(f"delete element {table} isolated {{ {', '.join(pairs)} }}")
 
 
 def enable_forwarding() -> None:
@@ -188,6 +227,7 @@ def add_network(subnet: ipaddress.IPv4Network, bridge: str) -> None:
     """Forward and masquerade for ``subnet`` behind ``bridge``."""
     with _host_locked():
         _ensure_table()
+        _isolate(bridge, contents())
         log.info("masquerading %s leaving through other interfaces than %s", subnet, bridge)
         libnft.run(f'add element {TABLE} subnets {{ {subnet} }}; add element {TABLE} bridges {{ "{bridge}" }}')
     enable_forwarding()
@@ -198,6 +238,7 @@ def remove_network(subnet: str, bridge: str) -> None:
     with _host_locked():
         if not _exists():
             return
+        _unisolate(bridge, contents())
         _delete_elements(("subnets", subnet), ("bridges", f'"{bridge}"'))
         _maybe_drop()
 

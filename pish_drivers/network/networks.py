@@ -24,7 +24,7 @@ import dataclasses
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from pish_core import log as pish_log
@@ -47,8 +47,12 @@ class NetworkDef:
     gateway: ipam.Addr
     created: float = dataclasses.field(default_factory=time.time)
     implicit: bool = False
-    #: address -> {"container": id, "name": container name, "hostname": its hostname}
-    allocations: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
+    #: address -> {"container": id, "name": container name, "hostname": its hostname, "aliases": [names],
+    #: "address6": its IPv6 address on an --ipv6 network}
+    allocations: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    #: the IPv6 /64 and the bridge's address in it (``--ipv6``), or None
+    subnet6: ipam.Net6 | None = None
+    gateway6: ipam.Addr6 | None = None
 
     @property
     def bridge(self) -> str:
@@ -58,18 +62,27 @@ class NetworkDef:
     def taken(self) -> set[ipam.Addr]:
         return {ipam.Addr(a) for a in self.allocations}
 
+    def taken6(self) -> set[ipam.Addr6]:
+        return {ipam.Addr6(o["address6"]) for o in self.allocations.values() if o.get("address6")}
+
     def containers(self) -> list[str]:
         return [a["container"] for a in self.allocations.values()]
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "subnet": str(self.subnet), "gateway": str(self.gateway),
+        data = {"name": self.name, "subnet": str(self.subnet), "gateway": str(self.gateway),
                 "created": self.created, "implicit": self.implicit, "allocations": self.allocations}
+        if self.subnet6 is not None:
+            data.update(subnet6=str(self.subnet6), gateway6=str(self.gateway6))
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> NetworkDef:
+        subnet6, gateway6 = data.get("subnet6"), data.get("gateway6")
         return cls(name=data["name"], subnet=ipam.Net(data["subnet"]), gateway=ipam.Addr(data["gateway"]),
                    created=data.get("created", 0.0), implicit=data.get("implicit", False),
-                   allocations=dict(data.get("allocations", {})))
+                   allocations=dict(data.get("allocations", {})),
+                   subnet6=ipam.Net6(subnet6) if subnet6 else None,
+                   gateway6=ipam.Addr6(gateway6) if gateway6 else None)
 
 
 @contextlib.contextmanager
@@ -127,6 +140,30 @@ def host_routes() -> list[tuple[str, ipam.Net]]:
     return out
 
 
+def host_routes6() -> list[tuple[str, ipam.Net6]]:
+    """The host's IPv6 routes other than default and link-local ones, as (device, destination), from
+    /proc/net/ipv6_route."""
+    out = []
+    with contextlib.suppress(FileNotFoundError), open("/proc/net/ipv6_route") as f:
+        for line in f:
+            fields = line.split()
+            with contextlib.suppress(ValueError, IndexError):
+                net = ipam.Net6((int(fields[0], 16), int(fields[1], 16)))
+                if net.prefixlen and not net.is_link_local and not net.is_multicast and net.prefixlen < 128:
+                    out.append((fields[-1], net))
+    return out
+
+
+def _check_free6(name: str, subnet6: ipam.Net6) -> None:
+    others = [(n.name, n.subnet6) for n in list_all() if n.name != name and n.subnet6 is not None]
+    clash = ipam.overlapping(subnet6, others)
+    if clash:
+        raise SpecError(f"subnet {subnet6} overlaps network {clash} ({dict(others)[clash]})")
+    clash = ipam.overlapping(subnet6, ((dev, net) for dev, net in host_routes6() if dev != name))
+    if clash:
+        raise SpecError(f"subnet {subnet6} overlaps a route of the host on {clash}: pick another --subnet-v6")
+
+
 def _check_free(name: str, subnet: ipam.Net) -> None:
     others = [(n.name, n.subnet) for n in list_all() if n.name != name]
     clash = ipam.overlapping(subnet, others)
@@ -137,7 +174,8 @@ def _check_free(name: str, subnet: ipam.Net) -> None:
         raise SpecError(f"subnet {subnet} overlaps a route of the host on {clash}: pick another --subnet")
 
 
-def _create(name: str, subnet: ipam.Net | None, gateway: ipam.Addr | None, implicit: bool = False) -> NetworkDef:
+def _create(name: str, subnet: ipam.Net | None, gateway: ipam.Addr | None, implicit: bool = False,
+            ipv6: bool = False, subnet6: ipam.Net6 | None = None) -> NetworkDef:
     """Define a network (the lock held). Refuse a name in use, an overlap, a gateway outside the subnet."""
     names.check_ifname(name, "network name")
     if get(name) is not None:
@@ -150,16 +188,23 @@ def _create(name: str, subnet: ipam.Net | None, gateway: ipam.Addr | None, impli
     ipam.check_gateway(subnet, gateway)
     _check_free(name, subnet)
     net = NetworkDef(name=name, subnet=subnet, gateway=gateway, implicit=implicit)
+    if ipv6 or subnet6 is not None:
+        if subnet6 is None:
+            taken6 = [n.subnet6 for n in list_all() if n.subnet6 is not None] + [r for _, r in host_routes6()]
+            subnet6 = ipam.random_ula(taken6)
+        _check_free6(name, subnet6)
+        net.subnet6, net.gateway6 = subnet6, ipam.gateway6(subnet6)
     if name == DEFAULT or implicit:  # `pish network create` prints the name itself
         log.info("creating network %s (%s, gateway %s)", name, subnet, gateway)
     _write(net)
     return net
 
 
-def create(name: str, subnet: ipam.Net | None = None, gateway: ipam.Addr | None = None) -> NetworkDef:
-    """``pish network create``."""
+def create(name: str, subnet: ipam.Net | None = None, gateway: ipam.Addr | None = None,
+           ipv6: bool = False, subnet6: ipam.Net6 | None = None) -> NetworkDef:
+    """``pish network create``; ``ipv6`` (or a ``subnet6``) gives it an IPv6 /64 as well."""
     with locked():
-        return _create(name, subnet, gateway)
+        return _create(name, subnet, gateway, ipv6=ipv6, subnet6=subnet6)
 
 
 def _live(net: NetworkDef) -> bool:
@@ -200,9 +245,11 @@ def usable_by(name: str, ip: ipam.Addr | None) -> NetworkDef | None:
 
 
 def allocate(name: str, cid: str, cname: str, hostname: str,
-             ip: ipam.Addr | None = None, ip_subnet: ipam.Net | None = None) -> tuple[NetworkDef, ipam.Addr]:
-    """Give container ``cid`` an address on network ``name`` (``ip`` if given, else the lowest free),
-    making the network first if it is the default or ``ip_subnet`` says which one to make."""
+             ip: ipam.Addr | None = None, ip_subnet: ipam.Net | None = None,
+             aliases: Sequence[str] = ()) -> tuple[NetworkDef, ipam.Addr]:
+    """Give container ``cid`` an address on network ``name`` (``ip`` if given, else the lowest free; on
+    an IPv6 network an IPv6 one too, in the allocation's ``address6``), making the network first if it
+    is the default or ``ip_subnet`` says which one to make. ``aliases`` are more names for its hosts line."""
     with locked():
         net = get(name)
         if net is None:
@@ -225,7 +272,10 @@ def allocate(name: str, cid: str, cname: str, hostname: str,
         else:
             address = ipam.next_free(net.subnet, net.gateway, net.taken(), name)
         log.debug("address %s of network %s for %s", address, name, cname)
-        net.allocations[str(address)] = {"container": cid, "name": cname, "hostname": hostname}
+        net.allocations[str(address)] = {"container": cid, "name": cname, "hostname": hostname,
+                                         "aliases": list(aliases)}
+        if net.subnet6 is not None:
+            net.allocations[str(address)]["address6"] = str(ipam.next_free6(net.subnet6, net.taken6(), name))
         _write(net)
         _rewrite_hosts(net)
         return net, address
@@ -258,6 +308,15 @@ def _rewrite_hosts(net: NetworkDef) -> None:
     if not net.allocations:
         path.unlink(missing_ok=True)
         return
-    entries = [(address, [o["name"], o["hostname"]]) for address, o in
-               sorted(net.allocations.items(), key=lambda item: ipam.Addr(item[0]))]
+    entries = []
+    for address, o in sorted(net.allocations.items(), key=lambda item: ipam.Addr(item[0])):
+        names_of = [o["name"], o["hostname"], *o.get("aliases", [])]
+        entries.append((address, names_of))
+        if o.get("address6"):
+            entries.append((o["address6"], names_of))
     hosts.write_hosts(path, entries)
+
+
+def allocation_of(net: NetworkDef, cid: str) -> tuple[str, dict[str, Any]] | None:
+    """The (address, allocation) container ``cid`` holds on ``net``, or None."""
+    return next(((a, o) for a, o in net.allocations.items() if o["container"] == cid), None)

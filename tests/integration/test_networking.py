@@ -418,7 +418,7 @@ def test_gc_releases_what_a_killed_supervisor_held(pish: Pish, busybox_tar: Path
                str(busybox_tar), "sleep", "100", check=True).stdout.strip()
     record = json.loads((pish_env.root / "containers" / cid / "state.json").read_text())
     assert [r["what"] for r in record["resources"] if r["kind"] == "network"] == [
-        "address", "bridge", "veth", "port"]
+        "connections", "address", "bridge", "veth", "port"]
     os.kill(record["supervisor_pid"], signal.SIGKILL)
     with contextlib.suppress(ProcessLookupError):
         os.kill(record["pid"], signal.SIGKILL)  # it would die with its supervisor (PDEATHSIG) anyway
