@@ -163,6 +163,8 @@ def _unpack(tar: tarfile.TarFile, dest: Path, whiteouts: bool) -> UnpackStats:
         tar.extract(member, dest, set_attrs=True, numeric_owner=True, **_NO_TARFILE_FILTER)  # type: ignore[arg-type]
         if member.isreg():
             stats.file_bytes += member.size
+        elif member.issym():  # tarfile leaves a symlink's own time at "now": layers made again would differ
+            os.utime(target, (member.mtime, member.mtime), follow_symlinks=False)
         elif member.isdir():
             dirs.append((target, member.mtime))
     for target, mtime in reversed(dirs):  # what was written into a directory changed its mtime: restore it

@@ -48,6 +48,7 @@ def tree(tmp_path: Path) -> Path:
     os.link(root / "etc" / "passwd", root / "etc" / "passwd-link")
     os.symlink("/etc/passwd", root / "abs-link")
     os.symlink("/", root / "escape")
+    os.utime(root / "abs-link", (1_500_000_000, 1_500_000_000), follow_symlinks=False)
     os.mkfifo(root / "fifo")
     os.mknod(root / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
     whiteout.make_whiteout(root / "gone")
@@ -79,6 +80,7 @@ def test_hardlinks_symlinks_fifos_devices_owners_xattrs(tree: Path) -> None:
     assert first.pax_headers.get("SCHILY.xattr.user.note") == "hello"
     assert not any(k.startswith("SCHILY.xattr.trusted.overlay") for k in m["etc"].pax_headers)
     assert m["abs-link"].issym() and m["abs-link"].linkname == "/etc/passwd"
+    assert m["abs-link"].mtime == 1_500_000_000
     assert m["escape"].issym() and not any(n.startswith("escape/") for n in m)  # never followed
     assert m["fifo"].isfifo()
     assert m["null"].ischr() and (m["null"].devmajor, m["null"].devminor) == (1, 3)
@@ -109,6 +111,7 @@ def test_unpacked_and_written_again_is_the_same_tar(tree: Path, tmp_path: Path) 
     dest.mkdir()
     unpack_stream(io.BytesIO(tar), dest, what="test layer")
     assert whiteout.is_whiteout(os.lstat(dest / "gone")) and whiteout.is_opaque(dest / "opaque")
+    assert os.lstat(dest / "abs-link").st_mtime == 1_500_000_000  # a symlink's own time kept by the unpacker
     assert layer(dest)[0] == made
 
 
