@@ -17,6 +17,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -267,3 +268,44 @@ def test_ipv6_bad_input_is_one_line(pish: Pish) -> None:
         proc = pish("network", "create", *args)
         assert proc.returncode == 125 and proc.stderr.count("\n") == 1 and needle in proc.stderr, proc.stderr
     assert pish("network", "ls", "-q").stdout == ""
+
+
+# -- the tables themselves, in a network namespace of the test's own ----------------------------------
+
+IN_NETNS = r'''
+import json, sys
+from pish_drivers.network import libnft, nat, nat6
+
+# A table as a pish older than isolation made it: no "isolated" set, no drop rule.
+old = "\n".join(line for line in nat._RULESET.splitlines() if "isolated" not in line)
+libnft.run(old)
+nat.add_network(__import__("ipaddress").ip_network("10.9.1.0/24"), "x1")
+nat.add_network(__import__("ipaddress").ip_network("10.9.2.0/24"), "x2")
+forward = [o["rule"] for o in libnft.list_json("chain ip pish forward") if "rule" in o]
+nat6.add_network(__import__("ipaddress").ip_network("fd09:1::/64"), "x1")
+nat6.add_network(__import__("ipaddress").ip_network("fd09:2::/64"), "x2")
+out = {"v4": nat.contents()["isolated"], "v6": nat.contents(nat6.TABLE)["isolated"],
+       "first_rule": json.dumps(forward[0]["expr"]),
+       "forwarding6": open(nat6.FORWARDING).read().strip()}
+nat.remove_network("10.9.1.0/24", "x1")
+out["after_one"] = nat.contents()["isolated"]
+nat.remove_network("10.9.2.0/24", "x2")
+nat6.remove_network("fd09:1::/64", "x1")
+nat6.remove_network("fd09:2::/64", "x2")
+out["left"] = [nat.contents(), nat.contents(nat6.TABLE)]
+print(json.dumps(out))
+'''
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare (util-linux)")
+def test_isolation_is_added_to_an_older_table_and_both_tables_go_with_their_last_network() -> None:
+    proc = subprocess.run(["unshare", "-n", sys.executable, "-c", IN_NETNS], capture_output=True, text=True,
+                          timeout=60, check=False, cwd=Path(__file__).parents[2])
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.splitlines()[-1])
+    assert sorted(map(tuple, out["v4"])) == [("x1", "x2"), ("x2", "x1")]
+    assert sorted(map(tuple, out["v6"])) == [("x1", "x2"), ("x2", "x1")]
+    assert '"@isolated"' in out["first_rule"] and '{"drop": null}' in out["first_rule"]  # head of forward
+    assert out["forwarding6"] == "1"  # in the test's namespace only
+    assert out["after_one"] == []
+    assert out["left"] == [{}, {}]
