@@ -3,8 +3,9 @@
 A container's root filesystem is its storage driver's: with ``overlay``, the image's layers in the store
 (lower) and the container's own ``upper`` directory under ``paths.layer_dir(id)``; with ``copy``, one
 plain directory (``rootfs``). The storage record of the container's journal says which and where, and
-which image it mounted. Both exist from ``pish create`` until the container stops (its supervisor then
-releases them), so a stopped container has nothing left to export or commit.
+which image it mounted. Both exist from ``pish create`` until ``pish rm`` (an exited container keeps its
+files, as docker's does); they are read here as directories, so it does not matter whether the overlay is
+mounted.
 
 Under ``--userns`` the upper directory holds host ids (the container's root is a host id of its range);
 ``owner_map`` maps them back to the container's, as the tar must record them.
@@ -61,8 +62,7 @@ def owner_map(spec: dict[str, Any]) -> layertar.IdMap | None:
 def _storage_record(s: state.ContainerState) -> dict[str, Any]:
     record = next((r for r in s.resources if r.get("kind") == "storage"), None)
     if record is None:
-        raise ImageError(f"container {s.name} has no root filesystem any more (it is {s.status}: a "
-                         f"container's files are released when it stops; commit or export it while it runs)")
+        raise ImageError(f"container {s.name} holds no root filesystem (it is {s.status}): nothing to read")
     return record
 
 
