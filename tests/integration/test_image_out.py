@@ -134,8 +134,7 @@ def test_export_is_the_merged_root_and_follows_no_symlink(pish: Pish, box: str, 
     with tarfile.open(target) as tar:
         new = tar.extractfile("new")
         assert new is not None and new.read() == b"hello\n"
-    piped = subprocess.run(["sh", "-c", " ".join(["exec", *map(repr, _pish_args("export", box))])],
-                           capture_output=True, timeout=60, check=True, env={**os.environ})
+    piped = subprocess.run(_pish_args("export", box), capture_output=True, timeout=60, check=True)  # a pipe
     assert set(tar_members(piped.stdout)) == set(members)
 
 
@@ -148,7 +147,7 @@ def _pish_args(*args: str) -> list[str]:
 def test_a_tar_is_not_written_to_a_terminal(pish_env: object, box: str) -> None:
     controller, terminal = pty.openpty()
     try:
-        proc = subprocess.run(_pish_args("export", box), stdout=terminal, stderr=subprocess.PIPE, text=True,
+        proc = subprocess.run(_pish_args("export", box), check=False, stdout=terminal, stderr=subprocess.PIPE, text=True,
                               timeout=60, env={**os.environ, **pish_env.env})  # type: ignore[attr-defined]
     finally:
         os.close(terminal)
@@ -162,7 +161,8 @@ def test_save_load_round_trip_in_pish(pish: Pish, box: str, tmp_path: Path, pish
     pish("image", "save", "bb-saved:v1", "-o", str(archive), check=True)
     names = set(tar_members(archive.read_bytes()))
     assert {"manifest.json", "repositories"} <= names
-    (entry,) = json.loads(tarfile.open(archive).extractfile("manifest.json").read())  # type: ignore[union-attr]
+    with tarfile.open(archive) as tar:
+        (entry,) = json.loads(tar.extractfile("manifest.json").read())  # type: ignore[union-attr]
     assert entry["RepoTags"] == ["bb-saved:v1"] and len(entry["Layers"]) == 2
     env = {"PISH_LIB": str(tmp_path / "lib2"), "PISH_ROOT": str(tmp_path / "root2")}
     for d in env.values():
