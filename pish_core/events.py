@@ -17,7 +17,7 @@ import fcntl
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import Any
 
 from pish_core import paths
@@ -91,7 +91,7 @@ def read_all() -> list[dict[str, Any]]:
     return out
 
 
-def follow(poll: float = 0.1) -> Iterator[dict[str, Any] | None]:
+def follow(poll: float = 0.1) -> Generator[dict[str, Any] | None, None, None]:
     """Events as they are appended from now on; yields None after each idle poll (so a caller can stop
     at a deadline). A rotation is followed: the old file is read to its end, then the new one opened."""
     path = paths.events_file()

@@ -120,7 +120,10 @@ def _start_and_wait(p: Prepared, stack: contextlib.ExitStack, signals: _Signals,
     spec, record, ctx = p.spec, p.record, RunContext(p.spec, p.journal)
     if paths.rootless():  # pish becomes root of a user namespace of its own (pish_core/userns.py)
         userns.enter_rootless(spec)
-    rootfs = _kept_rootfs(p) or stack.enter_context(p.drivers.storage.mount(ctx))  # 2. the root filesystem
+    rootfs = _kept_rootfs(p)
+    if rootfs is None:  # 2. the root filesystem
+        rootfs = stack.enter_context(p.drivers.storage.mount(ctx))
+        p.journal.note("storage", rootfs=str(rootfs))  # where `pish cp` finds it while no process runs
     _stage("storage")
     io = stack.enter_context(io_cm)
     child = stack.enter_context(  # 3. the process, in new namespaces, blocked
@@ -142,7 +145,7 @@ def _start_and_wait(p: Prepared, stack: contextlib.ExitStack, signals: _Signals,
     io.started()
     record.status, record.started = "running", time.time()
     if p.keep_rootfs:
-        p.journal.keep("storage", rootfs=str(rootfs))  # saves the record
+        p.journal.keep("storage")  # saves the record
     record.save()
     events.emit("start", record.id, record.name, image=record.image)
     _stage("running")

@@ -128,13 +128,17 @@ class Journal:
                 release(record)
                 self.drop(record)
 
-    def keep(self, kind: str, **data: Any) -> dict[str, Any] | None:
-        """Mark the resource of ``kind`` to outlive this run (a detached container's root filesystem, kept
-        until ``pish rm`` as docker keeps the writable layer); return its record, None if it holds none."""
+    def note(self, kind: str, **data: Any) -> dict[str, Any] | None:
+        """Add ``data`` to the record of the resource of ``kind``; return it, None if it holds none."""
         record = self.kept(kind) or next((r for r in self.state.resources if r.get("kind") == kind), None)
         if record is not None:
-            self.update(record, kept=True, **data)
+            self.update(record, **data)
         return record
+
+    def keep(self, kind: str) -> dict[str, Any] | None:
+        """Mark the resource of ``kind`` to outlive this run (a detached container's root filesystem, kept
+        until ``pish rm`` as docker keeps the writable layer); return its record, None if it holds none."""
+        return self.note(kind, kept=True)
 
     def kept(self, kind: str) -> dict[str, Any] | None:
         """The record of ``kind`` an earlier run kept (``keep``), if any."""

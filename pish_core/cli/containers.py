@@ -69,7 +69,7 @@ def ps(show_all: bool, quiet: bool, as_json: bool, fmt: str) -> None:
             continue
         rows.append({"id": s.id, "name": s.name, "image": s.image, "command": " ".join(s.command),
                      "status": status, "created": s.created, "address": s.address,
-                     "ports": _ports(s.resources)})
+                     "ports": _ports(s.resources), "restart_count": s.restart_count})
     if quiet:
         for r in rows:
             click.echo(r["id"][:12])
@@ -105,6 +105,8 @@ def inspect(refs: tuple[str, ...]) -> None:
         data["pids"] = proc.pids_in_pidns_of(s.pid) if s.pid and proc.is_same(s.pid, s.pid_start) else []
         data["created_at"] = datetime.fromtimestamp(s.created).isoformat()
         data["ports"] = _ports(s.resources)
+        data["RestartCount"] = s.restart_count  # docker's keys: restarts by the policy, and the policy
+        data["RestartPolicy"] = s.restart_policy or {"Name": "no", "MaximumRetryCount": 0}
         out.append(data)
     click.echo(json.dumps(out, indent=2))
 
@@ -139,11 +141,23 @@ def logs(follow: bool, ref: str) -> None:
 @click.option("--log-level", default="warning", type=click.Choice(log.LEVELS), show_default=True)
 @click.argument("refs", nargs=-1, required=True)
 def start(log_level: str, refs: tuple[str, ...]) -> None:
-    """Start created containers."""
+    """Start created containers, or exited ones again (same id, name, spec and files; a new process)."""
     from pish_core.lifecycle import start as start_one
 
     log.setup(log_level)
     _each(refs, start_one)
+
+
+@click.command()
+@click.option("-t", "--time", "timeout", default=10.0, show_default=True,
+              help="Seconds to wait for a running container to stop before SIGKILL.")
+@click.argument("refs", nargs=-1, required=True)
+def restart(timeout: float, refs: tuple[str, ...]) -> None:
+    """Stop containers (SIGTERM, SIGKILL after the timeout) and start them again."""
+    from pish_core.lifecycle import restart as restart_one
+
+    log.setup("warning")
+    _each(refs, lambda ref: restart_one(ref, timeout))
 
 
 @click.command()
