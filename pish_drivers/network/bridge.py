@@ -85,6 +85,7 @@ class BridgeNetwork(Network):
         with contextlib.ExitStack() as undo:
             # 0. The networks `pish network connect` may add later: released after everything else.
             self._journal(ctx, undo, "connections", container=cid)
+            connections.reopen(cid)  # a container started again may be connected again
 
             # 1. An address (two on an IPv6 network), and a line in the network's /etc/hosts.
             record = self._journal(ctx, undo, "address", network=spec.network.network, container=cid)

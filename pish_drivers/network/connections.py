@@ -79,6 +79,14 @@ def opened(cid: str) -> Iterator[Connections]:
         yield Connections(cid, data)
 
 
+def reopen(cid: str) -> None:
+    """Let ``connect`` in again: the container (re)starts, its earlier connections were released."""
+    with opened(cid) as conns:
+        if conns.closed and not conns.networks:
+            conns.closed = False
+            conns.save()
+
+
 def release_all(cid: str, release: Release) -> None:
     """Undo every connection of ``cid`` and close the file (what the ``connections`` record's release
     does); idempotent, and nothing to do once the container's directory is gone."""

@@ -25,6 +25,10 @@ LOOPBACK6 = "::1"
 _CHUNK = 65536
 
 
+class NoLoopback6(Exception):
+    """The host's ``lo`` has no ``::1`` (IPv6 disabled): there is nothing to serve."""
+
+
 def _pump(src: socket.socket, dst: socket.socket) -> None:
     """Copy ``src`` to ``dst`` until ``src`` ends; then end ``dst``'s sending side."""
     with contextlib.suppress(OSError):
@@ -47,6 +51,8 @@ class LoopbackProxy:
             self.listener.close()
             if exc.errno == errno.EADDRINUSE:
                 raise SpecError(f"host port [::1]:{host_port}/tcp is in use on the host") from None
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise NoLoopback6 from None
             raise
         self.listener.listen(64)
         self._open: set[socket.socket] = set()
@@ -92,9 +98,15 @@ class LoopbackProxy:
 
 
 @contextlib.contextmanager
-def loopback6(host_port: int, address: str, container_port: int) -> Iterator[LoopbackProxy]:
-    """Serve ``[::1]:host_port`` from ``[address]:container_port`` for the duration of the block."""
-    proxy = LoopbackProxy(host_port, (address, container_port))
+def loopback6(host_port: int, address: str, container_port: int) -> Iterator[LoopbackProxy | None]:
+    """Serve ``[::1]:host_port`` from ``[address]:container_port`` for the duration of the block (nothing,
+    with a warning, on a host without ``::1``)."""
+    try:
+        proxy = LoopbackProxy(host_port, (address, container_port))
+    except NoLoopback6:
+        log.warning("the host has no ::1 on lo: host port %d/tcp is not served on [::1]", host_port)
+        yield None
+        return
     log.info("serving host port [::1]:%d/tcp from [%s]:%d (proxy thread)", host_port, address, container_port)
     try:
         yield proxy

@@ -131,3 +131,6 @@ def test_the_connections_journal_releases_newest_first_and_then_closes() -> None
         assert conns.closed and conns.networks == {}
     connections.release_all(cid, release)  # idempotent
     assert len(released) == 3
+    connections.reopen(cid)  # the container is started again: it may be connected again
+    with connections.opened(cid) as conns:
+        assert not conns.closed
