@@ -207,22 +207,30 @@ def group(kind: str) -> str:
 
 @functools.cache
 def load_class(kind: str, name: str) -> type[Driver]:
-    """The driver class registered as ``name`` in the entry-point group of ``kind`` (looked up once)."""
-    from stevedore import driver as sd_driver  # lazy: ~60 ms of imports
-    from stevedore.exception import NoMatches
+    """The driver class registered as ``name`` in the entry-point group of ``kind`` (looked up once).
+    The registry is read through ``entrypoints`` (stevedore's scan, cached); the object is loaded as
+    ``EntryPoint.load()`` does: import the module, follow the attributes."""
+    import importlib
 
-    try:
-        mgr: Any = sd_driver.DriverManager(namespace=group(kind), name=name, invoke_on_load=False)
-    except NoMatches:
+    from pish_core import entrypoints
+
+    found = entrypoints.find(group(kind), name)
+    if not found:
         raise DriverError(
             f"unknown {kind} driver {name!r} (available: {', '.join(available_names(kind)) or 'none'})"
-        ) from None
+        )
+    if len(set(found)) > 1:
+        raise DriverError(f"{kind} driver {name!r} is registered more than once: {', '.join(sorted(set(found)))}")
+    module, _, attrs = found[0].partition(":")
+    try:
+        obj: Any = importlib.import_module(module.strip())
+        for attr in attrs.strip().split(".") if attrs.strip() else ():
+            obj = getattr(obj, attr)
     except Exception as exc:  # noqa: BLE001 - a broken third-party package must not give a traceback
         raise DriverError(f"{kind} driver {name!r} failed to load: {exc}") from None
-    cls: Any = mgr.driver
-    if not (isinstance(cls, type) and issubclass(cls, Driver) and cls.kind == kind):
+    if not (isinstance(obj, type) and issubclass(obj, Driver) and obj.kind == kind):
         raise DriverError(f"{kind} driver {name!r} is not a pish {kind} driver")
-    return cls
+    return obj
 
 
 def load(kind: str, name: str, options: Mapping[str, str] | None = None) -> Driver:
@@ -235,9 +243,9 @@ def load(kind: str, name: str, options: Mapping[str, str] | None = None) -> Driv
 
 
 def available_names(kind: str) -> list[str]:
-    from stevedore import _cache
+    from pish_core import entrypoints
 
-    return sorted({ep.name for ep in _cache.get_group_all(group(kind))})
+    return entrypoints.names(group(kind))
 
 
 @dataclass
