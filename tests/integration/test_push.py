@@ -21,16 +21,20 @@ from test_registry import (
     PASSWORD,
     USER,
     Registry,
+    TokenRegistry,
     htpasswd_file,
     make_ca,
     one_error,
     start_registry,
     stop,
 )
+from test_registry import layouts as layouts_fixture
 from test_registry import pytestmark as registry_marks
 from test_registry import reg_env as reg_env_fixture
+from test_registry import token_registry as token_registry_fixture
 
-reg_env = reg_env_fixture  # this test's auth file and certs.d (the fixture of test_registry.py)
+# The fixtures of test_registry.py: this test's auth file and certs.d; the registry with token auth.
+reg_env, layouts, token_registry = reg_env_fixture, layouts_fixture, token_registry_fixture
 pytestmark = [*registry_marks, pytest.mark.leak_check(at_teardown=True)]
 Pish = Callable[..., "subprocess.CompletedProcess[str]"]
 COUNTS = re.compile(r"\((\d+) blobs uploaded, (\d+) mounted, (\d+) already there\)")
@@ -142,6 +146,19 @@ def test_push_to_a_registry_that_wants_a_login(pish: Pish, app: str, reg_env: Pa
         assert info["Digest"] == out.stdout.strip()
     finally:
         stop(reg)
+
+
+def test_push_with_bearer_tokens(pish: Pish, app: str, token_registry: TokenRegistry, reg_env: Path) -> None:
+    """Anonymous tokens only pull: the push is refused in one line; after login, a token for pull,push."""
+    host = token_registry.registry.host
+    issued = token_registry.tokens.issued
+    assert "pish login" in one_error(pish("push", "--tls-verify=false", app, f"{host}/public/pushed:1"))
+    pish("login", "--tls-verify=false", "-u", USER, "--password-stdin", host, input=f"{PASSWORD}\n", check=True)
+    issued.clear()
+    out = pish("push", "--tls-verify=false", app, f"{host}/private/pushed:1", check=True)
+    assert counts(out.stderr) == (3, 0, 0) and set(issued) == {USER}
+    again = pish("push", "--tls-verify=false", app, f"{host}/private/pushed:1", check=True)
+    assert counts(again.stderr) == (0, 0, 3) and again.stdout == out.stdout
 
 
 def test_push_bad_input_is_one_line(pish: Pish, registry: Registry, reg_env: Path) -> None:
