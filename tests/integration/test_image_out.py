@@ -226,3 +226,44 @@ def test_skopeo_inspects_both_archive_formats(pish: Pish, box: str, tmp_path: Pa
                               timeout=120, check=True)
         info = json.loads(proc.stdout)
         assert len(info["Layers"]) == 2 and info["Os"] == "linux", info
+
+
+def test_commit_of_a_copy_storage_container(pish: Pish, busybox_tar: Path, leaks: object) -> None:
+    """``--storage copy`` keeps no layer of changes: the whole root becomes the image's one layer."""
+    pish("image", "import", "--name", "bb", str(busybox_tar), check=True)
+    try:
+        pish("run", "-d", "--name", "out-copy", "--storage", "copy", "bb", "sh", "-c",
+             "echo copy > /c && rm /bin/vi", check=True)
+        assert pish("wait", "out-copy", check=True).stdout.strip() == "0"
+        pish("commit", "out-copy", "bb-copy", check=True)
+        (info,) = json.loads(pish("image", "inspect", "bb-copy", check=True).stdout)
+        assert len(info["layers"]) == 1
+        run = pish("run", "--rm", "bb-copy", "sh", "-c", "cat /c; [ -e /bin/vi ] || echo vi-gone", check=True)
+        assert run.stdout.split() == ["copy", "vi-gone"]
+    finally:
+        pish("rm", "-f", "out-copy")
+
+
+def test_commit_and_export_of_a_userns_container_record_the_containers_ids(busybox_tar: Path) -> None:
+    """Under ``--userns`` the upper layer holds host ids: a file chowned to 5:6 inside is 5:6 in the
+    image and the export, not 300005:300006. (State under a 0711 directory the mapped root can reach.)"""
+    top = Path(tempfile.mkdtemp(prefix="image-out-userns-"))
+    top.chmod(0o711)
+    env = {"PISH_ROOT": str(top / "run"), "PISH_LIB": str(top / "lib")}
+    for d in env.values():
+        Path(d).mkdir(mode=0o711)
+    try:
+        run_pish("image", "import", "--name", "bb", str(busybox_tar), env=env, check=True)
+        run_pish("run", "-d", "--name", "out-userns", "--userns", "0:300000:65536", "bb", "sh", "-c",
+                 "echo u > /u && chown 5:6 /u", env=env, check=True)
+        assert run_pish("wait", "out-userns", env=env, check=True).stdout.strip() == "0"
+        run_pish("commit", "out-userns", "bb-userns", env=env, check=True)
+        run = run_pish("run", "--rm", "bb-userns", "stat", "-c", "%u:%g", "/u", env=env, check=True)
+        assert run.stdout.strip() == "5:6"
+        run_pish("export", "out-userns", "-o", str(top / "u.tar"), env=env, check=True)
+        u = tar_members((top / "u.tar").read_bytes())["u"]
+        assert (u.uid, u.gid) == (5, 6)
+    finally:
+        run_pish("rm", "-f", "out-userns", env=env)
+        assert not list((top / "lib" / "containers").glob("*"))
+        shutil.rmtree(top)
