@@ -38,6 +38,7 @@ from pish_core.image.save import MadeImage, make_image, workdir
 
 _log = log.get("image")
 DEFAULT_CHUNK = 32 << 20
+_REDIRECTS = (301, 302, 303, 307, 308)
 
 
 def chunk_size() -> int:
@@ -94,9 +95,9 @@ class Uploader:
 
     def has_blob(self, hexd: str) -> bool:
         resp = self.request("HEAD", f"/v2/{self.reg.repository}/blobs/sha256:{hexd}", f"blob sha256:{hexd[:12]}",
-                            ok=(200, 404))
+                            ok=(200, 404, *_REDIRECTS))
         resp.drain_conn()
-        return resp.status == 200
+        return resp.status != 404  # a redirect (to a CDN, a storage bucket) is the registry serving it
 
     def mount(self, hexd: str, source: str) -> str | None:
         """Mount the blob from repository ``source``: None when done, else the upload URL it started."""
