@@ -38,9 +38,8 @@ from typing import TYPE_CHECKING, Any
 from pish_core import names, paths, state
 from pish_core.drivers import Attachment, Network, RunContext
 from pish_core.errors import DriverError, SpecError
-from pish_core.spec import Mount, PortMapping
+from pish_core.spec import PortMapping
 from pish_drivers.network import connections, hosts, links, nat, nat6, networks, proxy
-from pish_drivers.network.hosts import FILE_MOUNT_OPTIONS
 from pish_drivers.network.links import CONTAINER_IFNAME
 
 if TYPE_CHECKING:
@@ -125,7 +124,7 @@ class BridgeNetwork(Network):
 
             resolv_conf = hosts.resolv_conf_mount(cid, spec.network.dns)
             yield Attachment(ifname=CONTAINER_IFNAME, address=str(address), network=net.name, mounts=[
-                Mount("/etc/hosts", str(paths.hosts_file(net.name)), "bind", FILE_MOUNT_OPTIONS), resolv_conf,
+                networks.container_hosts_mount(cid), resolv_conf,
                 *hosts.hostname_mounts(cid, spec.hostname),
             ])
 

@@ -3,10 +3,11 @@
 Docker answers names with a DNS server of its own inside every container's namespace; pish does it the
 older way, with files, which costs nothing at run time:
 
-- **/etc/hosts**: one file per network on the host (``paths.hosts_file``), listing every container
-  on it by name and hostname. Every container of the network bind-mounts that same file read-only, so
-  when a container joins or leaves the file is rewritten *in place*: a bind mount pins the inode, so a
-  new file renamed over the old one would go unseen by the containers already running.
+- **/etc/hosts**: one file per container (``paths.etc_hosts``), listing every container of every
+  network it is on by name, hostname and aliases (``networks.py`` writes them), and one per network
+  (``paths.hosts_file``) of its own members. The container bind-mounts its file read-only, so when a
+  container joins or leaves a network the files are rewritten *in place*: a bind mount pins the
+  inode, so a new file renamed over the old one would go unseen by the containers already running.
 - **/etc/resolv.conf**: one file per container (``paths.resolv_conf``), with the ``--dns`` servers or
   else the host's. As docker does, nameservers on the host's loopback (a local caching resolver such as
   systemd-resolved's 127.0.0.53) are dropped: the container's loopback is not the host's.

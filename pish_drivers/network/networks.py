@@ -30,6 +30,7 @@ from typing import Any
 from pish_core import log as pish_log
 from pish_core import names, paths, state
 from pish_core.errors import SpecError, StateError
+from pish_core.spec import Mount
 from pish_drivers.network import hosts, ipam
 
 log = pish_log.get("network")
@@ -298,23 +299,56 @@ def release(name: str, cid: str) -> list[str]:
             paths.network_file(name).unlink(missing_ok=True)
         else:
             _write(net)
-        _rewrite_hosts(net)
+        _rewrite_hosts(net, also=cid)
         return freed
 
 
-def _rewrite_hosts(net: NetworkDef) -> None:
-    """The network's shared /etc/hosts, rewritten in place; removed when nobody is left on it."""
-    path = paths.hosts_file(net.name)
-    if not net.allocations:
-        path.unlink(missing_ok=True)
-        return
+def _entries(net: NetworkDef) -> list[tuple[str, list[str]]]:
+    """The hosts lines of ``net``'s containers: (address, names), IPv4 then IPv6, by address."""
     entries = []
     for address, o in sorted(net.allocations.items(), key=lambda item: ipam.Addr(item[0])):
         names_of = [o["name"], o["hostname"], *o.get("aliases", [])]
         entries.append((address, names_of))
         if o.get("address6"):
             entries.append((o["address6"], names_of))
+    return entries
+
+
+def _rewrite_hosts(net: NetworkDef, also: str | None = None) -> None:
+    """The network's shared hosts file, rewritten in place (removed when nobody is left on it), and the
+    own /etc/hosts of each of its containers (and of ``also``, which just left it)."""
+    path = paths.hosts_file(net.name)
+    if not net.allocations:
+        path.unlink(missing_ok=True)
+    else:
+        hosts.write_hosts(path, _entries(net))
+    members = set(net.containers()) | ({also} if also else set())
+    if members:
+        everyone = [n for n in list_all() if n.name != net.name] + [net]
+        for cid in members:
+            _write_container_hosts(cid, everyone)
+
+
+def _write_container_hosts(cid: str, everyone: list[NetworkDef]) -> None:
+    """Rewrite, in place, the /etc/hosts of container ``cid`` if it has one of its own (a bridge
+    container's): the lines of every network it is on, oldest network first."""
+    path = paths.etc_hosts(cid)
+    if not path.exists():
+        return
+    entries: list[tuple[str, list[str]]] = []
+    for net in sorted((n for n in everyone if cid in n.containers()), key=lambda n: n.created):
+        entries += [e for e in _entries(net) if e not in entries]
     hosts.write_hosts(path, entries)
+
+
+def container_hosts_mount(cid: str) -> Mount:
+    """Write container ``cid``'s own /etc/hosts (every network it is on, kept up to date as they change:
+    ``pish network connect`` adds a network's names to it); its read-only mount."""
+    path = paths.etc_hosts(cid)
+    hosts.write_in_place(path, "")
+    with locked():
+        _write_container_hosts(cid, list_all())
+    return Mount("/etc/hosts", str(path), "bind", hosts.FILE_MOUNT_OPTIONS)
 
 
 def allocation_of(net: NetworkDef, cid: str) -> tuple[str, dict[str, Any]] | None:

@@ -139,6 +139,7 @@ def test_networks_are_isolated_until_connect(pish: Pish, busybox_tar: Path, nets
     assert reaches(pish, "a1", b1)
     assert "hello from pish" in sh(pish, "a1", f"wget -qO- http://{b1}/").stdout
     assert sh(pish, "b1", "ping -c1 -W2 a1 && ping -c1 -W2 front").returncode == 0  # by name, from B
+    assert sh(pish, "a1", "ping -c1 -W2 b1").returncode == 0  # and B's names in a1's /etc/hosts
     assert "default via 10.0.141.1 dev eth0" in sh(pish, "a1", "ip route").stdout  # A keeps the route
 
     refused = pish("network", "connect", NET_B, "a1")
@@ -150,6 +151,7 @@ def test_networks_are_isolated_until_connect(pish: Pish, busybox_tar: Path, nets
     pish("network", "disconnect", NET_B, "a1", check=True)
     assert sh(pish, "a1", "ip link show dev eth1").returncode != 0
     assert "a1" not in sh(pish, "b1", "cat /etc/hosts").stdout
+    assert "b1" not in sh(pish, "a1", "cat /etc/hosts").stdout
     assert not reaches(pish, "a1", b1)
     assert [m["name"] for m in json.loads(pish("network", "inspect", NET_B).stdout)[0]["containers"].values()] \
         == ["b1"]

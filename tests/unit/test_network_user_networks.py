@@ -90,6 +90,26 @@ def test_aliases_and_v6_addresses_are_in_the_hosts_file() -> None:
     assert networks.allocation_of(networks.require("t14a"), client) is not None
 
 
+def test_a_containers_own_hosts_file_lists_every_network_it_is_on() -> None:
+    networks.create("t14a", ipaddress.IPv4Network("10.0.141.0/24"))
+    networks.create("t14b", ipaddress.IPv4Network("10.0.142.0/24"))
+    a1, b1 = container(), container()
+    networks.allocate("t14a", a1, "a1", "a1")
+    mount = networks.container_hosts_mount(a1)
+    networks.allocate("t14b", b1, "b1", "b1")
+    networks.container_hosts_mount(b1)
+    own = Path(mount.source)
+    inode = own.stat().st_ino
+    assert "10.0.141.2\ta1\n" in own.read_text() and "b1" not in own.read_text()
+
+    networks.allocate("t14b", a1, "a1", "a1", aliases=("front",))  # pish network connect
+    assert "10.0.142.2\tb1\n" in own.read_text() and "10.0.142.3\ta1 front\n" in own.read_text()
+    assert "10.0.142.3\ta1 front\n" in paths.etc_hosts(b1).read_text()
+    networks.release("t14b", a1)  # disconnect: gone from both, the file rewritten in place
+    assert "b1" not in own.read_text() and "a1" not in paths.etc_hosts(b1).read_text()
+    assert own.stat().st_ino == inode
+
+
 # -- isolation and second interfaces -----------------------------------------------------------------
 
 
