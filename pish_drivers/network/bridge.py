@@ -3,24 +3,30 @@
 How a container gets its network here, in five steps, each written to the container's journal
 *before* it is taken, so ``pish gc`` can undo a killed run with ``release(record)`` alone:
 
+0. **Room for later networks.** A ``connections`` record, released last: it undoes whatever
+   ``pish network connect`` added while the container ran (``connections.py``; ``connect`` below).
 1. **An address.** The network (``--network``, default ``pish0``) hands out the lowest free address
-   of its subnet, or the ``--ip`` asked for (``networks.py``, ``ipam.py``); the network's shared
-   /etc/hosts is rewritten to name the newcomer.
+   of its subnet, or the ``--ip`` asked for (``networks.py``, ``ipam.py``), and an IPv6 one too on an
+   ``--ipv6`` network; the hosts files of the network's containers are rewritten to name the newcomer
+   (and its ``--network-alias`` names).
 2. **Join the bridge.** The bridge has the network's name and is shared by every container on it, so
    its users are counted in ``/run/pish/networks/<bridge>.json`` under a file lock: the first
    container creates it, with the gateway address, and adds the network to pish's nftables table
-   (forwarding and masquerade, ``nat.py``); the last one out undoes both.
+   (forwarding, masquerade, isolation from the other networks: ``nat.py``, and ``nat6.py`` for IPv6);
+   the last one out undoes both.
 3. **Plug in a cable.** A veth pair: the host end (``pv`` + the container id) in the bridge, the
    other end created directly inside the container's namespace as ``eth0`` (creating it there is
    free; moving it there afterwards would cost 20-40 ms).
 4. **Configure the container's end**, through a netlink socket opened inside its namespace: ``lo``
-   and ``eth0`` up, the address, a default route via the gateway.
+   and ``eth0`` up, the address, a default route via the gateway (IPv6: the address without DAD, a
+   default route via the bridge's ``::1``).
 5. **Publish ports** (``-p``): one DNAT map element each in the nftables table. A port pish picks
    (``-p CPORT``) is journaled as host port 0 and updated to the port it got once published; a
-   killed run's 0 releases whatever host port maps to the container's address.
+   killed run's 0 releases whatever host port maps to the container's address. On an IPv6 network
+   also an element of ``table ip6 pish`` (``port6``) and a ``[::1]`` proxy thread (``proxy.py``).
 
-The container then gets two read-only bind mounts from the attachment: the network's /etc/hosts and
-its own /etc/resolv.conf (``hosts.py``). Undoing runs in reverse.
+The container then gets read-only bind mounts from the attachment: its own /etc/hosts (every network
+it is on), /etc/resolv.conf and /etc/hostname (``hosts.py``). Undoing runs in reverse.
 
 All netlink work goes through pyroute2 in this process (``links.py``), imported only when a container
 is attached: the import costs ~150 ms, and ``pish drivers list`` must not pay it.
