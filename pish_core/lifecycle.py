@@ -242,13 +242,16 @@ def restart(ref: str, timeout: float = 10) -> state.ContainerState:
 def stop(ref: str, timeout: float = 10) -> state.ContainerState:
     """SIGTERM, then SIGKILL after ``timeout`` seconds, as ``docker stop``; return once all is released."""
     s = state.resolve(ref)
+    restarting = s.status == "restarting"
     if s.status in ("running", "restarting"):
         _stopped_by_user(s)
         s = _settled(s)
     if not s.command_running():
-        if s.status == "restarting":
+        if restarting:  # between two runs: the stop marker ended the back-off
             state.wait_supervisor_gone(s.id, 30)
             events.emit("stop", s.id, s.name, image=s.image)
+            with contextlib.suppress(StateError):
+                s = state.ContainerState.load(s.id)
         return s  # stopping a stopped container is not an error, as with docker
     assert s.pid is not None
     events.emit("kill", s.id, s.name, image=s.image, signal=int(signal.SIGTERM))
@@ -257,6 +260,7 @@ def stop(ref: str, timeout: float = 10) -> state.ContainerState:
     _thaw(s)
     if not state.wait_supervisor_gone(s.id, timeout):
         _log.info("container %s ignored SIGTERM for %g s: sending SIGKILL", s.name, timeout)
+        events.emit("kill", s.id, s.name, image=s.image, signal=int(signal.SIGKILL))
         with contextlib.suppress(ProcessLookupError):
             os.kill(s.pid, signal.SIGKILL)
         state.wait_supervisor_gone(s.id, 30)
@@ -272,6 +276,7 @@ def remove(ref: str, force: bool = False) -> state.ContainerState:
     if state.supervisor_alive(s.id):
         if not force:
             raise StateError(f"container {s.name} is {status_text(s, True)}: stop it first or use pish rm -f")
+        _stopped_by_user(s)  # no restart policy may start it again
         if s.command_running():
             assert s.pid is not None
             with contextlib.suppress(ProcessLookupError):

@@ -212,10 +212,18 @@ def try_lock(cid: str, wait: bool = False) -> int | None:
 
 
 def supervisor_alive(cid: str) -> bool:
-    fd = try_lock(cid)
-    if fd is None:
-        return paths.container_dir(cid).exists()
-    os.close(fd)
+    """True while the supervisor of ``cid`` holds its lock. Only looks: a lock file missing (the directory
+    being removed) is not made again, or the removal's last rmdir would fail and leave the directory."""
+    try:
+        fd = os.open(paths.supervisor_lock(cid), os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
     return False
 
 
