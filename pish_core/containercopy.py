@@ -6,7 +6,8 @@ container path is resolved as the container sees it, inside its root (``rootpath
 and then opened one component at a time from a descriptor of that root with ``O_NOFOLLOW``: a link put
 there after the resolution makes the copy fail (ELOOP), never leave the root. Everything below is read
 and written through directory descriptors (``*at`` calls), symlinks are copied as symlinks and never
-followed, devices, fifos and sockets are skipped.
+followed, devices, fifos and sockets are skipped. Below the destination, what is written is named by
+the source (a tree, a tar's members): a symlink found in its way is replaced, never written through.
 
 The root is ``/proc/PID/root`` while the command runs (the container's own mounts, volumes and tmpfs
 included), else the root filesystem its storage driver mounted (a created container, or an exited one,
