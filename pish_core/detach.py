@@ -21,11 +21,11 @@ from collections.abc import Callable, Iterator
 from types import FrameType
 
 from pish_core import events, log, paths, proc, state
+from pish_core.attach import detached_io
 from pish_core.errors import PishError, StateError
 from pish_core.restartpolicy import Backoff, RestartPolicy, from_dict
 from pish_core.runtime import Drivers, Prepared, prepare, supervise
 from pish_core.spec import ContainerSpec
-from pish_core.terminal import open_io
 
 _log = log.get("supervisor")
 Notify = Callable[[PishError | None], None]
@@ -148,7 +148,7 @@ def _run_with_policy(p: Prepared, container_log: int, start: bool, notify: Notif
     with _stop_requests() as stop:
         wait_for_start = not start
         while True:
-            status = supervise(p, open_io(p.spec, output=container_log), wait_for_start=wait_for_start,
+            status = supervise(p, detached_io(p.spec, container_log), wait_for_start=wait_for_start,
                                notify=notify)
             wait_for_start = False
             _log.info("container %s exited with %d", p.spec.name, status)

@@ -106,6 +106,11 @@ def stop_marker(cid: str) -> Path:
     return container_dir(cid) / "stopped-by-user"
 
 
+def attach_socket(cid: str) -> Path:
+    """A detached ``-t`` container's supervisor listens here for ``pish attach``."""
+    return container_dir(cid) / "attach.sock"
+
+
 def events_file() -> Path:
     """``pish events``' log: one JSON object a line, appended; rotated to ``events_old()`` when big."""
     return run_root() / "events.jsonl"

@@ -260,6 +260,19 @@ def unpause(refs: tuple[str, ...]) -> None:
 
 
 @click.command()
+@click.option("--detach-keys", default="ctrl-p,ctrl-q", show_default=True,
+              help="Keys that detach from the container and leave it running (ctrl-LETTER or a character, "
+                   "comma-separated).")
+@click.argument("ref")
+def attach(detach_keys: str, ref: str) -> None:
+    """Attach this terminal to a running container made with -t (its input too with -i); exit with its
+    exit code when it ends, or 0 when the detach keys leave it running."""
+    from pish_core.attach import attach as attach_to
+
+    sys.exit(attach_to(ref, detach_keys))
+
+
+@click.command()
 @click.argument("refs", nargs=-1, required=True)
 def wait(refs: tuple[str, ...]) -> None:
     """Block until containers stop, then print their exit codes, one a line."""

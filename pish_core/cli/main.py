@@ -17,6 +17,7 @@ COMMANDS = {
     "restart": "pish_core.cli.containers:restart",
     "events": "pish_core.cli.events:events",
     "cp": "pish_core.cli.cp:cp",
+    "attach": "pish_core.cli.containers:attach",
     "exec": "pish_core.cli.containers:exec_",
     "ps": "pish_core.cli.containers:ps",
     "logs": "pish_core.cli.containers:logs",
