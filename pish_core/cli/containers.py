@@ -65,7 +65,7 @@ def ps(show_all: bool, quiet: bool, as_json: bool, fmt: str) -> None:
     rows: list[dict[str, Any]] = []
     for s in state.list_all():
         status = status_text(s)
-        if not show_all and status not in ("running", "paused"):
+        if not show_all and status not in ("running", "paused") and not status.startswith("restarting"):
             continue
         rows.append({"id": s.id, "name": s.name, "image": s.image, "command": " ".join(s.command),
                      "status": status, "created": s.created, "address": s.address,
