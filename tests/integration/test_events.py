@@ -80,6 +80,14 @@ def test_a_containers_life_in_events(pish, pish_env, busybox_tar, leaks):
     assert "exitCode=137" in lines[5] and "name=ev-life" in lines[5]
 
 
+def test_an_oom_kill_is_an_event(pish, busybox_tar, leaks):
+    proc = pish("run", "--net", "none", "--name", "ev-oom", "--memory", "32m", str(busybox_tar),
+                "dd", "if=/dev/zero", "of=/dev/null", "bs=100M", "count=1")
+    assert proc.returncode == 137, proc.stderr
+    actions = [e["Action"] for e in read_events(pish, "--filter", "container=ev-oom")]
+    assert actions == ["create", "start", "oom", "die", "destroy"], actions
+
+
 def test_events_stream_until_ctrl_c(pish, pish_env, busybox_tar, leaks):
     """Without --since/--until: only new events, as they happen, until SIGINT (exit 0, no traceback)."""
     pish("run", "--net", "none", "--name", "ev-before", str(busybox_tar), "true", check=True)
