@@ -286,7 +286,7 @@ def remove(ref: str, force: bool = False) -> state.ContainerState:
             assert s.supervisor_pid is not None
             with contextlib.suppress(ProcessLookupError):
                 os.kill(s.supervisor_pid, signal.SIGTERM)
-        if not state.wait_supervisor_gone(s.id, 30):
+        if not _killed_until_gone(s, 30):
             raise StateError(f"container {s.name}: its supervisor did not finish within 30 s")
     # The record goes under the supervisor lock, with the journal undone. Held by someone else now, the
     # lock means a `pish gc` or another `pish rm` is releasing this container: wait for it to finish,
@@ -298,6 +298,23 @@ def remove(ref: str, force: bool = False) -> state.ContainerState:
         time.sleep(0.02)
     events.emit("destroy", s.id, s.name, image=s.image)
     return s
+
+
+def _killed_until_gone(s: state.ContainerState, timeout: float) -> bool:
+    """Wait for the supervisor of ``s`` to finish, killing any run of the command that starts meanwhile (a
+    restart policy's run already being set up when ``rm -f`` came); True once it has."""
+    deadline = time.monotonic() + timeout
+    while state.supervisor_alive(s.id):
+        if time.monotonic() > deadline:
+            return False
+        with contextlib.suppress(StateError, ValueError):
+            now = state.ContainerState.load(s.id)
+            if now.command_running() and now.pid != s.pid:
+                assert now.pid is not None
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(now.pid, signal.SIGKILL)
+        time.sleep(0.02)
+    return True
 
 
 def collect(cid: str, remove: bool = False) -> bool:
