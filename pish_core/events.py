@@ -23,7 +23,7 @@ from typing import Any
 from pish_core import paths
 
 #: docker's container actions pish emits (network connect/disconnect have Type "network")
-ACTIONS = ("create", "start", "die", "oom", "stop", "kill", "destroy", "restart", "pause", "unpause",
+ACTIONS = ("create", "start", "die", "oom", "stop", "kill", "destroy", "restart", "pause", "unpause", "rename",
            "connect", "disconnect")
 
 

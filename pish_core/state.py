@@ -192,6 +192,7 @@ def rename(ref: str, new: str) -> ContainerState:
         tmp = paths.name_file(s.id).with_suffix(".tmp")
         tmp.write_text(new)
         os.replace(tmp, paths.name_file(s.id))
+    events.emit("rename", s.id, new, image=s.image, oldName=s.name)
     s.name = new
     return s
 

@@ -45,6 +45,8 @@ def test_a_containers_life_in_events(pish, pish_env, busybox_tar, leaks):
     other = run_detached(pish, "--net", "none", "--name", "ev-other", str(busybox_tar), "true")
     pish("pause", "ev-life", check=True)
     pish("unpause", "ev-life", check=True)
+    pish("rename", "ev-life", "ev-renamed", check=True)
+    pish("rename", "ev-renamed", "ev-life", check=True)
     pish("kill", "-s", "KILL", "ev-life", check=True)
     assert pish("wait", "ev-life", check=True).stdout == "137\n"
     assert pish("wait", "ev-other", check=True).stdout == "0\n"
@@ -52,11 +54,12 @@ def test_a_containers_life_in_events(pish, pish_env, busybox_tar, leaks):
     pish("rm", "ev-life", "ev-other", check=True)
 
     mine = read_events(pish, "--filter", "container=ev-life")
-    assert [e["Action"] for e in mine] == ["create", "start", "pause", "unpause", "kill", "die", "destroy"]
+    assert [e["Action"] for e in mine] == ["create", "start", "pause", "unpause", "rename", "kill", "die", "destroy"]
     assert {e["Actor"]["ID"] for e in mine} == {cid} and {e["Type"] for e in mine} == {"container"}
     assert all(e["Actor"]["Attributes"]["name"] == "ev-life" for e in mine)
-    assert mine[4]["Actor"]["Attributes"]["signal"] == "9"
-    assert mine[5]["Actor"]["Attributes"]["exitCode"] == "137"
+    assert mine[4]["Actor"]["Attributes"]["oldName"] == "ev-renamed"  # ev-renamed -> ev-life
+    assert mine[5]["Actor"]["Attributes"]["signal"] == "9"
+    assert mine[6]["Actor"]["Attributes"]["exitCode"] == "137"
     stamps = [e["timeNano"] for e in mine]
     assert stamps == sorted(stamps) and all(e["time"] == e["timeNano"] // 10**9 for e in mine)
 
@@ -74,10 +77,10 @@ def test_a_containers_life_in_events(pish, pish_env, busybox_tar, leaks):
     # the text format, docker's: time, type, action, id, (attributes)
     text = pish("events", "--since", "0", "--until", "0s", "--filter", "container=ev-life", check=True).stdout
     lines = text.splitlines()
-    assert len(lines) == 7
+    assert len(lines) == 8
     for line in lines:
         assert EVENT_LINE.fullmatch(line), line
-    assert "exitCode=137" in lines[5] and "name=ev-life" in lines[5]
+    assert "exitCode=137" in lines[6] and "name=ev-life" in lines[6]
 
 
 def test_an_oom_kill_is_an_event(pish, busybox_tar, leaks):
