@@ -165,7 +165,7 @@ def _run_with_policy(p: Prepared, container_log: int, start: bool, notify: Notif
                 p.record.save()
                 return status
             p.record.restart_count += 1
-            events.emit("restart", p.spec.id, p.record.name, image=p.record.image,
+            events.emit("restart", p.spec.id, p.record.current_name(), image=p.record.image,
                         restartCount=p.record.restart_count)
 
 

@@ -106,8 +106,8 @@ def supervise(p: Prepared, io_cm: ContextManager[ProcessIO], *, wait_for_start: 
         record.status, record.exit_code, record.finished = "stopped", status, time.time()
         record.save()
     if oom:
-        events.emit("oom", record.id, record.name, image=record.image)
-    events.emit("die", record.id, record.name, image=record.image, exitCode=status)
+        events.emit("oom", record.id, record.current_name(), image=record.image)
+    events.emit("die", record.id, record.current_name(), image=record.image, exitCode=status)
     if oom:
         print(f"pish: container {p.spec.name} was killed by the OOM killer "
               f"(memory limit {_mib(p.spec.resources.memory)})", file=sys.stderr)
@@ -147,7 +147,7 @@ def _start_and_wait(p: Prepared, stack: contextlib.ExitStack, signals: _Signals,
     if p.keep_rootfs:
         p.journal.keep("storage")  # saves the record
     record.save()
-    events.emit("start", record.id, record.name, image=record.image)
+    events.emit("start", record.id, record.current_name(), image=record.image)
     _stage("running")
     if not wait_for_start:
         notify(None)

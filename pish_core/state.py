@@ -73,6 +73,13 @@ class ContainerState:
         """True while the record says running and its pid is still that same process (pids get reused)."""
         return self.status == "running" and proc.is_same(self.pid, self.pid_start)
 
+    def current_name(self) -> str:
+        """The name now: a ``pish rename`` since this record was loaded is in the name file."""
+        try:
+            return paths.name_file(self.id).read_text()
+        except FileNotFoundError:
+            return self.name
+
     def save(self) -> None:
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # shallow: json copies
         write_json_atomic(paths.state_file(self.id), fields)
