@@ -23,7 +23,7 @@ import tty
 from collections.abc import Iterator
 from pathlib import Path
 
-from pish_core import paths, state
+from pish_core import events, paths, state
 from pish_core.errors import SpecError, StateError
 from pish_core.spec import ContainerSpec
 from pish_core.terminal import ProcessIO, PtyIO, open_io
@@ -225,8 +225,6 @@ def _pump(sock: socket.socket, keys: bytes) -> bool:
 
 def _exit_code(cid: str, timeout: float = 10) -> int:
     """The exit code the container's record (or, once removed, its die event) shows after its end."""
-    from pish_core.lifecycle import last_exit_code
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -236,6 +234,6 @@ def _exit_code(cid: str, timeout: float = 10) -> int:
         if s.status in ("stopped", "restarting") and s.exit_code is not None:
             return s.exit_code
         time.sleep(0.02)
-    code = last_exit_code(cid)
+    code = events.last_exit_code(cid)
     return 0 if code is None else code
 

@@ -140,3 +140,12 @@ def _replaced(f: Any, path: os.PathLike[str]) -> bool:
         return False
     mine = os.fstat(f.fileno())
     return (st.st_ino, st.st_dev) != (mine.st_ino, mine.st_dev) and f.tell() >= mine.st_size
+
+
+def last_exit_code(cid: str) -> int | None:
+    """The exit code of the container's last ``die`` event, if the events log still has it."""
+    for event in reversed(read_all()):
+        if event.get("Action") == "die" and event.get("Actor", {}).get("ID") == cid:
+            code = str(event["Actor"].get("Attributes", {}).get("exitCode", ""))
+            return int(code) if code.isdigit() else None
+    return None

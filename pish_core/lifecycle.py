@@ -94,19 +94,10 @@ def wait(ref: str) -> int:
             break
     else:
         return s.exit_code if s.exit_code is not None else 255
-    code = last_exit_code(s.id)
+    code = events.last_exit_code(s.id)
     if code is None:
         raise StateError(f"container {s.name} was removed before its exit code could be read")
     return code
-
-
-def last_exit_code(cid: str) -> int | None:
-    """The exit code of the container's last ``die`` event, if the events log still has it."""
-    for event in reversed(events.read_all()):
-        if event.get("Action") == "die" and event.get("Actor", {}).get("ID") == cid:
-            code = str(event["Actor"].get("Attributes", {}).get("exitCode", ""))
-            return int(code) if code.isdigit() else None
-    return None
 
 
 def processes(ref: str) -> list[int]:
