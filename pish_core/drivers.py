@@ -68,6 +68,9 @@ class Driver(abc.ABC):
 
 class Storage(Driver):
     kind = "storage"
+    #: True when the root filesystem is a mount (overlay): a kept one whose mount went with a rootless
+    #: supervisor's mount namespace is mounted again over the same directories by the next run
+    rootfs_is_a_mount: ClassVar[bool] = False
 
     @abc.abstractmethod
     def mount(self, ctx: RunContext) -> ContextManager[Path]:

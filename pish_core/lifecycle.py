@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import cast
 
-from pish_core import events, log, paths, proc, state
+from pish_core import events, log, paths, proc, state, userns
 from pish_core.drivers import Child, Group, Isolation, Limits, load, load_class
 from pish_core.errors import PishError, StateError
 from pish_core.rootpath import resolve_in_root
@@ -315,6 +315,7 @@ def collect(cid: str, remove: bool = False) -> bool:
     fd = state.try_lock(cid)
     if fd is None:
         return False
+    userns.enter_for_cleanup()  # rootless: as root of the user's namespace, which owns what containers wrote
     try:
         try:
             s = state.ContainerState.load(cid)

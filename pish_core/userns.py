@@ -374,6 +374,24 @@ def enter_rootless(spec: ContainerSpec) -> None:
     if Path("/proc/self/uid_map").read_text().split()[:2] == ["0", str(ns.uid_mappings[0].host_id)]:
         return  # already in it (a supervisor started by a `pish` that entered it)
     flags = native.CLONE_NEWUSER | native.CLONE_NEWNS | (native.CLONE_NEWNET if spec.net.name != "host" else 0)
+    _enter(ns, flags)
+
+
+def enter_for_cleanup() -> None:
+    """Rootless ``rm`` and ``gc``: enter a user and mount namespace mapped as the supervisors' are (the user
+    as root, plus its subordinate ids), so a release can remove what a container's other users wrote
+    (owned by subordinate ids on the host). The mounts a supervisor made went with its namespace. With
+    root, or already inside, nothing to do."""
+    from pish_core import native
+
+    if not rootless() or running_in_userns():
+        return
+    _enter(rootless_mapping(), native.CLONE_NEWUSER | native.CLONE_NEWNS)
+
+
+def _enter(ns: UserNamespace, flags: int) -> None:
+    from pish_core import native
+
     if len(ns.uid_mappings) == 1:
         native.unshare(flags)
         Path("/proc/self/setgroups").write_text("deny")  # an unprivileged gid_map needs it

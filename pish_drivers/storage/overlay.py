@@ -22,6 +22,7 @@ _log = log.get("storage")
 class OverlayStorage(Storage):
     name = "overlay"
     description = "overlayfs: the image as a shared read-only lower layer, writes in a per-container layer"
+    rootfs_is_a_mount = True
 
     @classmethod
     def check(cls) -> str | None:

@@ -168,7 +168,52 @@ def test_rootless_detached_exec_and_rm(user):
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.split() == ["0", "Seccomp:", "2"]
     finally:
-        assert as_user(user, "rm", "-f", "bg").returncode == 0
+        removed = as_user(user, "rm", "-f", "bg")
+        assert removed.returncode == 0, removed.stderr
+    nothing_left(user)
+
+
+def test_rootless_rm_removes_files_a_container_user_owns(user):
+    """Files a container's non-root user writes belong to one of the user's subordinate ids on the host,
+    which the user cannot delete; ``rm`` removes them as root of the user's namespace (before, the layer
+    stayed: the exited container's root filesystem is kept until rm)."""
+    import time
+
+    sub = [line for line in Path("/etc/subuid").read_text().splitlines() if line.startswith(f"{user.name}:")]
+    if not (sub and shutil.which("newuidmap") and shutil.which("newgidmap")):
+        pytest.skip("needs a subordinate id range for the user and newuidmap/newgidmap")
+    script = "mkdir -p /data/deep && touch /data/deep/f && chown -R 1000:1000 /data && chmod -R 700 /data"
+    started = as_user(user, "run", "-d", "--name", "owner", "--net", "none", str(user.image), "sh", "-c", script)
+    assert started.returncode == 0, started.stderr
+    deadline = time.monotonic() + 30
+    while "exited" not in as_user(user, "ps", "-a").stdout:
+        assert time.monotonic() < deadline, as_user(user, "ps", "-a").stdout
+        time.sleep(0.2)
+    layers = list((user.home / ".local/share/pish/containers").glob("*/upper/data/deep"))
+    assert layers and layers[0].stat().st_uid == int(sub[0].split(":")[1]) + 999  # a subordinate id's
+    removed = as_user(user, "rm", "owner")
+    assert removed.returncode == 0, removed.stderr
+    nothing_left(user)
+
+
+def test_rootless_start_again_sees_the_files_of_the_first_run(user):
+    import time
+
+    def exited(times: int) -> None:
+        deadline = time.monotonic() + 30
+        while as_user(user, "logs", "again").stdout.count("run") < times or "exited" not in as_user(
+                user, "ps", "-a").stdout:
+            assert time.monotonic() < deadline, as_user(user, "ps", "-a").stdout
+            time.sleep(0.2)
+
+    started = as_user(user, "run", "-d", "--name", "again", "--net", "none", str(user.image), "sh", "-c",
+                      "echo run >> /runs; cat /runs")
+    assert started.returncode == 0, started.stderr
+    exited(1)
+    again = as_user(user, "start", "again")
+    assert again.returncode == 0, again.stderr
+    exited(3)  # the second run printed "run" twice: its own line and the first run's
+    assert as_user(user, "rm", "again").returncode == 0
     nothing_left(user)
 
 
