@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from pish_core import log
+from pish_core.cli.output import json_or_table
 
 
 def _each(refs: tuple[str, ...], action: object, echo: bool = True) -> None:
@@ -53,12 +54,9 @@ def _ports(resources: list[dict[str, Any]]) -> list[str]:
 @click.command()
 @click.option("-a", "--all", "show_all", is_flag=True, help="Show every container, not only running ones.")
 @click.option("-q", "--quiet", is_flag=True, help="Only print ids.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
-              help="table, or json (the same as --json).")
-def ps(show_all: bool, quiet: bool, as_json: bool, fmt: str) -> None:
+@json_or_table
+def ps(show_all: bool, quiet: bool, as_json: bool) -> None:
     """List containers."""
-    as_json = as_json or fmt == "json"
     from pish_core import state
     from pish_core.lifecycle import status_text
 

@@ -6,6 +6,8 @@ import json
 
 import click
 
+from pish_core.cli.output import json_or_table
+
 
 @click.group()
 def drivers() -> None:
@@ -13,7 +15,7 @@ def drivers() -> None:
 
 
 @drivers.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@json_or_table
 def list_drivers(as_json: bool) -> None:
     """List drivers: kind, name, package, version, and available or why not."""
     from pish_core.drivers import describe_all

@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from pish_core import log
+from pish_core.cli.output import json_or_table
 
 
 @click.command("demo-image")
@@ -82,7 +83,7 @@ def _created(img: Any) -> str:
 
 @image.command("ls")
 @click.option("-q", "--quiet", is_flag=True, help="Only image ids.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@json_or_table
 def list_images(quiet: bool, as_json: bool) -> None:
     """List the images in the store."""
     from pish_core.image import store

@@ -10,6 +10,8 @@ from typing import Any
 
 import click
 
+from pish_core.cli.output import json_or_table
+
 
 @click.group()
 def network() -> None:
@@ -54,7 +56,8 @@ def create(subnet: str | None, gateway: str | None, ipv6: bool, subnet_v6: str |
 
 @network.command("ls")
 @click.option("-q", "--quiet", is_flag=True, help="Only print names.")
-def ls(quiet: bool) -> None:
+@json_or_table
+def ls(quiet: bool, as_json: bool) -> None:
     """List networks."""
     from pish_drivers.network import networks
 
@@ -62,6 +65,9 @@ def ls(quiet: bool) -> None:
     if quiet:
         for n in nets:
             click.echo(n.name)
+        return
+    if as_json:
+        click.echo(json.dumps([_describe(n) for n in nets], indent=2))
         return
     table = [("NAME", "SUBNET", "GATEWAY", "CONTAINERS")]
     table += [(n.name, str(n.subnet), str(n.gateway), str(len(n.allocations))) for n in nets]
