@@ -38,9 +38,12 @@ def parse_time(value: str, flag: str, now: float | None = None) -> int:
     except ValueError:
         raise SpecError(f"invalid {flag} {value!r}: use a unix timestamp, an RFC 3339 time "
                         "(2026-12-02T06:00:00Z) or a duration before now (10m)") from None
-    if when.tzinfo is None:
-        when = when.astimezone()  # local time, as docker reads it
-    return int(when.timestamp() * 1e9)
+    try:
+        if when.tzinfo is None:
+            when = when.astimezone()  # local time, as docker reads it
+        return int(when.timestamp() * 1e9)
+    except (ValueError, OverflowError, OSError):  # a year the platform cannot place in local time
+        raise SpecError(f"invalid {flag} {value!r}: the time is out of range") from None
 
 
 def parse_filters(items: tuple[str, ...]) -> dict[str, set[str]]:

@@ -66,6 +66,13 @@ def test_event_times():
             parse_time(bad, "--since", now)
 
 
+def test_event_times_out_of_range_are_one_line():
+    """A date the platform cannot place (year 1 in local time) was a ValueError traceback."""
+    for bad in ("0001-01-01", "0001-01-01T00:00:00"):
+        with pytest.raises(SpecError, match="invalid --until"):
+            parse_time(bad, "--until", 1_800_000_000.0)
+
+
 def test_event_filters():
     event = {"Type": "container", "Action": "die", "Actor": {"ID": "ab" * 32, "Attributes": {"name": "web"}}}
     assert matches(event, parse_filters(("container=web",)))
