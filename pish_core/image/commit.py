@@ -78,7 +78,10 @@ def apply_changes(section: dict[str, Any], changes: Sequence[str]) -> dict[str, 
 
 
 def _pairs(text: str, change: str) -> dict[str, str]:
-    words = shlex.split(text)
+    try:
+        words = shlex.split(text)
+    except ValueError as exc:  # an unclosed quote
+        raise ImageError(f"--change {change!r}: {exc}") from None
     if len(words) == 2 and "=" not in words[0]:  # ENV KEY VALUE
         return {words[0]: words[1]}
     pairs = {}
