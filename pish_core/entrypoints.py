@@ -3,7 +3,7 @@ on every run.
 
 stevedore finds entry points through ``importlib.metadata``; importing the two costs 60-80 ms before any
 container work starts, even when stevedore's own cache answers. This module keeps pish's groups in a small
-JSON file keyed the way stevedore keys its cache (``stevedore._cache._hash_settings_for_path``): the
+JSON file keyed by what stevedore keys its cache on (``stevedore._cache._hash_settings_for_path``): the
 interpreter, every ``sys.path`` entry and every ``*.dist-info``/``*.egg-info`` ``entry_points.txt`` on it,
 each with its mtime. Installing, upgrading or removing a package changes an mtime, so the key, so the next
 run asks stevedore again: ``pish drivers list`` and driver lookup stay exact. On a hit nothing heavier than
@@ -12,11 +12,10 @@ run asks stevedore again: ``pish drivers list`` and driver lookup stay exact. On
 from __future__ import annotations
 
 import glob
-import hashlib
 import json
 import os
 import sys
-import tempfile
+import zlib
 from pathlib import Path
 
 #: the entry-point groups this cache holds (pish_core.drivers.KINDS, as groups)
@@ -40,16 +39,20 @@ def _mtime(path: str) -> float:
 
 
 def key() -> str:
-    """The hash of what decides which entry points exist, as stevedore computes it."""
-    h = hashlib.sha256()
-    h.update(sys.executable.encode())
-    h.update(sys.prefix.encode())
+    """What decides which entry points exist, as stevedore hashes it: the interpreter, and every sys.path
+    entry and entry_points.txt with its mtime. Kept whole in the cache file and compared, so the file's
+    name needs only a cheap checksum (hashlib would load OpenSSL, ~4 ms)."""
+    parts = [sys.executable, sys.prefix]
     for entry in sys.path:
-        h.update(f"{entry}\0{_mtime(entry)}\0".encode())
+        parts.append(f"{entry}\0{_mtime(entry)}")
         for found in sorted([*glob.iglob(os.path.join(glob.escape(entry), "*.dist-info", "entry_points.txt")),
                              *glob.iglob(os.path.join(glob.escape(entry), "*.egg-info", "entry_points.txt"))]):
-            h.update(f"{found}\0{_mtime(found)}\0".encode())
-    return h.hexdigest()
+            parts.append(f"{found}\0{_mtime(found)}")
+    return "\n".join(parts)
+
+
+def _checksum(text: str) -> str:
+    return f"{zlib.crc32(text.encode()):08x}"
 
 
 def _scan() -> Entries:
@@ -59,14 +62,16 @@ def _scan() -> Entries:
     return {g: sorted({(ep.name, ep.value) for ep in _cache.get_group_all(g)}) for g in GROUPS}
 
 
-def _write(path: Path, entries: Entries) -> None:
+def _write(path: Path, data: dict[str, object]) -> None:
     """Atomically (a reader sees the old file or the new one); a cache that cannot be written is skipped."""
+    import tempfile  # only on a miss: it imports random
+
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".entrypoints-", suffix=".tmp")
         try:
             with os.fdopen(fd, "w") as f:
-                json.dump(entries, f)
+                json.dump(data, f)
             os.replace(tmp, path)
         except BaseException:
             os.unlink(tmp)
@@ -79,18 +84,21 @@ def entries() -> Entries:
     """Every pish group's (name, "module:attr") pairs, from the cache when its key still holds."""
     global _loaded
     if _loaded is None:
-        mine = hashlib.sha256(sys.executable.encode()).hexdigest()[:12]  # one file per interpreter
-        path = cache_dir() / f"entrypoints-{mine}-{key()}.json"
+        mine = _checksum(sys.executable)  # one file per interpreter
+        current = key()
+        path = cache_dir() / f"entrypoints-{mine}-{_checksum(current)}.json"
         try:
             with open(path) as f:
                 data = json.load(f)
-            _loaded = {g: [(n, v) for n, v in data.get(g, [])] for g in GROUPS}
-        except (OSError, ValueError, TypeError):
+            if data["key"] != current:
+                raise ValueError("another key with the same checksum")
+            _loaded = {g: [(n, v) for n, v in data["groups"].get(g, [])] for g in GROUPS}
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
             _loaded = _scan()
             for stale in path.parent.glob(f"entrypoints-{mine}-*.json"):  # what this interpreter had before
                 if stale != path:
                     stale.unlink(missing_ok=True)
-            _write(path, _loaded)
+            _write(path, {"key": current, "groups": _loaded})
     return _loaded
 
 
