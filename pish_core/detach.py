@@ -128,7 +128,9 @@ def _be_supervisor(p: Prepared, report_fd: int, start: bool) -> None:
             state.finish(p.record)
     except PishError as exc:
         _log.error("%s", exc)
-        if report_fd < 0:  # a created container failed at `pish start`: keep the reason for it to read
+        # A created container failed at `pish start`, or an exited one failed to run again on its kept
+        # root filesystem: it stays (exited, with the reason to read), to be started again or removed.
+        if report_fd < 0 or p.journal.kept("storage") is not None:
             p.record.status, p.record.error, p.record.exit_code = "stopped", str(exc), exc.exit_code
             p.record.save()
         notify(exc)

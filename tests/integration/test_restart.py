@@ -216,3 +216,26 @@ def test_bad_restart_values(pish, pish_env, busybox_tar, leaks, flags, match):
     refused(pish, "run", *flags, "--net", "none", str(busybox_tar), "true", match=match)
     assert not (Path(pish_env.root) / "containers").exists() or not os.listdir(Path(pish_env.root) / "containers")
     refused(pish, "create", "--restart", "nope", "--net", "none", str(busybox_tar), "true", match="invalid --restart")
+
+
+def test_a_start_that_fails_leaves_the_container_exited_to_start_again(pish, busybox_tar, cleanup, tmp_path):
+    """A second run whose set-up fails (its volume's directory gone) leaves an exited container with its
+    files, as docker's: it was left 'creating' with no supervisor (dead), and `pish gc` then deleted it."""
+    src = tmp_path / "vol"
+    src.mkdir()
+    cleanup.append("rs-fails")
+    cid = run_detached(pish, "--net", "none", "--name", "rs-fails", "-v", f"{src}:/data", str(busybox_tar),
+                       "sh", "-c", "echo run >> /runs; exit 0")
+    assert pish("wait", "rs-fails", check=True).stdout == "0\n"
+    src.rmdir()
+    failed = pish("start", "rs-fails")
+    assert failed.returncode != 0 and failed.stderr.startswith("pish: "), failed.stderr
+    assert ps_json(pish, "-a")[cid]["status"].startswith("exited"), ps_json(pish, "-a")[cid]
+    pish("gc", check=True)
+    assert cid in ps_json(pish, "-a")
+    src.mkdir()
+    assert pish("start", "rs-fails", check=True).stdout == "rs-fails\n"
+    assert pish("wait", "rs-fails", check=True).stdout == "0\n"
+    pish("cp", "rs-fails:/runs", str(tmp_path / "runs"), check=True)
+    assert (tmp_path / "runs").read_text() == "run\nrun\n"  # the same files, run twice
+    pish("rm", "rs-fails", check=True)
