@@ -20,6 +20,7 @@ import contextlib
 import json
 import os
 import shutil
+import stat
 import sys
 import tarfile
 from collections.abc import Iterator, Sequence
@@ -225,7 +226,7 @@ def _names_for(refs: Sequence[str]) -> list[tuple[store.Image, list[str]]]:
 
 @contextlib.contextmanager
 def output(path: Path | None) -> Iterator[IO[bytes]]:
-    """A tar's file, opened to write (removed again if writing fails), or stdout."""
+    """A tar's file, opened to write (removed again if writing fails, when it is a regular file), or stdout."""
     if path is None:
         yield sys.stdout.buffer
         sys.stdout.buffer.flush()
@@ -234,13 +235,14 @@ def output(path: Path | None) -> Iterator[IO[bytes]]:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     except OSError as exc:
         raise ImageError(f"cannot write {path}: {exc.strerror}") from None
+    regular = stat.S_ISREG(os.fstat(fd).st_mode)  # not /dev/null or a fifo: those are never removed
     ok = False
     try:
         with open(fd, "wb") as f:
             yield f
         ok = True
     finally:
-        if not ok:
+        if not ok and regular:
             path.unlink(missing_ok=True)
 
 
