@@ -221,7 +221,11 @@ def _join_bridge(ipr: Any, net: networks.NetworkDef, gateway: ipaddress.IPv4Inte
                 data["gateway_added"] = True
                 _write_users(bridge, data)
         if net.subnet6 is not None:
-            links.add_address6(ipr, index, ipaddress.IPv6Interface(_gateway6_data(net)["gateway6"]), bridge)
+            gateway6 = _gateway6_data(net)["gateway6"]
+            if links.add_address6(ipr, index, ipaddress.IPv6Interface(gateway6), bridge) \
+                    and not data["created_by_pish"]:
+                data["gateway6_added"] = gateway6  # on a bridge of the host's: taken off by the last one out
+                _write_users(bridge, data)
         if first:
             nat.add_network(gateway.network, bridge)
             if net.subnet6 is not None:
@@ -247,8 +251,11 @@ def _leave_bridge(bridge: str, cid: str, gateway: ipaddress.IPv4Interface | None
             nat6.remove_network(subnet6, bridge)
         if data["created_by_pish"]:
             links.delete_bridge(bridge)
-        elif data.get("gateway_added") and gateway is not None:
-            links.remove_gateway(bridge, gateway)
+        else:
+            if data.get("gateway_added") and gateway is not None:
+                links.remove_gateway(bridge, gateway)
+            if data.get("gateway6_added"):
+                links.remove_address6(bridge, ipaddress.IPv6Interface(data["gateway6_added"]))
         paths.bridge_users(bridge).unlink(missing_ok=True)
 
 

@@ -61,13 +61,27 @@ def has_address(ipr: Any, ifindex: int, iface: ipaddress.IPv4Interface) -> bool:
                for a in ipr.addr("dump", index=ifindex))
 
 
-def add_address6(ipr: Any, ifindex: int, iface: ipaddress.IPv6Interface, what: str) -> None:
-    """Give link ``ifindex`` the IPv6 address ``iface``, usable at once (no DAD); no error if it has it."""
+def add_address6(ipr: Any, ifindex: int, iface: ipaddress.IPv6Interface, what: str) -> bool:
+    """Give link ``ifindex`` the IPv6 address ``iface``, usable at once (no DAD); False if it had it."""
     if any(a.get("IFA_ADDRESS") == str(iface.ip) for a in ipr.addr("dump", index=ifindex, family=socket.AF_INET6)):
-        return
+        return False
     log.debug("adding %s to %s", iface, what)
     ipr.addr("add", index=ifindex, address=str(iface.ip), prefixlen=iface.network.prefixlen,
              family=socket.AF_INET6, flags=IFA_F_NODAD)
+    return True
+
+
+def remove_address6(name: str, iface: ipaddress.IPv6Interface) -> None:
+    """Take the IPv6 gateway ``add_address6`` gave a bridge pish did not make off it again (if still there)."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        msg = link(ipr, name)
+        if msg is not None and any(a.get("IFA_ADDRESS") == str(iface.ip)
+                                   for a in ipr.addr("dump", index=msg["index"], family=socket.AF_INET6)):
+            log.info("removing gateway %s from bridge %s", iface, name)
+            ipr.addr("del", index=msg["index"], address=str(iface.ip), prefixlen=iface.network.prefixlen,
+                     family=socket.AF_INET6)
 
 
 def create_bridge(ipr: Any, name: str, gateway: ipaddress.IPv4Interface) -> int:

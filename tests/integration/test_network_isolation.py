@@ -311,3 +311,46 @@ def test_isolation_is_added_to_an_older_table_and_both_tables_go_with_their_last
     assert out["forwarding6"] == "1"  # in the test's namespace only
     assert out["after_one"] == []
     assert out["left"] == [{}, {}]
+
+
+ADOPTED = r'''
+import ipaddress, json, os, subprocess, sys
+from pathlib import Path
+from pyroute2 import IPRoute
+from pish_core import paths
+from pish_drivers.network import bridge, networks
+
+# A bridge of the host's (not pish's) that an --ipv6 network is named after: pish adds its gateways.
+subprocess.run(["ip", "link", "add", "x6", "type", "bridge"], check=True)
+cid = "c" * 64
+paths.container_dir(cid).mkdir(parents=True)
+net = networks.NetworkDef(name="x6", subnet=ipaddress.ip_network("10.9.6.0/24"),
+                          gateway=ipaddress.ip_address("10.9.6.1"),
+                          subnet6=ipaddress.ip_network("fd09:6::/64"), gateway6=ipaddress.ip_address("fd09:6::1"))
+gateway = ipaddress.IPv4Interface("10.9.6.1/24")
+
+def addresses():
+    with IPRoute() as ipr:
+        index = ipr.link_lookup(ifname="x6")[0]
+        return sorted(a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=index)
+                      if not a.get_attr("IFA_ADDRESS").startswith("fe80"))
+
+with IPRoute() as ipr:
+    bridge._join_bridge(ipr, net, gateway, cid)
+joined = addresses()
+bridge._leave_bridge("x6", cid, gateway, "fd09:6::/64")
+print(json.dumps({"joined": joined, "left": addresses()}))
+'''
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare (util-linux)")
+def test_the_last_container_out_takes_its_ipv6_gateway_off_a_bridge_pish_did_not_make(tmp_path: Path) -> None:
+    """The IPv6 gateway pish adds to a host bridge went nowhere when the last container left (the IPv4 one
+    was taken off): an address leaked on the host's bridge."""
+    env = {**os.environ, "PISH_ROOT": str(tmp_path / "root"), "PISH_LIB": str(tmp_path / "lib")}
+    proc = subprocess.run(["unshare", "-n", sys.executable, "-c", ADOPTED], capture_output=True, text=True,
+                          timeout=60, check=False, cwd=Path(__file__).parents[2], env=env)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.splitlines()[-1])
+    assert out["joined"] == ["10.9.6.1", "fd09:6::1"]
+    assert out["left"] == []  # as the bridge was found
