@@ -11,7 +11,10 @@ the source (a tree, a tar's members): a symlink found in its way is replaced, ne
 
 The root is ``/proc/PID/root`` while the command runs (the container's own mounts, volumes and tmpfs
 included), else the root filesystem its storage driver mounted (a created container, or an exited one,
-whose root filesystem is kept until ``pish rm``). The host side is resolved the ordinary way.
+whose root filesystem is kept until ``pish rm``). The host side is resolved the ordinary way. The
+kernel's filesystems mounted in a running container (``/proc``, ``/sys``, ...) are not its files: as in
+``docker cp``, they come out as empty directories (reading them would copy the kernel's view of the host,
+fail on files like ``/proc/1/attr/*``, or consume ``/proc/kmsg``).
 
 docker's rules for what lands where: a file onto a missing path creates it, into a directory goes
 inside it; a directory onto a missing path becomes it, into an existing directory goes inside it
@@ -34,6 +37,9 @@ from pish_core.rootpath import resolve_in_root
 
 _log = log.get("cp")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: filesystems whose files are the kernel's: a copy does not descend into them
+_KERNEL_FS = frozenset({"proc", "sysfs", "devpts", "cgroup", "cgroup2", "mqueue", "securityfs", "debugfs",
+                        "tracefs", "bpf", "configfs", "pstore", "fusectl", "binfmt_misc", "efivarfs", "nsfs"})
 
 
 class CopyError(PishError):
@@ -48,6 +54,7 @@ class Side:
     path: str
     label: str  # how errors name it: "container web" or "host"
     owner: tuple[int, int] | None = None  # who new files belong to (a --userns container's root)
+    kernel_devs: frozenset[int] = frozenset()  # st_dev of its kernel filesystems (/proc, /sys): not descended
 
 
 @dataclass
@@ -79,8 +86,10 @@ def container_side(ref: str, path: str) -> Side:
     from pish_core.spec import ContainerSpec
 
     s = state.resolve(ref)
+    kernel_devs: frozenset[int] = frozenset()
     if s.command_running():
         root = Path(f"/proc/{s.pid}/root")
+        kernel_devs = _kernel_devs(s.pid)
     else:
         record = next((r for r in s.resources if r.get("kind") == "storage" and r.get("rootfs")), None)
         if record is None or not Path(record["rootfs"]).is_dir():
@@ -90,7 +99,20 @@ def container_side(ref: str, path: str) -> Side:
     owner = userns.host_root(spec.userns) if spec.userns.mode != "host" else None
     if not path.startswith("/"):
         path = "/" + path  # docker: relative to the container's root
-    return Side(root, path, f"container {s.name}", owner)
+    return Side(root, path, f"container {s.name}", owner, kernel_devs)
+
+
+def _kernel_devs(pid: int | None) -> frozenset[int]:
+    """The device numbers of the kernel filesystems mounted in ``pid``'s mount namespace (mountinfo)."""
+    devs = set()
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/mountinfo") as table:
+        for line in table:
+            fields = line.split()
+            with contextlib.suppress(ValueError, IndexError):
+                if fields[fields.index("-") + 1] in _KERNEL_FS:
+                    major, minor = fields[2].split(":")
+                    devs.add(os.makedev(int(major), int(minor)))
+    return frozenset(devs)
 
 
 def host_side(path: str) -> Side:
@@ -165,8 +187,9 @@ def _lstat(dir_fd: int, name: str) -> os.stat_result | None:
 # -- reading a tree -----------------------------------------------------------------------------------
 
 
-def _read(dir_fd: int, name: str, parts: list[str]) -> Iterator[Entry]:
-    """The tree at ``name`` in ``dir_fd`` ("" is ``dir_fd`` itself), parents before children."""
+def _read(dir_fd: int, name: str, parts: list[str], skip: frozenset[int] = frozenset()) -> Iterator[Entry]:
+    """The tree at ``name`` in ``dir_fd`` ("" is ``dir_fd`` itself), parents before children; a directory
+    on a device of ``skip`` (a kernel filesystem) as an empty one."""
     st = os.stat(name or ".", dir_fd=dir_fd, follow_symlinks=False)
     if stat.S_ISLNK(st.st_mode):
         yield Entry(parts, "symlink", 0o777, st.st_mtime, link=os.readlink(name, dir_fd=dir_fd))
@@ -181,8 +204,10 @@ def _read(dir_fd: int, name: str, parts: list[str]) -> Iterator[Entry]:
         sub = os.open(name or ".", _DIR_FLAGS, dir_fd=dir_fd)
         try:
             yield Entry(parts, "dir", stat.S_IMODE(st.st_mode), st.st_mtime)
+            if st.st_dev in skip:
+                return
             for child in sorted(os.listdir(sub)):
-                yield from _read(sub, child, [*parts, child])
+                yield from _read(sub, child, [*parts, child], skip)
         finally:
             os.close(sub)
     else:
@@ -340,7 +365,7 @@ def copy(src: Side, dest: Side) -> None:
                 base, top = os.dup(dest_dir), [dest_name]
             writer = _Writer(base, dest.owner, host=dest.root == Path("/"))
             try:
-                for entry in _read(src_dir, src_name, []):
+                for entry in _read(src_dir, src_name, [], src.kernel_devs):
                     if not entry.parts and not top and entry.kind == "dir":
                         continue  # the existing directory the contents go into
                     writer.write([*top, *entry.parts], entry)
@@ -357,7 +382,7 @@ def to_tar(src: Side, out: IO[bytes]) -> None:
             raise CopyError(f"{src.label}: {src.path}: no such file or directory")
         top = src_name or "."
         with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-            for entry in _read(src_dir, src_name, []):
+            for entry in _read(src_dir, src_name, [], src.kernel_devs):
                 info = tarfile.TarInfo("/".join([top, *entry.parts]))
                 info.mode, info.mtime = entry.mode, int(entry.mtime)
                 if entry.kind == "dir":

@@ -201,3 +201,27 @@ def test_bad_cp_requests(pish, hostile, tmp_path):
     refused(pish, "cp", str(tmp_path / "file"), ":/x", match="invalid container path")
     assert tree(tmp_path) == sorted([*before, str(tmp_path / "file")])
     assert pish("exec", name, "ls", "/nodir", "/x").returncode != 0
+
+
+def test_the_kernels_filesystems_come_out_empty(pish, busybox_tar, tmp_path, leaks):
+    """`pish cp CTR:/ DIR` of a running container went into its /proc (and /sys): it copied the kernel's
+    files and failed half-way on /proc/1/attr (EINVAL). As docker's cp: empty directories."""
+    run_detached(pish, "--net", "none", "--name", "cp-kernel", str(busybox_tar), "sh", "-c",
+                 "mkdir /data && echo mine > /data/f; sleep 100")
+    try:
+        deadline = time.monotonic() + 30
+        while pish("exec", "cp-kernel", "cat", "/data/f").stdout != "mine\n":
+            assert time.monotonic() < deadline, "the container did not get ready"
+            time.sleep(0.05)
+        out = tmp_path / "out"
+        out.mkdir()
+        pish("cp", "cp-kernel:/", str(out), check=True)
+        copied = next(out.iterdir())
+        assert (copied / "data" / "f").read_text() == "mine\n"
+        assert (copied / "proc").is_dir() and list((copied / "proc").iterdir()) == []
+        assert list((copied / "sys").iterdir()) == []
+        raw = subprocess.run([*pish_command(), "cp", "cp-kernel:/proc", "-"], capture_output=True, check=True).stdout
+        with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+            assert [m.name for m in tar.getmembers()] == ["proc"]
+    finally:
+        pish("rm", "-f", "cp-kernel")
