@@ -24,7 +24,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import urllib3
 
@@ -57,6 +57,12 @@ class PushResult:
     present: int  # blobs the registry had
 
 
+def _origin(url: str) -> tuple[str, str, int | None]:
+    """(scheme, host, port) of ``url``: where credentials may go."""
+    parts = urlsplit(url)
+    return parts.scheme, (parts.hostname or "").lower(), parts.port or {"https": 443, "http": 80}.get(parts.scheme)
+
+
 class Uploader:
     """Requests of any method to one repository, answering one auth challenge as ``Registry.get`` does."""
 
@@ -66,16 +72,19 @@ class Uploader:
     def request(self, method: str, url: str, what: str, body: Any = None,
                 headers: dict[str, str] | None = None, ok: tuple[int, ...] = (200, 201, 202, 204)) -> urllib3.BaseHTTPResponse:
         url = urljoin(self.reg.base + "/", url)
+        # The credentials go to the registry only, never to another host or scheme an upload's Location
+        # names (a CDN, a bucket: its URL carries its own authorization), as docker's client.
+        ours = _origin(url) == _origin(self.reg.base)
         sent = {"User-Agent": "pish", **(headers or {})}
         for attempt in (1, 2):
-            if self.reg.authorization:
+            if self.reg.authorization and ours:
                 sent["Authorization"] = self.reg.authorization
             try:
                 resp = self.reg.pool.request(method, url, body=body, headers=sent, preload_content=False,
                                              redirect=False)
             except (urllib3.exceptions.HTTPError, OSError) as exc:
                 raise _http_error(self.reg.host, exc) from None
-            if resp.status == 401 and attempt == 1 and (body is None or isinstance(body, bytes)):
+            if resp.status == 401 and attempt == 1 and ours and (body is None or isinstance(body, bytes)):
                 challenge = resp.headers.get("WWW-Authenticate", "")
                 resp.drain_conn()
                 if "scope=" not in challenge and challenge.lower().startswith("bearer"):
