@@ -120,10 +120,13 @@ def _start_and_wait(p: Prepared, stack: contextlib.ExitStack, signals: _Signals,
     spec, record, ctx = p.spec, p.record, RunContext(p.spec, p.journal)
     if paths.rootless():  # pish becomes root of a user namespace of its own (pish_core/userns.py)
         userns.enter_rootless(spec)
+    was_kept = p.journal.kept("storage") is not None
     rootfs = _kept_rootfs(p)
     if rootfs is None:  # 2. the root filesystem
         rootfs = stack.enter_context(p.drivers.storage.mount(ctx))
         p.journal.note("storage", rootfs=str(rootfs))  # where `pish cp` finds it while no process runs
+        if was_kept:  # a kept layer mounted again: a failing start must not release (delete) its files
+            p.journal.keep("storage")
     _stage("storage")
     io = stack.enter_context(io_cm)
     child = stack.enter_context(  # 3. the process, in new namespaces, blocked

@@ -239,3 +239,28 @@ def test_a_start_that_fails_leaves_the_container_exited_to_start_again(pish, bus
     pish("cp", "rs-fails:/runs", str(tmp_path / "runs"), check=True)
     assert (tmp_path / "runs").read_text() == "run\nrun\n"  # the same files, run twice
     pish("rm", "rs-fails", check=True)
+
+
+def test_a_failed_start_that_mounted_the_kept_layer_again_keeps_it(pish, pish_env, busybox_tar, cleanup, tmp_path):
+    """A kept overlay no longer mounted (rootless: it went with the first supervisor's namespace; here
+    unmounted by hand) is mounted again by the next start; when that start then failed, the new mount's
+    release deleted the layer: every file the container wrote was lost."""
+    import subprocess
+
+    src = tmp_path / "vol"
+    src.mkdir()
+    cleanup.append("rs-remount")
+    cid = run_detached(pish, "--net", "none", "--name", "rs-remount", "-v", f"{src}:/data", str(busybox_tar),
+                       "sh", "-c", "echo run >> /runs")
+    assert pish("wait", "rs-remount", check=True).stdout == "0\n"
+    subprocess.run(["umount", str(layer(pish_env, cid) / "merged")], check=True)
+    src.rmdir()
+    assert pish("start", "rs-remount").returncode != 0
+    assert (layer(pish_env, cid) / "upper" / "runs").read_text() == "run\n"
+    src.mkdir()
+    assert pish("start", "rs-remount", check=True).stdout == "rs-remount\n"
+    assert pish("wait", "rs-remount", check=True).stdout == "0\n"
+    pish("cp", "rs-remount:/runs", str(tmp_path / "runs"), check=True)
+    assert (tmp_path / "runs").read_text() == "run\nrun\n"
+    pish("rm", "rs-remount", check=True)
+    assert not layer(pish_env, cid).exists()
