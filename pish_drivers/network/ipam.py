@@ -118,6 +118,10 @@ def next_free(subnet: Net, gateway: Addr, taken: Iterable[Addr], network: str) -
 # -- IPv6 --------------------------------------------------------------------------------------------
 
 
+#: loopback, unspecified, IPv4-compatible and IPv4-mapped addresses: never a network's
+_RESERVED6 = Net6("::/8")
+
+
 def parse_subnet6(text: str) -> Net6:
     """``--subnet-v6 fdXX:...::/64``: an IPv6 subnet with no host bits set, /64 to /120."""
     try:
@@ -126,7 +130,7 @@ def parse_subnet6(text: str) -> Net6:
         raise SpecError(f"invalid --subnet-v6 {text!r}: {exc}; use CIDR form, e.g. fd12:3456:789a::/64") from None
     if not 48 <= subnet.prefixlen <= 120:
         raise SpecError(f"invalid --subnet-v6 {text!r}: use a prefix from /48 to /120 (a /64 is usual)")
-    if subnet.is_multicast or subnet.is_loopback or subnet.is_link_local or subnet.is_unspecified:
+    if subnet.is_multicast or subnet.is_link_local or subnet.overlaps(_RESERVED6):
         raise SpecError(f"invalid --subnet-v6 {text!r}: not a unicast subnet (use a ULA, fd00::/8)")
     return subnet
 

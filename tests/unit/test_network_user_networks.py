@@ -54,6 +54,8 @@ def test_v6_addresses_go_lowest_first_after_the_gateway() -> None:
 @pytest.mark.parametrize(("text", "needle"), [
     ("fd14::/129", "invalid --subnet-v6"), ("fd14::5/64", "host bits set"), ("10.0.0.0/24", "invalid --subnet-v6"),
     ("fd14::/32", "from /48 to /120"), ("ff02::/64", "not a unicast subnet"), ("fe80::/64", "not a unicast"),
+    # ::/64 was taken: its gateway is ::1, the host's loopback, put on a bridge; ::ffff:0:0/96 is IPv4's
+    ("::/64", "not a unicast"), ("::ffff:0:0/96", "not a unicast"), ("::a00:0/120", "not a unicast"),
 ])
 def test_bad_v6_subnets_are_refused(text: str, needle: str) -> None:
     with pytest.raises(SpecError, match=needle.replace("/", ".")):
