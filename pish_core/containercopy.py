@@ -83,6 +83,7 @@ def parse_operand(text: str) -> tuple[str | None, str]:
 def container_side(ref: str, path: str) -> Side:
     """The root a container's files are reached through now (see the module's doc)."""
     from pish_core import userns
+    from pish_core.drivers import Storage, load_class
     from pish_core.spec import ContainerSpec
 
     s = state.resolve(ref)
@@ -95,6 +96,12 @@ def container_side(ref: str, path: str) -> Side:
         if record is None or not Path(record["rootfs"]).is_dir():
             raise StateError(f"container {s.name} is {s.status} and keeps no root filesystem to copy from or to")
         root = Path(record["rootfs"])
+        driver = load_class("storage", record["driver"])
+        if issubclass(driver, Storage) and driver.rootfs_is_a_mount and not os.path.ismount(root):
+            # rootless: its overlay went with the supervisor's mount namespace; the empty mount point
+            # would read as nothing, and what was written there would be hidden by the next mount
+            raise StateError(f"container {s.name} is {s.status} and its root filesystem is not mounted: "
+                             "start it to copy from or to it")
     spec = ContainerSpec.from_dict(s.spec)
     owner = userns.host_root(spec.userns) if spec.userns.mode != "host" else None
     if not path.startswith("/"):

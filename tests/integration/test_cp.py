@@ -225,3 +225,20 @@ def test_the_kernels_filesystems_come_out_empty(pish, busybox_tar, tmp_path, lea
             assert [m.name for m in tar.getmembers()] == ["proc"]
     finally:
         pish("rm", "-f", "cp-kernel")
+
+
+def test_an_exited_container_whose_overlay_is_not_mounted_is_refused(pish, pish_env, busybox_tar, tmp_path, leaks):
+    """A kept overlay no longer mounted (rootless: it went with the supervisor's namespace; here unmounted
+    by hand): cp read the empty mount point ("no such file") and wrote under it, where the next start's
+    mount hid the files. One line instead, nothing written."""
+    cid = run_detached(pish, "--net", "none", "--name", "cp-unmounted", str(busybox_tar), "true")
+    merged = Path(pish_env.lib) / "containers" / cid / "merged"
+    try:
+        assert pish("wait", "cp-unmounted", check=True).stdout == "0\n"
+        subprocess.run(["umount", str(merged)], check=True)
+        (tmp_path / "f").write_text("f\n")
+        refused(pish, "cp", str(tmp_path / "f"), "cp-unmounted:/", match="not mounted")
+        refused(pish, "cp", "cp-unmounted:/etc/passwd", str(tmp_path / "g"), match="not mounted")
+        assert list(merged.iterdir()) == []
+    finally:
+        pish("rm", "-f", "cp-unmounted")
