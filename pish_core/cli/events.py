@@ -28,11 +28,14 @@ def parse_time(value: str, flag: str, now: float | None = None) -> int:
     duration before now (``10m``, ``1h30m``, ``500ms``)."""
     now = time.time() if now is None else now
     text = value.strip()
-    if re.fullmatch(r"\d+(\.\d+)?", text):
-        return int(float(text) * 1e9)
-    if text and _DURATION.sub("", text) == "":
-        seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION.findall(text))
-        return int((now - seconds) * 1e9)
+    try:
+        if re.fullmatch(r"\d+(\.\d+)?", text):
+            return int(float(text) * 1e9)
+        if text and _DURATION.sub("", text) == "":
+            seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION.findall(text))
+            return int((now - seconds) * 1e9)
+    except OverflowError:  # more digits than a float holds: infinity
+        raise SpecError(f"invalid {flag} {value!r}: the time is out of range") from None
     try:
         when = datetime.fromisoformat(text)
     except ValueError:

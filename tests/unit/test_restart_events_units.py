@@ -67,8 +67,9 @@ def test_event_times():
 
 
 def test_event_times_out_of_range_are_one_line():
-    """A date the platform cannot place (year 1 in local time) was a ValueError traceback."""
-    for bad in ("0001-01-01", "0001-01-01T00:00:00"):
+    """A date the platform cannot place (year 1 in local time) was a ValueError traceback, a number past a
+    float's range an OverflowError one."""
+    for bad in ("0001-01-01", "0001-01-01T00:00:00", "9" * 400, "9" * 400 + "h"):  # the last two: infinity
         with pytest.raises(SpecError, match="invalid --until"):
             parse_time(bad, "--until", 1_800_000_000.0)
 
