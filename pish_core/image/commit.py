@@ -133,11 +133,12 @@ def commit(ref: str, name: str | None = None, *, message: str = "", author: str 
         what = f"the changes of container {fs.name}"
         if fs.flat:
             base_config: dict[str, Any] = dict(fs.image.config) if fs.image else {}
-            diff_ids = [store_layer(fs.upper, f"the files of container {fs.name}")]
+            diff_ids = [store_layer(fs.upper, f"the files of container {fs.name}", fs.idmap)]
             base_layers = 0
         else:
             base_config = dict(fs.image.config) if fs.image else {}
-            diff_ids = list(fs.image.layers) if fs.image else [store_layer(fs.lowers[0], f"directory {fs.lowers[0]}")]
+            diff_ids = list(fs.image.layers) if fs.image else \
+                [store_layer(fs.lowers[0], f"directory {fs.lowers[0]}", fs.lower_idmap)]
             base_layers = len(diff_ids)
             diff_ids.append(store_layer(fs.upper, what, fs.idmap))
         if not base_config:

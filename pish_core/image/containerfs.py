@@ -8,7 +8,9 @@ files, as docker's does); they are read here as directories, so it does not matt
 mounted.
 
 Under ``--userns`` the upper directory holds host ids (the container's root is a host id of its range);
-``owner_map`` maps them back to the container's, as the tar must record them.
+``owner_map`` maps them back to the container's, as the tar must record them. Rootless, every directory
+pish wrote holds the user's ids (the user is root of pish's namespace): the store's layers too, which
+``store_map`` maps back.
 """
 from __future__ import annotations
 
@@ -33,22 +35,40 @@ class ContainerFS:
     upper: Path  # the container's changes (overlay), or its whole root (copy)
     flat: bool  # True for ``copy``: ``upper`` is the whole root filesystem, not a layer of changes
     idmap: layertar.IdMap | None
+    lower_idmap: layertar.IdMap | None = None  # the store's layers' (``store_map``)
 
     def merged(self) -> list[layertar.Source]:
         """The sources of the merged view, top first."""
-        return [layertar.Source(self.upper, self.idmap), *(layertar.Source(p) for p in reversed(self.lowers))]
+        return [layertar.Source(self.upper, self.idmap),
+                *(layertar.Source(p, self.lower_idmap) for p in reversed(self.lowers))]
 
 
 def owner_map(spec: dict[str, Any]) -> layertar.IdMap | None:
     """Host (uid, gid) -> the container's, from the spec's user namespace; None without one."""
     ns = spec.get("userns") or {}
-    if ns.get("mode") not in ("auto", "map"):
+    if ns.get("mode") not in ("auto", "map", "rootless"):
         return None
 
     def ranges(key: str) -> list[tuple[int, int, int]]:
         return [(int(m["container_id"]), int(m["host_id"]), int(m["size"])) for m in ns.get(key) or []]
 
-    uids, gids = ranges("uid_mappings"), ranges("gid_mappings")
+    return _back_map(ranges("uid_mappings"), ranges("gid_mappings"))
+
+
+def store_map() -> layertar.IdMap | None:
+    """Rootless: the owners of what pish wrote (the store's layers, a copy root) back to the image's, the
+    user being root; None with root (they are the image's as they are)."""
+    from pish_core import paths, userns
+
+    if not paths.rootless():
+        return None
+    ns = userns.rootless_mapping()
+    return _back_map([(m.container_id, m.host_id, m.size) for m in ns.uid_mappings],
+                     [(m.container_id, m.host_id, m.size) for m in ns.gid_mappings])
+
+
+def _back_map(uids: list[tuple[int, int, int]], gids: list[tuple[int, int, int]]) -> layertar.IdMap:
+    """Host (uid, gid) -> inside, through (inside, host, size) ranges."""
 
     def back(value: int, maps: list[tuple[int, int, int]]) -> int:
         for inside, host, size in maps:
@@ -80,7 +100,7 @@ def find(ref: str) -> ContainerFS:
         root = layer / "rootfs"
         if not root.is_dir():
             raise ImageError(f"container {s.name} has no root filesystem yet ({root} is missing)")
-        return ContainerFS(s.name, img, [], root, True, None)
+        return ContainerFS(s.name, img, [], root, True, store_map())
     if driver != "overlay":
         raise ImageError(f"container {s.name} uses the storage driver {driver!r}: pish reads only the "
                          f"files of overlay and copy containers")
@@ -94,7 +114,7 @@ def find(ref: str) -> ContainerFS:
         if not image_path.is_dir():
             raise ImageError(f"container {s.name} ran the directory {image_path}, which is gone")
         lowers = [image_path.resolve()]
-    return ContainerFS(s.name, img, lowers, upper, False, owner_map(s.spec))
+    return ContainerFS(s.name, img, lowers, upper, False, owner_map(s.spec), store_map())
 
 
 @contextlib.contextmanager

@@ -89,13 +89,16 @@ def make_layer(diff_id: str, workdir: Path, compressed: bool) -> MadeLayer:
     root = paths.store_layer(diff_id) / "fs"
     if not root.is_dir():
         raise ImageError(f"layer sha256:{diff_id[:12]} is missing from the store: remove the image and import it again")
+    from pish_core.image.containerfs import store_map
+
+    idmap = store_map()  # rootless: the store holds the user's ids, the image's are recorded
     path = workdir / f"{diff_id}.{'tar.gz' if compressed else 'tar'}"
     with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600), "wb") as f:
         if compressed:
-            made = layertar.write_layer(root, f)
+            made = layertar.write_layer(root, f, idmap)
             return MadeLayer(path, made.digest, made.size, made.diff_id)
         counted = layertar.HashingWriter(f)
-        layertar.write_layer_tar(root, counted)  # type: ignore[arg-type]
+        layertar.write_layer_tar(root, counted, idmap)  # type: ignore[arg-type]
         return MadeLayer(path, counted.hexdigest(), counted.size, counted.hexdigest())
 
 

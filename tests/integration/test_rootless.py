@@ -285,3 +285,39 @@ def test_rootless_limits_through_the_users_systemd(user):
         subprocess.run(["loginctl", "disable-linger", user.name], check=False)
         subprocess.run(["loginctl", "terminate-user", user.name], check=False, capture_output=True)
         subprocess.run(["systemctl", "stop", f"user@{user.uid}.service"], check=False, capture_output=True)
+
+
+def test_rootless_export_and_commit_record_the_containers_owners(user):
+    """Rootless, the store's layers and a container's upper layer hold the user's ids (the user is root):
+    export, commit and save must record the image's (0, here), as for --userns. They recorded the user's."""
+    import tarfile
+    import time
+
+    started = as_user(user, "run", "-d", "--name", "out", "--net", "none", str(user.image), "sh", "-c",
+                      "echo x > /new; touch /bin/changed")
+    assert started.returncode == 0, started.stderr
+    deadline = time.monotonic() + 30
+    while "exited" not in as_user(user, "ps", "-a").stdout:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    tar_path = user.home / "out.tar"
+    exported = as_user(user, "export", "-o", str(tar_path), "out")
+    assert exported.returncode == 0, exported.stderr
+    with tarfile.open(tar_path) as tar:
+        owners = {m.name: (m.uid, m.gid) for m in tar.getmembers()}
+    assert owners["new"] == (0, 0) and owners["bin/changed"] == (0, 0), owners
+    committed = as_user(user, "commit", "out", "outimg:1")
+    assert committed.returncode == 0, committed.stderr
+    saved = user.home / "saved.tar"
+    result = as_user(user, "image", "save", "-o", str(saved), "outimg:1")
+    assert result.returncode == 0, result.stderr
+    with tarfile.open(saved) as archive:
+        for member in archive.getmembers():
+            if member.name.endswith(".tar"):
+                layer = archive.extractfile(member)
+                assert layer is not None
+                with tarfile.open(fileobj=layer) as tar:
+                    assert {(m.uid, m.gid) for m in tar.getmembers()} == {(0, 0)}, member.name
+    assert as_user(user, "rm", "out").returncode == 0
+    assert as_user(user, "image", "rm", "outimg:1").returncode == 0
+    nothing_left(user)
