@@ -223,8 +223,7 @@ class _Writer:
             info.type = tarfile.CHRTYPE if stat.S_ISCHR(st.st_mode) else tarfile.BLKTYPE
             info.devmajor, info.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
         elif stat.S_ISREG(st.st_mode):
-            self._file(info, node, texts, xattrs)
-            if st.st_nlink > 1:
+            if self._file(info, node, texts, xattrs) and st.st_nlink > 1:  # only a name in the tar
                 self.links[key] = name
             return
         else:
@@ -233,21 +232,23 @@ class _Writer:
             self.links[key] = name
         self._add(info, texts, xattrs)
 
-    def _file(self, info: tarfile.TarInfo, node: _Node, texts: list[str], xattrs: dict[str, bytes]) -> None:
+    def _file(self, info: tarfile.TarInfo, node: _Node, texts: list[str], xattrs: dict[str, bytes]) -> bool:
+        """Add a regular file; False if it is left out (gone or replaced meanwhile)."""
         try:
             fd = os.open(node.name, _FILE_FLAGS, dir_fd=node.dir_fd)
         except FileNotFoundError:
-            return  # deleted meanwhile by a running container
+            return False  # deleted meanwhile by a running container
         except OSError as exc:
             if exc.errno == errno.ELOOP:  # replaced by a symlink meanwhile: not followed, left out
-                return
+                return False
             raise
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
-                return  # replaced by something else meanwhile
+                return False  # replaced by something else meanwhile
             info.type, info.size = tarfile.REGTYPE, node.st.st_size
             self._add(info, texts, xattrs, _Exact(fd, node.st.st_size))
+            return True
         finally:
             os.close(fd)
 

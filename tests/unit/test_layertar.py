@@ -172,3 +172,29 @@ def test_merged_view_maps_owners_of_a_userns_upper(tmp_path: Path) -> None:
     layertar.write_merged([layertar.Source(upper, lambda u, g: (u - 100_000, g - 100_000)), layertar.Source(lower)], out)
     f = by_name(out.getvalue())["f"]
     assert (f.uid, f.gid) == (5, 6)
+
+
+def test_a_hard_link_whose_first_name_went_meanwhile_is_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A running container deletes ``a`` (linked as ``b``) after the listing: ``a`` is left out, and ``b``
+    was written as a hard link to it, a member no unpacker can make (a commit failed on it)."""
+    root = tmp_path / "layer"
+    root.mkdir()
+    (root / "a").write_bytes(b"data")
+    os.link(root / "a", root / "b")
+    original = layertar._Writer._file
+
+    def deleted_first(self: layertar._Writer, info: tarfile.TarInfo, node: layertar._Node, *rest: object) -> object:
+        if node.name == "a":
+            os.unlink(node.name, dir_fd=node.dir_fd)
+        return original(self, info, node, *rest)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(layertar._Writer, "_file", deleted_first)
+    out = io.BytesIO()
+    layertar.write_layer_tar(root, out)
+    out.seek(0)
+    with tarfile.open(fileobj=out) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+        assert list(members) == ["b"]
+        assert members["b"].isreg()
+        data = tar.extractfile(members["b"])
+        assert data is not None and data.read() == b"data"
