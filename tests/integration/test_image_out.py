@@ -190,7 +190,8 @@ def podman(tmp_path: Path) -> Iterator[Callable[..., subprocess.CompletedProcess
     work = tmp_path / "podman"
     work.mkdir()
     with tempfile.TemporaryDirectory(prefix="pdm-") as run:
-        base = ["podman", "--root", str(work / "storage"), "--runroot", run]
+        # runc by name: with crun installed too podman picks crun, which refuses a hybrid cgroup host
+        base = ["podman", "--root", str(work / "storage"), "--runroot", run, "--runtime", "runc"]
 
         def call(*args: str) -> subprocess.CompletedProcess[str]:
             proc = subprocess.run([*base, *args], cwd=work, capture_output=True, text=True, timeout=300, check=False)
