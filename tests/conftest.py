@@ -100,6 +100,15 @@ def no_leaks(pish_env: PishEnv) -> Iterator[HostSnapshot]:
 
 
 @pytest.fixture
+def cleanup(pish: PishRunner, leaks: LeakCheck) -> Iterator[list[str]]:
+    """Names or ids the test appends to, ``rm -f``'d at its end whatever happened (before the leak check)."""
+    refs: list[str] = []
+    yield refs
+    for ref in refs:
+        pish("rm", "-f", ref)
+
+
+@pytest.fixture
 def leaks(pish_env: PishEnv, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[LeakCheck]:
     """A ``LeakCheck`` of this test: the host snapshot judged only on what the test made.
 

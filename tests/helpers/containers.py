@@ -78,3 +78,22 @@ def no_traceback(stderr: str) -> None:
 def tree(top: Path) -> list[str]:
     """Every path below ``top``, so two listings show whether anything was made or removed."""
     return sorted(os.path.join(d, n) for d, dirs, files in os.walk(top) for n in dirs + files)
+
+
+def refused(pish: Callable[..., Any], *args: str, match: str, input: str | None = None) -> None:
+    """``pish ARGS`` fails as a bad request: one line naming the problem, exit 125, nothing on stdout."""
+    proc = pish(*args, input=input) if input is not None else pish(*args)
+    assert proc.returncode == 125, (args, proc.returncode, proc.stderr)
+    assert proc.stdout == ""
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("pish: "), proc.stderr
+    assert re.search(match, lines[0]), (lines[0], match)
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 30, what: str = "condition") -> None:
+    """Poll until ``predicate()``; fail after ``timeout`` s (a safety net, not a timing assertion)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.05)

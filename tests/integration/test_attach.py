@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import os
 import pty
-import re
 import select
 import subprocess
 import time
-from typing import Any
 
 import pytest
 from helpers import pish_command
-from helpers.containers import ps_json, run_detached
+from helpers.containers import ps_json, refused, run_detached
 
 pytestmark = [pytest.mark.integration, pytest.mark.skipif(os.geteuid() != 0, reason="needs root"),
               pytest.mark.leak_check(at_teardown=True)]
@@ -82,12 +80,6 @@ def test_attach_detach_and_exit(pish, busybox_tar, leaks):
         pish("rm", "-f", "at-sh")
 
 
-def refused(pish: Any, *args: str, match: str) -> None:
-    proc = pish(*args)
-    assert proc.returncode == 125, (args, proc.returncode, proc.stderr)
-    lines = proc.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("pish: "), proc.stderr
-    assert re.search(match, lines[0]), (lines[0], match)
 
 
 def test_bad_attach_requests(pish, busybox_tar, leaks):

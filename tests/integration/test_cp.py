@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import re
 import subprocess
 import tarfile
 import time
@@ -20,7 +19,7 @@ from typing import Any
 
 import pytest
 from helpers import pish_command
-from helpers.containers import run_detached, tree
+from helpers.containers import refused, run_detached, tree
 
 pytestmark = [pytest.mark.integration, pytest.mark.skipif(os.geteuid() != 0, reason="needs root"),
               pytest.mark.leak_check(at_teardown=True)]
@@ -30,13 +29,6 @@ HOSTILE = ("mkdir -p /d/sub && echo one > /d/a && echo two > /d/sub/b && chmod 7
            "ln -s {host} /tmp/hostlink; echo ready > /ready; sleep 100")
 
 
-def refused(pish: Any, *args: str, match: str, input: str | None = None) -> None:
-    proc = pish(*args, input=input)
-    assert proc.returncode == 125, (args, proc.returncode, proc.stderr)
-    assert proc.stdout == ""
-    lines = proc.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("pish: "), proc.stderr
-    assert re.search(match, lines[0]), (lines[0], match)
 
 
 def digest(path: str) -> str:

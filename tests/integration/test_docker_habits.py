@@ -8,12 +8,11 @@ import os
 import re
 import subprocess
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from helpers import pish_command
-from helpers.containers import ps_json, run_detached
+from helpers.containers import ps_json, refused, run_detached
 from helpers.leaks import LIFECYCLE_BRIDGE, skip_if_bridge_in_use
 
 pytestmark = [pytest.mark.integration, pytest.mark.skipif(os.geteuid() != 0, reason="needs root"),
@@ -26,22 +25,8 @@ def sleeper(pish: Any, image: Any, name: str, *options: str) -> str:
     return run_detached(pish, "--net", "none", "--name", name, *options, str(image), "sleep", "100")
 
 
-def refused(pish: Any, *args: str, match: str) -> None:
-    """``pish ARGS`` fails as a bad request: one line naming the problem, exit 125, nothing on stdout."""
-    proc = pish(*args)
-    assert proc.returncode == 125, (args, proc.returncode, proc.stderr)
-    assert proc.stdout == ""
-    lines = proc.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("pish: "), proc.stderr
-    assert re.search(match, lines[0]), (lines[0], match)
 
 
-@pytest.fixture
-def cleanup(pish: Any, leaks: Any) -> Iterator[list[str]]:
-    refs: list[str] = []
-    yield refs
-    for ref in refs:
-        pish("rm", "-f", ref)
 
 
 def state_of(pish: Any, cid: str) -> str:

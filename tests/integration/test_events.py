@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from helpers import pish_command
-from helpers.containers import run_detached
+from helpers.containers import refused, run_detached
 
 pytestmark = [pytest.mark.integration, pytest.mark.skipif(os.geteuid() != 0, reason="needs root"),
               pytest.mark.leak_check(at_teardown=True)]
@@ -31,13 +31,6 @@ def read_events(pish: Any, *flags: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in out.splitlines()]
 
 
-def refused(pish: Any, *args: str, match: str) -> None:
-    proc = pish(*args)
-    assert proc.returncode == 125, (args, proc.returncode, proc.stderr)
-    assert proc.stdout == ""
-    lines = proc.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("pish: "), proc.stderr
-    assert re.search(match, lines[0]), (lines[0], match)
 
 
 def test_a_containers_life_in_events(pish, pish_env, busybox_tar, leaks):

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from helpers import pish_command
-from helpers.containers import ID_RE, ps_json, run_detached
+from helpers.containers import ID_RE, ps_json, run_detached, wait_for
 from helpers.leaks import LIFECYCLE_BRIDGE
 
 pytestmark = [pytest.mark.integration, pytest.mark.skipif(os.geteuid() != 0, reason="needs root"),
@@ -52,13 +52,6 @@ def ps_table(pish: Callable[..., Any], *flags: str) -> list[dict[str, str]]:
     return rows
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float = 20, what: str = "condition") -> None:
-    """Poll until ``predicate()``; fail after ``timeout`` s (a safety net, not a timing assertion)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def traces(pish_env: Any, cid: str) -> dict[str, bool]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -62,13 +62,6 @@ def unchanged(pish, pish_env, leaks) -> Callable[..., Any]:
     return check
 
 
-@pytest.fixture
-def cleanup(pish, leaks) -> Iterator[list[str]]:
-    """Names or ids to ``rm -f`` at the end, whatever happened (before the leak check)."""
-    refs: list[str] = []
-    yield refs
-    for ref in refs:
-        pish("rm", "-f", ref)
 
 
 # -- the cases ---------------------------------------------------------------------------------------

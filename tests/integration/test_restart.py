@@ -10,26 +10,17 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers.containers import ps_json, run_detached
+from helpers.containers import ps_json, refused, run_detached, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.skipif(os.geteuid() != 0, reason="needs root"),
               pytest.mark.leak_check(at_teardown=True)]
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float = 30, what: str = "condition") -> None:
-    """Poll until ``predicate()``; fail after ``timeout`` s (a safety net, not a timing assertion)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def events_of(pish: Any, name: str) -> list[dict[str, Any]]:
@@ -39,22 +30,8 @@ def events_of(pish: Any, name: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in out.splitlines()]
 
 
-def refused(pish: Any, *args: str, match: str) -> None:
-    """A bad request: one line naming the problem, exit 125, nothing on stdout."""
-    proc = pish(*args)
-    assert proc.returncode == 125, (args, proc.returncode, proc.stderr)
-    assert proc.stdout == ""
-    lines = proc.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("pish: "), proc.stderr
-    assert re.search(match, lines[0]), (lines[0], match)
 
 
-@pytest.fixture
-def cleanup(pish: Any, leaks: Any) -> Iterator[list[str]]:
-    refs: list[str] = []
-    yield refs
-    for ref in refs:
-        pish("rm", "-f", ref)
 
 
 def layer(pish_env: Any, cid: str) -> Path:
