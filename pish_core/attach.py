@@ -11,7 +11,6 @@ container ends.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import os
 import select
@@ -26,7 +25,7 @@ from pathlib import Path
 from pish_core import events, paths, state
 from pish_core.errors import SpecError, StateError
 from pish_core.spec import ContainerSpec
-from pish_core.terminal import ProcessIO, PtyIO, open_io
+from pish_core.terminal import ProcessIO, PtyIO, open_io, read_pty, write_all
 
 DATA, WINSIZE = 0, 1
 _HEADER = struct.Struct("!BI")
@@ -74,15 +73,10 @@ class AttachablePty(PtyIO):
             watch: list[int | socket.socket] = [self.master, listener, *clients]
             ready, _, _ = select.select(watch, [], [])
             if self.master in ready:
-                try:
-                    data = os.read(self.master, 65536)
-                except OSError as exc:
-                    if exc.errno == errno.EIO:  # every holder of the slave end is gone
-                        return
-                    raise
+                data = read_pty(self.master)
                 if not data:
                     return
-                _write_all(self.output, data)
+                write_all(self.output, data)
                 for client in list(clients):
                     try:
                         client.sendall(data)
@@ -113,16 +107,10 @@ class AttachablePty(PtyIO):
             payload = bytes(buffer[_HEADER.size:_HEADER.size + length])
             del buffer[:_HEADER.size + length]
             if kind == DATA and self.accept_input:
-                _write_all(self.master, payload)
+                write_all(self.master, payload)
             elif kind == WINSIZE and len(payload) == 8:
                 with contextlib.suppress(OSError):
                     fcntl.ioctl(self.master, termios.TIOCSWINSZ, payload)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
 
 
 @contextlib.contextmanager
@@ -200,7 +188,7 @@ def _pump(sock: socket.socket, keys: bytes) -> bool:
                 data = sock.recv(65536)
                 if not data:
                     return False
-                _write_all(1, data)
+                write_all(1, data)
             if 0 in ready:
                 data = os.read(0, 65536)
                 if not data:

@@ -90,21 +90,16 @@ class PtyIO(ProcessIO):
         while True:
             ready, _, _ = select.select(watch, [], [])
             if self.master in ready:
-                try:
-                    data = os.read(self.master, 65536)
-                except OSError as exc:
-                    if exc.errno == errno.EIO:  # every holder of the slave end is gone
-                        return
-                    raise
+                data = read_pty(self.master)
                 if not data:
                     return
-                _write_all(self.output, data)
+                write_all(self.output, data)
             if 0 in ready:
                 data = os.read(0, 65536)
                 if data:
-                    _write_all(self.master, data)
+                    write_all(self.master, data)
                 else:  # our stdin ended: send the terminal's end-of-file, stop reading
-                    _write_all(self.master, b"\x04")
+                    write_all(self.master, b"\x04")
                     watch.remove(0)
 
     def close(self) -> None:
@@ -115,10 +110,20 @@ class PtyIO(ProcessIO):
         self._sock.close()
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
+
+
+def read_pty(master: int) -> bytes:
+    """What the container wrote to its terminal; b"" once every holder of the slave end is gone."""
+    try:
+        return os.read(master, 65536)
+    except OSError as exc:
+        if exc.errno == errno.EIO:
+            return b""
+        raise
 
 
 @contextlib.contextmanager
