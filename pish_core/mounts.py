@@ -56,6 +56,17 @@ def _make_target(target: Path, like_dir: bool) -> None:
         target.touch()
 
 
+def _bind(source: str, target: Path, flags: int, readonly: bool) -> None:
+    _make_target(target, os.path.isdir(source))
+    bind = flags & (native.MS_BIND | native.MS_REC) or native.MS_BIND
+    native.mount(source, str(target), None, bind)
+    rest = flags & ~(native.MS_BIND | native.MS_REC)
+    if rest:  # bind mounts take ro/nosuid/... only on a remount
+        native.mount(None, str(target), None, native.MS_BIND | native.MS_REMOUNT | rest)
+    if readonly and flags & native.MS_REC:  # ...and that remount reaches the top mount only
+        native.mount_setattr_readonly(str(target))
+
+
 def apply(root: Path, mounts: Iterable[Mount]) -> None:
     """Mount each of ``mounts`` at its destination inside ``root`` (before pivot_root)."""
     for m in mounts:
@@ -76,23 +87,21 @@ def apply(root: Path, mounts: Iterable[Mount]) -> None:
         elif m.type == "cgroup":  # OCI's "cgroup" on a unified host: the v2 hierarchy, through our namespace
             m = Mount(m.destination, "cgroup2", "cgroup2", m.options)
         if m.type == "bind" or flags & native.MS_BIND:
-            _make_target(target, os.path.isdir(m.source))
-            bind = flags & (native.MS_BIND | native.MS_REC) or native.MS_BIND
-            native.mount(m.source, str(target), None, bind)
-            rest = flags & ~(native.MS_BIND | native.MS_REC)
-            if rest:  # bind mounts take ro/nosuid/... only on a remount
-                native.mount(None, str(target), None, native.MS_BIND | native.MS_REMOUNT | rest)
-            if m.readonly and flags & native.MS_REC:  # ...and that remount reaches the top mount only
-                native.mount_setattr_readonly(str(target))
+            _bind(m.source, target, flags, m.readonly)
         else:
             _make_target(target, True)
             try:
                 native.mount(m.source or m.type, str(target), m.type, flags, ",".join(data) or None)
-            except PermissionError:
-                if m.type != "sysfs":
+            except OSError as exc:
+                if m.type == "sysfs" and exc.errno == errno.EPERM:
+                    # sysfs in a user namespace needs a network namespace of its own: bind the host's, read-only
+                    native.mount("/sys", str(target), None, native.MS_BIND | native.MS_REC)
+                    native.mount(None, str(target), None, native.MS_BIND | native.MS_REMOUNT | flags)
+                elif m.type == "cgroup2" and exc.errno in (errno.EPERM, errno.EBUSY):
+                    # As runc: a user namespace that may not mount cgroup2 here (rootless, in a cgroup it
+                    # does not own) gets the host's hierarchy bound instead, with the flags asked (ro)
+                    _bind("/sys/fs/cgroup", target, flags | native.MS_BIND | native.MS_REC, m.readonly)
+                else:
                     raise
-                # sysfs in a user namespace needs a network namespace of its own: bind the host's, read-only
-                native.mount("/sys", str(target), None, native.MS_BIND | native.MS_REC)
-                native.mount(None, str(target), None, native.MS_BIND | native.MS_REMOUNT | flags)
         if propagation:
             native.mount(None, str(target), None, propagation)
