@@ -97,7 +97,7 @@ def container_side(ref: str, path: str) -> Side:
             raise StateError(f"container {s.name} is {s.status} and keeps no root filesystem to copy from or to")
         root = Path(record["rootfs"])
         driver = load_class("storage", record["driver"])
-        if issubclass(driver, Storage) and driver.rootfs_is_a_mount and not os.path.ismount(root):
+        if issubclass(driver, Storage) and driver.unmounted(root):
             # rootless: its overlay went with the supervisor's mount namespace; the empty mount point
             # would read as nothing, and what was written there would be hidden by the next mount
             raise StateError(f"container {s.name} is {s.status} and its root filesystem is not mounted: "

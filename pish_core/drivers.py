@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import functools
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager as ContextManager
 from dataclasses import dataclass, field
@@ -71,6 +72,12 @@ class Storage(Driver):
     #: True when the root filesystem is a mount (overlay): a kept one whose mount went with a rootless
     #: supervisor's mount namespace is mounted again over the same directories by the next run
     rootfs_is_a_mount: ClassVar[bool] = False
+
+    @classmethod
+    def unmounted(cls, rootfs: Path) -> bool:
+        """True when ``rootfs``, kept by an earlier run, should be a mount but is not one here (rootless:
+        the mount went with that run's supervisor's mount namespace; the directory alone reads empty)."""
+        return cls.rootfs_is_a_mount and not os.path.ismount(rootfs)
 
     @abc.abstractmethod
     def mount(self, ctx: RunContext) -> ContextManager[Path]:

@@ -169,7 +169,7 @@ def _kept_rootfs(p: Prepared) -> Path | None:
     rootfs = Path(kept["rootfs"])
     if not rootfs.is_dir():
         raise PishError(f"container {p.spec.name}: its root filesystem {rootfs} is gone; remove it with pish rm")
-    if p.drivers.storage.rootfs_is_a_mount and not os.path.ismount(rootfs):
+    if p.drivers.storage.unmounted(rootfs):
         # Rootless: the first run mounted it in its supervisor's mount namespace, gone with it. Its layer
         # (every file the container wrote) is still there: mount it again, under a new record.
         p.journal.drop(kept)
