@@ -124,9 +124,9 @@ def _start_and_wait(p: Prepared, stack: contextlib.ExitStack, signals: _Signals,
     rootfs = _kept_rootfs(p)
     if rootfs is None:  # 2. the root filesystem
         rootfs = stack.enter_context(p.drivers.storage.mount(ctx))
-        p.journal.note("storage", rootfs=str(rootfs))  # where `pish cp` finds it while no process runs
-        if was_kept:  # a kept layer mounted again: a failing start must not release (delete) its files
-            p.journal.keep("storage")
+        # Where `pish cp` finds it while no process runs. A kept layer mounted again stays kept: a failing
+        # start must not release (delete) its files.
+        p.journal.note("storage", rootfs=str(rootfs), **({"kept": True} if was_kept else {}))
     _stage("storage")
     io = stack.enter_context(io_cm)
     child = stack.enter_context(  # 3. the process, in new namespaces, blocked
@@ -147,9 +147,8 @@ def _start_and_wait(p: Prepared, stack: contextlib.ExitStack, signals: _Signals,
     signals.forward_to(child, io, spec.stop_timeout)
     io.started()
     record.status, record.started = "running", time.time()
-    if p.keep_rootfs:
-        p.journal.keep("storage")  # saves the record
-    record.save()
+    if not (p.keep_rootfs and p.journal.keep("storage")):  # keep() saves the record, the status with it
+        record.save()
     events.emit("start", record.id, record.current_name(), image=record.image)
     _stage("running")
     if not wait_for_start:
