@@ -97,7 +97,7 @@ table ip pish {
 
 
 @contextlib.contextmanager
-def _host_locked() -> Iterator[None]:
+def host_locked() -> Iterator[None]:
     with state.flocked(paths.host_lock("nftables")):
         yield
 
@@ -133,7 +133,7 @@ def _add_address_maps() -> None:
 
 
 def contents(table: str = TABLE) -> dict[str, list[Any]]:
-    """The elements of every set and map of the table ({} if there is no table): for ``_maybe_drop``
+    """The elements of every set and map of the table ({} if there is no table): for ``maybe_drop``
     and for tests. Map elements are [key, [address, port]], the key [address, port] in the
     ``*_addr_ports`` maps; ``isolated`` holds [bridge, bridge] pairs."""
     try:
@@ -161,7 +161,7 @@ def _plain(elem: Any) -> Any:
     return elem
 
 
-def _maybe_drop(table: str = TABLE) -> None:
+def maybe_drop(table: str = TABLE) -> None:
     """Delete the table once no set or map holds anything: pish's last user is gone."""
     found = contents(table)
     if found and not any(found.values()):
@@ -169,7 +169,7 @@ def _maybe_drop(table: str = TABLE) -> None:
         libnft.run(f"delete table {table}")
 
 
-def _delete_elements(*pairs: tuple[str, str], table: str = TABLE) -> None:
+def delete_elements(*pairs: tuple[str, str], table: str = TABLE) -> None:
     """Delete set elements that may or may not be there: adding first makes the delete always valid,
     and both happen in one transaction (nft 1.0.6 has no ``destroy element`` yet)."""
     cmds = [f"add element {table} {name} {{ {elem} }}; delete element {table} {name} {{ {elem} }}"
@@ -195,7 +195,7 @@ def isolation_pairs(bridge: str, others: list[str]) -> list[str]:
     return pairs
 
 
-def _isolate(bridge: str, found: dict[str, list[Any]], table: str = TABLE) -> None:
+def isolate(bridge: str, found: dict[str, list[Any]], table: str = TABLE) -> None:
     """Keep ``bridge`` apart from every other bridge of ``table`` (whose contents are ``found``)."""
     if "isolated" not in found:
         _add_isolation(table)
@@ -205,7 +205,7 @@ def _isolate(bridge: str, found: dict[str, list[Any]], table: str = TABLE) -> No
         libnft.run(f"add element {table} isolated {{ {', '.join(pairs)} }}")
 
 
-def _unisolate(bridge: str, found: dict[str, list[Any]], table: str = TABLE) -> None:
+def unisolate(bridge: str, found: dict[str, list[Any]], table: str = TABLE) -> None:
     """Delete every ``isolated`` pair naming ``bridge``."""
     pairs = [f'"{a}" . "{b}"' for a, b in found.get("isolated", []) if bridge in (a, b)]
     if pairs:
@@ -225,9 +225,9 @@ def enable_forwarding() -> None:
 
 def add_network(subnet: ipaddress.IPv4Network, bridge: str) -> None:
     """Forward and masquerade for ``subnet`` behind ``bridge``."""
-    with _host_locked():
+    with host_locked():
         _ensure_table()
-        _isolate(bridge, contents())
+        isolate(bridge, contents())
         log.info("masquerading %s leaving through other interfaces than %s", subnet, bridge)
         libnft.run(f'add element {TABLE} subnets {{ {subnet} }}; add element {TABLE} bridges {{ "{bridge}" }}')
     enable_forwarding()
@@ -235,12 +235,12 @@ def add_network(subnet: ipaddress.IPv4Network, bridge: str) -> None:
 
 def remove_network(subnet: str, bridge: str) -> None:
     """Undo ``add_network``; idempotent. The table goes with its last element."""
-    with _host_locked():
+    with host_locked():
         if not _exists():
             return
-        _unisolate(bridge, contents())
-        _delete_elements(("subnets", subnet), ("bridges", f'"{bridge}"'))
-        _maybe_drop()
+        unisolate(bridge, contents())
+        delete_elements(("subnets", subnet), ("bridges", f'"{bridge}"'))
+        maybe_drop()
 
 
 def clashes(one: PortMapping, other: PortMapping) -> bool:
@@ -303,7 +303,7 @@ def publish(port: PortMapping, address: str) -> PortMapping:
     """DNAT the host's ``port.host_port`` (on ``port.host_ip``, or every address) to
     ``address:port.container_port``; refuse a port taken; pick one for host port 0. Return the
     mapping as published, so the caller can journal the port picked."""
-    with _host_locked():
+    with host_locked():
         found = contents()
         taken = [mapping for mapping, _ in _published(found, port.protocol)]
         if port.host_port == 0:
@@ -321,7 +321,7 @@ def publish(port: PortMapping, address: str) -> PortMapping:
             libnft.run(f"add element {TABLE} {name} {{ {key} : {address} . {port.container_port} }}")
         except libnft.NftError as exc:
             if exc.errno == errno.EEXIST:
-                _maybe_drop()
+                maybe_drop()
                 raise SpecError(f"host port {_where(port)} is already published") from None
             raise
         log.info("publishing host port %s on %s:%d", _where(port), address, port.container_port)
@@ -331,7 +331,7 @@ def publish(port: PortMapping, address: str) -> PortMapping:
 def unpublish(port: PortMapping, address: str) -> None:
     """Undo ``publish``, only if the host port still maps to this address; idempotent. Host port 0
     (killed before the port picked was journaled): whichever host port maps to this address."""
-    with _host_locked():
+    with host_locked():
         found = contents()
         if not found:
             return
@@ -341,4 +341,4 @@ def unpublish(port: PortMapping, address: str) -> None:
                 log.info("unpublishing host port %s", _where(mine))
                 name, key = _element(mine)
                 libnft.run(f"delete element {TABLE} {name} {{ {key} }}")
-        _maybe_drop()
+        maybe_drop()

@@ -23,12 +23,12 @@ from pish_core import log as pish_log
 from pish_core.spec import PortMapping
 from pish_drivers.network import libnft
 from pish_drivers.network.nat import (
-    _delete_elements,
-    _host_locked,
-    _isolate,
-    _maybe_drop,
-    _unisolate,
     contents,
+    delete_elements,
+    host_locked,
+    isolate,
+    maybe_drop,
+    unisolate,
 )
 
 log = pish_log.get("network")
@@ -85,13 +85,13 @@ def enable_forwarding() -> None:
 
 def add_network(subnet6: ipaddress.IPv6Network, bridge: str) -> None:
     """Forward, isolate and masquerade ``subnet6`` behind ``bridge``."""
-    with _host_locked():
+    with host_locked():
         found = contents(TABLE)
         if not found:
             log.info("creating nftables table %s (IPv6 forwarding, NAT66, published ports)", TABLE)
             libnft.run(_RULESET)
             found = contents(TABLE)
-        _isolate(bridge, found, TABLE)
+        isolate(bridge, found, TABLE)
         log.info("masquerading %s leaving through other interfaces than %s", subnet6, bridge)
         libnft.run(f'add element {TABLE} subnets {{ {subnet6} }}; add element {TABLE} bridges {{ "{bridge}" }}')
     enable_forwarding()
@@ -99,19 +99,19 @@ def add_network(subnet6: ipaddress.IPv6Network, bridge: str) -> None:
 
 def remove_network(subnet6: str, bridge: str) -> None:
     """Undo ``add_network``; idempotent. The table goes with its last element."""
-    with _host_locked():
+    with host_locked():
         found = contents(TABLE)
         if not found:
             return
-        _unisolate(bridge, found, TABLE)
-        _delete_elements(("subnets", subnet6), ("bridges", f'"{bridge}"'), table=TABLE)
-        _maybe_drop(TABLE)
+        unisolate(bridge, found, TABLE)
+        delete_elements(("subnets", subnet6), ("bridges", f'"{bridge}"'), table=TABLE)
+        maybe_drop(TABLE)
 
 
 def publish(port: PortMapping, address6: str) -> None:
     """DNAT the host's ``port.host_port`` on its IPv6 addresses (not ``::1``: see the module's docstring)
     to ``[address6]:port.container_port``. The host port was taken, and checked, by the IPv4 publish."""
-    with _host_locked():
+    with host_locked():
         if not contents(TABLE):
             return  # the network's own elements made the table; without them nothing can be reached
         libnft.run(f"add element {TABLE} {port.protocol}_ports "
@@ -122,7 +122,7 @@ def publish(port: PortMapping, address6: str) -> None:
 
 def unpublish(port: PortMapping, address6: str) -> None:
     """Undo ``publish`` if the host port still maps to ``address6``; host port 0: whichever does."""
-    with _host_locked():
+    with host_locked():
         found = contents(TABLE)
         for key, (to, cport) in found.get(f"{port.protocol}_ports", []):
             if to == address6 and cport == port.container_port and port.host_port in (0, key):
@@ -133,4 +133,4 @@ def unpublish(port: PortMapping, address6: str) -> None:
                     if exc.errno != errno.ENOENT:
                         raise
         if found:
-            _maybe_drop(TABLE)
+            maybe_drop(TABLE)
