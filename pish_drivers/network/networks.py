@@ -155,24 +155,19 @@ def host_routes6() -> list[tuple[str, ipam.Net6]]:
     return out
 
 
-def _check_free6(name: str, subnet6: ipam.Net6) -> None:
-    others = [(n.name, n.subnet6) for n in list_all() if n.name != name and n.subnet6 is not None]
-    clash = ipam.overlapping(subnet6, others)
-    if clash:
-        raise SpecError(f"subnet {subnet6} overlaps network {clash} ({dict(others)[clash]})")
-    clash = ipam.overlapping(subnet6, ((dev, net) for dev, net in host_routes6() if dev != name))
-    if clash:
-        raise SpecError(f"subnet {subnet6} overlaps a route of the host on {clash}: pick another --subnet-v6")
-
-
-def _check_free(name: str, subnet: ipam.Net) -> None:
-    others = [(n.name, n.subnet) for n in list_all() if n.name != name]
+def _check_free(name: str, subnet: ipam.Net | ipam.Net6) -> None:
+    """Refuse ``subnet`` (IPv4 or IPv6) if another network or a route of the host overlaps it."""
+    v6 = isinstance(subnet, ipam.Net6)
+    nets = ((n.name, n.subnet6 if v6 else n.subnet) for n in list_all() if n.name != name)
+    others: list[tuple[str, ipam.Net | ipam.Net6]] = [(other, net) for other, net in nets if net is not None]
     clash = ipam.overlapping(subnet, others)
     if clash:
         raise SpecError(f"subnet {subnet} overlaps network {clash} ({dict(others)[clash]})")
-    clash = ipam.overlapping(subnet, ((dev, net) for dev, net in host_routes() if dev != name))
+    routes = host_routes6() if v6 else host_routes()
+    clash = ipam.overlapping(subnet, ((dev, net) for dev, net in routes if dev != name))
     if clash:
-        raise SpecError(f"subnet {subnet} overlaps a route of the host on {clash}: pick another --subnet")
+        raise SpecError(f"subnet {subnet} overlaps a route of the host on {clash}: pick another "
+                        f"{'--subnet-v6' if v6 else '--subnet'}")
 
 
 def _create(name: str, subnet: ipam.Net | None, gateway: ipam.Addr | None, implicit: bool = False,
@@ -193,7 +188,7 @@ def _create(name: str, subnet: ipam.Net | None, gateway: ipam.Addr | None, impli
         if subnet6 is None:
             taken6 = [n.subnet6 for n in list_all() if n.subnet6 is not None] + [r for _, r in host_routes6()]
             subnet6 = ipam.random_ula(taken6)
-        _check_free6(name, subnet6)
+        _check_free(name, subnet6)
         net.subnet6, net.gateway6 = subnet6, ipam.gateway6(subnet6)
     if name == DEFAULT or implicit:  # `pish network create` prints the name itself
         log.info("creating network %s (%s, gateway %s)", name, subnet, gateway)
