@@ -149,18 +149,20 @@ def _run_with_policy(p: Prepared, container_log: int, start: bool, notify: Notif
     backoff = Backoff()
     with _stop_requests() as stop:
         wait_for_start = not start
+
+        def status_after(status: int) -> str:  # decided before the exit is recorded: one write, no gap
+            stopped = stop.requested or paths.stop_marker(p.spec.id).exists()
+            return "restarting" if policy.should_restart(status, p.record.restart_count, stopped) else "stopped"
+
         while True:
             status = supervise(p, detached_io(p.spec, container_log), wait_for_start=wait_for_start,
-                               notify=notify)
+                               notify=notify, status_after=status_after)
             wait_for_start = False
             _log.info("container %s exited with %d", p.spec.name, status)
-            stopped = stop.requested or paths.stop_marker(p.spec.id).exists()
-            if not policy.should_restart(status, p.record.restart_count, stopped):
+            if p.record.status != "restarting":
                 return status
             ran = (p.record.finished or 0) - (p.record.started or 0)
             delay = backoff.next(ran)
-            p.record.status = "restarting"
-            p.record.save()
             _log.info("restarting container %s in %g s (policy %s)", p.spec.name, delay, policy)
             if stop.wait(delay, p.spec.id):
                 p.record.status = "stopped"

@@ -90,8 +90,11 @@ def prepare(spec: ContainerSpec, *, auto_remove: bool = False,
 
 
 def supervise(p: Prepared, io_cm: ContextManager[ProcessIO], *, wait_for_start: bool = False,
-              notify: Notify = lambda error: None) -> int:
-    """Acquire everything, run the command, wait for it, release everything; return its exit status."""
+              notify: Notify = lambda error: None,
+              status_after: Callable[[int], str] = lambda code: "stopped") -> int:
+    """Acquire everything, run the command, wait for it, release everything; return its exit status.
+    ``status_after(code)`` names the record's status from then on: ``restarting`` when a restart policy
+    runs it again, so ``ps`` never shows an exit in between."""
     record = p.record
     with _signals_handled() as signals:
         with contextlib.ExitStack() as stack:
@@ -103,7 +106,7 @@ def supervise(p: Prepared, io_cm: ContextManager[ProcessIO], *, wait_for_start: 
         # The stack has released everything, in reverse order. Signals are still ours (ignored) until
         # the record says so: a SIGTERM now must not lose the exit status.
         _stage("released")
-        record.status, record.exit_code, record.finished = "stopped", status, time.time()
+        record.status, record.exit_code, record.finished = status_after(status), status, time.time()
         record.save()
     if oom:
         events.emit("oom", record.id, record.current_name(), image=record.image)
