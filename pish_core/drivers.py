@@ -33,6 +33,8 @@ class RunContext:
 
     spec: ContainerSpec
     journal: Journal
+    #: the writable layer goes with this run (a foreground run, ``--rm``): nothing reads it after a crash
+    ephemeral: bool = False
 
     @property
     def id(self) -> str:

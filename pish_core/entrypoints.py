@@ -80,6 +80,19 @@ def _write(path: Path, data: dict[str, object]) -> None:
         pass  # a read-only home: every run scans, as without the cache
 
 
+#: cache files kept per interpreter: one per sys.path it runs with (a venv, PYTHONPATH=a checkout, ...), so
+#: two alternating do not evict each other; older ones (an earlier set of installed packages) are removed
+KEEP = 8
+
+
+def _prune(mine: str) -> None:
+    def mtime(p: Path) -> float:
+        return _mtime(str(p))
+
+    for stale in sorted(cache_dir().glob(f"entrypoints-{mine}-*.json"), key=mtime, reverse=True)[KEEP:]:
+        stale.unlink(missing_ok=True)
+
+
 def entries() -> Entries:
     """Every pish group's (name, "module:attr") pairs, from the cache when its key still holds."""
     global _loaded
@@ -95,10 +108,8 @@ def entries() -> Entries:
             _loaded = {g: [(n, v) for n, v in data["groups"].get(g, [])] for g in GROUPS}
         except (OSError, ValueError, TypeError, KeyError, AttributeError):
             _loaded = _scan()
-            for stale in path.parent.glob(f"entrypoints-{mine}-*.json"):  # what this interpreter had before
-                if stale != path:
-                    stale.unlink(missing_ok=True)
             _write(path, {"key": current, "groups": _loaded})
+            _prune(mine)
     return _loaded
 
 

@@ -120,7 +120,7 @@ def supervise(p: Prepared, io_cm: ContextManager[ProcessIO], *, wait_for_start: 
 def _start_and_wait(p: Prepared, stack: contextlib.ExitStack, signals: _Signals,
                     io_cm: ContextManager[ProcessIO], wait_for_start: bool, notify: Notify) -> tuple[int, bool]:
     """Steps 2-6 of the run, each resource entered on ``stack``; return (exit status, OOM-killed)."""
-    spec, record, ctx = p.spec, p.record, RunContext(p.spec, p.journal)
+    spec, record, ctx = p.spec, p.record, RunContext(p.spec, p.journal, ephemeral=not p.keep_rootfs)
     if paths.rootless():  # pish becomes root of a user namespace of its own (pish_core/userns.py)
         userns.enter_rootless(spec)
     was_kept = p.journal.kept("storage") is not None
@@ -142,16 +142,17 @@ def _start_and_wait(p: Prepared, stack: contextlib.ExitStack, signals: _Signals,
     _stage("network")
     record.status, record.pid, record.address = "created", child.pid, attachment.address
     record.pid_start = proc.start_time(child.pid)
-    record.save()
-    if wait_for_start:  # `pish create`: hold here until `pish start`
+    if wait_for_start:  # `pish create`: created, seen as such, until `pish start`
+        record.save()
         notify(None)
         _wait_for_start(spec.id)
     child.release([*group.mounts, *attachment.mounts])  # 5. let it exec the command
     signals.forward_to(child, io, spec.stop_timeout)
     io.started()
-    record.status, record.started = "running", time.time()
-    if not (p.keep_rootfs and p.journal.keep("storage")):  # keep() saves the record, the status with it
-        record.save()
+    with p.journal.transition():  # one write: running, its pid, a root filesystem kept for a next start
+        record.status, record.started = "running", time.time()
+        if p.keep_rootfs:
+            p.journal.keep("storage")
     events.emit("start", record.id, record.current_name(), image=record.image)
     _stage("running")
     if not wait_for_start:

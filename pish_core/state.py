@@ -109,6 +109,22 @@ class Journal:
     def __init__(self, state: ContainerState, lock_fd: int) -> None:
         self.state = state
         self.lock_fd = lock_fd
+        self._in_transition = False
+
+    def _save(self) -> None:
+        if not self._in_transition:
+            self.state.save()
+
+    @contextlib.contextmanager
+    def transition(self) -> Iterator[None]:
+        """What changes in the block (the record's fields, resources noted or kept) is written once, at its
+        end: one write per transition of the container. Nothing is written if the block raises."""
+        self._in_transition = True
+        try:
+            yield
+        finally:
+            self._in_transition = False
+        self.state.save()
 
     def close(self) -> None:
         if self.lock_fd >= 0:
@@ -119,7 +135,7 @@ class Journal:
         """Record a resource about to be acquired; return the record to pass to ``drop`` later."""
         record = {"kind": kind, "driver": driver, "what": what, **data}
         self.state.resources.append(record)
-        self.state.save()
+        self._save()
         return record
 
     @contextlib.contextmanager
@@ -152,15 +168,17 @@ class Journal:
         return next((r for r in self.state.resources if r.get("kind") == kind and r.get("kept")), None)
 
     def update(self, record: dict[str, Any], **data: Any) -> None:
-        record.update(data)
-        self.state.save()
+        """Change a resource's record; written only if something changed."""
+        if any(k not in record or record[k] != v for k, v in data.items()):
+            record.update(data)
+            self._save()
 
     def drop(self, record: dict[str, Any]) -> None:
         """Forget a resource after it is released."""
         with contextlib.suppress(ValueError):
             self.state.resources.remove(record)
         if paths.container_dir(self.state.id).exists():
-            self.state.save()
+            self._save()
 
 
 def create(state: ContainerState) -> Journal:

@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from pish_core import quickexit
 from pish_core.errors import PishError
 
 #: command name -> "module:attribute". Imported only when used: start-up time is a feature.
@@ -76,7 +77,7 @@ def entry() -> None:
     """The ``pish`` command. Descriptors beyond stdio that the caller left open (a shell's ``3>file``, a
     test harness's pipe) are not pish's: they are closed first, so no supervisor or container holds them."""
     os.closerange(3, os.sysconf("SC_OPEN_MAX"))
-    main()
+    quickexit.run_and_exit(main)
 
 
 def main(argv: list[str] | None = None) -> None:

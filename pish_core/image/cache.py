@@ -13,8 +13,8 @@ when the hash is new is anything unpacked.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,18 +37,26 @@ class Resolved:
 
 
 def _identity(path: Path) -> str:
-    """A digest of what a path is on disk now; any rewrite of it changes this."""
+    """What a path is on disk now; any rewrite of it changes this."""
     probe = path
     if path.is_dir():  # an image layout: its index (rewritten whenever an image is added) stands for it
         probe = path / ("index.json" if (path / "index.json").exists() else "manifest.json")
     st = probe.stat()
-    ident = f"{probe.resolve()}\0{st.st_dev}\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}"
-    return hashlib.sha256(ident.encode()).hexdigest()
+    return f"{probe.resolve()}\0{st.st_dev}\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}"
 
 
-def _remembered(key: str) -> store.Image | None:
+def _source_file(identity: str) -> Path:
+    """Where what a path gave is remembered: named by a checksum of its identity, which is kept whole inside
+    and compared (a crc32, not sha256: hashlib would load OpenSSL, ~4 ms of every run)."""
+    return paths.image_source(f"{zlib.crc32(identity.encode()):08x}")
+
+
+def _remembered(identity: str) -> store.Image | None:
     try:
-        image_id = json.loads(paths.image_source(key).read_text())["image"]
+        data = json.loads(_source_file(identity).read_text())
+        if data["identity"] != identity:
+            return None  # another path with the same checksum
+        image_id = data["image"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return store.get(str(image_id))
@@ -64,8 +72,8 @@ def resolve(image: str) -> Resolved:
 
         if oci.kind_of(path) == "rootfs-dir":
             return Resolved("", [path.resolve()])
-    key = _identity(path)
-    img = _remembered(key)
+    identity = _identity(path)
+    img = _remembered(identity)
     if img is not None:
         return Resolved(img.id, img.layer_dirs(), img.config)
     from pish_core.image import importer  # lazy: a remembered archive needs no importer
@@ -75,7 +83,8 @@ def resolve(image: str) -> Resolved:
         raise ImageError(f"{path} holds {len(imported)} images: import it with `pish image import` "
                          f"and run one of them by name")
     paths.image_sources_dir().mkdir(parents=True, exist_ok=True)
-    write_json_atomic(paths.image_source(key), {"image": imported[0].id, "path": str(path.resolve())})
+    write_json_atomic(_source_file(identity), {"image": imported[0].id, "path": str(path.resolve()),
+                                               "identity": identity})
     return Resolved(imported[0].id, imported[0].layer_dirs(), imported[0].config)
 
 

@@ -7,8 +7,6 @@ that unpacks it; what it unpacked goes to a temporary directory that is dropped 
 """
 from __future__ import annotations
 
-import gzip
-import hashlib
 import re
 from collections.abc import Callable
 from typing import IO, Any
@@ -38,12 +36,22 @@ def is_hex64(text: str) -> bool:
     return bool(_HEX64.fullmatch(text))
 
 
+def _sha256() -> Any:
+    """A new sha256. hashlib is imported here, on the first hash: it loads OpenSSL (~4 ms), and a run of a
+    stored image, which imports this module for its names, hashes nothing."""
+    import hashlib
+
+    return hashlib.sha256()
+
+
 def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+    h = _sha256()
+    h.update(data)
+    return str(h.hexdigest())
 
 
 def sha256_file(f: IO[bytes], on_read: Callable[[int], None] | None = None) -> str:
-    h = hashlib.sha256()
+    h = _sha256()
     while chunk := f.read(CHUNK):
         h.update(chunk)
         if on_read:
@@ -57,7 +65,7 @@ class HashingReader:
     def __init__(self, raw: IO[bytes], on_read: Callable[[int], None] | None = None,
                  limit: int | None = None, what: str = "") -> None:
         self.raw = raw
-        self.hash = hashlib.sha256()
+        self.hash = _sha256()
         self.size = 0
         self.on_read = on_read
         self.limit, self.what = limit, what
@@ -127,13 +135,15 @@ class LayerStream:
         if self.compression == "zstd":
             source = _zstd_reader(source, what)
         if self.compression == "gzip":
+            import gzip  # here: a run of a stored image reads no layer, and needs no gzip
+
             source = gzip.GzipFile(fileobj=source, mode="rb")
         self.tar = HashingReader(source, limit=max_tar, what=what)
 
     def finish(self) -> None:
         try:
             self.tar.drain()
-        except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
             raise ImageError(f"corrupt compressed layer: {exc}") from None
         self.blob.drain()
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from pish_core import log
+from pish_core import log, quickexit
 from pish_core.errors import PishError
 
 VERSION = "0.1.0"
@@ -345,7 +345,7 @@ def main(argv: list[str] | None = None) -> None:
 def entry() -> None:
     """The ``pish-oci`` console script. Unlike ``pish`` it keeps the fds it was given: an engine passes
     some on purpose (--preserve-fds, LISTEN_FDS); the container's init closes the rest before exec."""
-    main()
+    quickexit.run_and_exit(main)
 
 
 if __name__ == "__main__":

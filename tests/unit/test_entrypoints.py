@@ -49,7 +49,24 @@ def test_a_warm_cache_needs_no_stevedore_and_an_installed_driver_shows_at_once(t
     dist.rmdir()
     names, _ = probe(tmp_path, site)
     assert "thirdfs" not in names
-    assert len(list((tmp_path / "cache" / "pish").glob("entrypoints-*.json"))) == 1  # old keys are removed
+    assert len(list((tmp_path / "cache" / "pish").glob("entrypoints-*.json"))) == 3  # one per key seen
+
+
+def test_two_paths_taking_turns_keep_their_caches_and_old_keys_go(tmp_path: Path) -> None:
+    """A checkout on PYTHONPATH beside the venv's install: each keeps its cache file (they used to evict
+    each other, so every run scanned); beyond entrypoints.KEEP files the oldest are removed."""
+    from pish_core import entrypoints
+
+    sites = [tmp_path / f"site{i}" for i in range(entrypoints.KEEP + 3)]
+    for site in sites:
+        site.mkdir()
+    for site in sites[:2]:
+        probe(tmp_path, site)
+    for site in sites[:2]:
+        assert probe(tmp_path, site)[1] == "False False"  # both warm
+    for site in sites[2:]:
+        probe(tmp_path, site)
+    assert len(list((tmp_path / "cache" / "pish").glob("entrypoints-*.json"))) == entrypoints.KEEP
 
 
 def test_an_unwritable_cache_still_answers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
