@@ -34,6 +34,7 @@ from typing import IO
 from pish_core import log, state
 from pish_core.errors import PishError, StateError
 from pish_core.rootpath import resolve_in_root
+from pish_core.value import Value, value
 
 _log = log.get("cp")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -46,8 +47,8 @@ class CopyError(PishError):
     """A path to copy from or to is missing, of the wrong kind, or changed under us."""
 
 
-@dataclass(frozen=True)
-class Side:
+@value
+class Side(Value):
     """One end of a copy: a root (``/`` for the host) and a path inside it as its owner sees it."""
 
     root: Path

@@ -92,6 +92,10 @@ class Group(abc.ABC):
     #: mounts the container gets from its limits driver, applied by its init (a read-only cgroup2 at
     #: /sys/fs/cgroup, showing the container its own cgroup through its cgroup namespace)
     mounts: Sequence[Mount] = ()
+    #: cgroup files the container's init writes "0" to as its first act once released, moving itself in,
+    #: when the driver left that to it (a task moving itself skips the kernel's lock over every cgroup
+    #: move, which waits out an RCU grace period: ~10 ms on a cgroup v1 host); empty: already in
+    join_files: Sequence[str] = ()
 
     @abc.abstractmethod
     def stats(self) -> dict[str, int]:
@@ -163,9 +167,11 @@ class Child(abc.ABC):
     pid: int
 
     @abc.abstractmethod
-    def release(self, mounts: Sequence[Mount] = (), exec_fifo: int | None = None) -> None:
-        """Let the child exec the command, after applying ``mounts`` (from the drivers that ran after it
-        was forked). Raises ExecError if the command cannot start.
+    def release(self, mounts: Sequence[Mount] = (), exec_fifo: int | None = None,
+                cgroup_files: Sequence[str] = ()) -> None:
+        """Let the child exec the command, after joining its cgroup through ``cgroup_files`` (its limits
+        group's ``join_files``) and applying ``mounts`` (from the drivers that ran after it was forked).
+        Raises ExecError if the command cannot start.
 
         With ``exec_fifo`` (``pish-oci create``: an O_PATH descriptor of a fifo, opened before the child
         was forked, so the child holds it too whatever its user namespace may reach) the child sets

@@ -17,7 +17,7 @@ from typing import cast
 
 from pish_core import events, log, paths, proc, state, userns
 from pish_core.drivers import Child, Group, Isolation, Limits, load, load_class
-from pish_core.errors import PishError, StateError
+from pish_core.errors import DriverError, PishError, StateError
 from pish_core.rootpath import resolve_in_root
 from pish_core.spec import ContainerSpec, Process, Resources, container_env
 
@@ -143,7 +143,14 @@ def usage(refs: list[str], interval: float = 0.5) -> list[dict[str, object]]:
 def _thaw(s: state.ContainerState) -> None:
     """Let a paused container go on, so that a signal just sent to it is delivered (``stop``, ``rm -f``)."""
     if paused(s):
-        group_of(s).freeze(False)
+        group = group_of(s)
+        try:
+            group.freeze(False)
+        except DriverError:
+            # Its supervisor may be releasing the group this moment: its release freezes the group to kill
+            # what is in it (which `paused` saw), then removes it. Gone, or thawed, there is nothing to do.
+            if group.frozen():
+                raise
 
 
 def start(ref: str, timeout: float = 30) -> state.ContainerState:

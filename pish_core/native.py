@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from pish_core._native import ffi, lib  # type: ignore[import-not-found]
+from pish_core._native import ffi, lib  # type: ignore[import-not-found,import-untyped,unused-ignore]
 
 # <sched.h> / <sys/mount.h> / <sys/prctl.h> constants
 CLONE_NEWNS = 0x00020000

@@ -7,9 +7,8 @@ every policy (docker's ``always`` comes back only when its daemon restarts, whic
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from pish_core.errors import SpecError
+from pish_core.value import Value, value
 
 NAMES = ("no", "on-failure", "always", "unless-stopped")
 FIRST_DELAY = 0.1
@@ -17,8 +16,8 @@ MAX_DELAY = 60.0
 RESET_AFTER = 10.0
 
 
-@dataclass(frozen=True)
-class RestartPolicy:
+@value
+class RestartPolicy(Value):
     name: str = "no"
     max_retries: int = 0  # on-failure:N; 0 means no limit, as docker's
 

@@ -146,7 +146,7 @@ def _start_and_wait(p: Prepared, stack: contextlib.ExitStack, signals: _Signals,
         record.save()
         notify(None)
         _wait_for_start(spec.id)
-    child.release([*group.mounts, *attachment.mounts])  # 5. let it exec the command
+    child.release([*group.mounts, *attachment.mounts], cgroup_files=group.join_files)  # 5. let it exec
     signals.forward_to(child, io, spec.stop_timeout)
     io.started()
     with p.journal.transition():  # one write: running, its pid, a root filesystem kept for a next start

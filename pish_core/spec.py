@@ -9,26 +9,27 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, field, replace
 from typing import Any
 
 from pish_core import names
 from pish_core.errors import SpecError
 from pish_core.security import capabilities as caps
 from pish_core.security import masks
+from pish_core.value import Value, value
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-@dataclass(frozen=True)
-class DriverChoice:
+@value
+class DriverChoice(Value):
     """Which implementation fills a slot, and its options (validated by the driver itself)."""
 
     name: str
     options: Mapping[str, str] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class User:
+@value
+class User(Value):
     """OCI's process.user: who the command runs as, resolved to numbers (``pish_core/user.py``)."""
 
     uid: int = 0
@@ -39,8 +40,8 @@ class User:
         object.__setattr__(self, "additional_gids", tuple(self.additional_gids))
 
 
-@dataclass(frozen=True)
-class Rlimit:
+@value
+class Rlimit(Value):
     """OCI's process.rlimits entry: ``RLIMIT_NOFILE`` and its soft and hard values."""
 
     type: str
@@ -48,8 +49,8 @@ class Rlimit:
     hard: int
 
 
-@dataclass(frozen=True)
-class Process:
+@value
+class Process(Value):
     args: tuple[str, ...]
     env: tuple[str, ...] = ()
     cwd: str = "/"
@@ -72,8 +73,8 @@ class Process:
             object.__setattr__(self, "console_size", tuple(self.console_size))
 
 
-@dataclass(frozen=True)
-class DeviceLimit:
+@value
+class DeviceLimit(Value):
     """One ``--device-read-bps /dev/sda:1mb`` (docker's spelling): a rate on one block device, found by its
     major:minor numbers when the flag is read. ``what`` is ``rbps``, ``wbps``, ``riops`` or ``wiops``, the
     keys of cgroup v2's io.max."""
@@ -84,8 +85,8 @@ class DeviceLimit:
     rate: int
 
 
-@dataclass(frozen=True)
-class Resources:
+@value
+class Resources(Value):
     """linux.resources: None means "no limit". ``extra`` holds ``--limit controller.key=value``.
 
     Memory in bytes: ``memory`` is the hard limit (v2 memory.max), ``memory_swap`` docker's memory *plus*
@@ -126,8 +127,8 @@ class Resources:
         return self == Resources()
 
 
-@dataclass(frozen=True)
-class Mount:
+@value
+class Mount(Value):
     """An OCI-style mount: ``bind`` a host path, or a fresh ``tmpfs``, at ``destination`` in the container."""
 
     destination: str
@@ -140,8 +141,8 @@ class Mount:
         return "ro" in self.options
 
 
-@dataclass(frozen=True)
-class PortMapping:
+@value
+class PortMapping(Value):
     """``-p [IP:][HOSTPORT:]CPORT/PROTO``: traffic to the host's port goes to the container's.
 
     ``host_ip`` "" means every address of the host (docker's 0.0.0.0); ``host_port`` 0 means one pish
@@ -157,8 +158,8 @@ class PortMapping:
         return f"{self.host_ip or '0.0.0.0'}:{self.host_port}:{self.container_port}/{self.protocol}"
 
 
-@dataclass(frozen=True)
-class NetworkSpec:
+@value
+class NetworkSpec(Value):
     """Which network the container joins and with which address (None: the driver decides), the ports
     it publishes, the nameservers it is given (empty: the host's) and the other names it answers to on
     its network (``--network-alias``)."""
@@ -176,8 +177,8 @@ class NetworkSpec:
         object.__setattr__(self, "aliases", tuple(self.aliases))
 
 
-@dataclass(frozen=True)
-class Security:
+@value
+class Security(Value):
     """What the container's processes may do to the host (see ``pish_core/security/``). OCI's
     process.capabilities (one list: the bounding set, and permitted/effective for root), process.noNewPrivileges,
     linux.seccomp (docker's default profile, or none), linux.maskedPaths and linux.readonlyPaths. The defaults
@@ -217,8 +218,8 @@ class Security:
                 raise SpecError(f"masked or read-only path {path!r} must be absolute")
 
 
-@dataclass(frozen=True)
-class IDMapping:
+@value
+class IDMapping(Value):
     """One line of a user namespace's uid_map or gid_map: ``size`` ids from ``container_id`` in the
     container are ``host_id``... on the host."""
 
@@ -230,8 +231,8 @@ class IDMapping:
         return f"{self.container_id}:{self.host_id}:{self.size}"
 
 
-@dataclass(frozen=True)
-class UserNamespace:
+@value
+class UserNamespace(Value):
     """linux.uidMappings and linux.gidMappings. ``mode``: ``host`` (no user namespace: the host's users,
     docker's default), ``auto`` (a range pish owns in /etc/subuid), ``map`` (``--userns C:H:N``), or
     ``rootless`` (pish itself runs in the user namespace: see ``pish_core/userns.py``)."""
@@ -255,8 +256,8 @@ class UserNamespace:
         return self.mode in ("auto", "map")
 
 
-@dataclass(frozen=True)
-class Namespace:
+@value
+class Namespace(Value):
     """One of OCI's linux.namespaces: a ``type`` (pid, network, mount, ipc, uts, user, cgroup) to create,
     or, with ``path``, to join (podman hands a ready network namespace as ``/run/netns/...``)."""
 
@@ -267,8 +268,8 @@ class Namespace:
 NAMESPACE_TYPES = ("pid", "network", "mount", "ipc", "uts", "user", "cgroup")
 
 
-@dataclass(frozen=True)
-class Hook:
+@value
+class Hook(Value):
     """An OCI hook: a program run with the container's state on its stdin."""
 
     path: str
@@ -284,8 +285,8 @@ class Hook:
 HOOK_KINDS = ("prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop")
 
 
-@dataclass(frozen=True)
-class Device:
+@value
+class Device(Value):
     """One of OCI's linux.devices: a node made in the container's /dev (and allowed)."""
 
     path: str
@@ -297,8 +298,8 @@ class Device:
     gid: int = 0
 
 
-@dataclass(frozen=True)
-class ContainerSpec:
+@value
+class ContainerSpec(Value):
     id: str
     name: str
     image: str

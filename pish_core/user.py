@@ -12,24 +12,24 @@ setuid, in that order (after setuid there is no way back to set the others).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 from pish_core.errors import PishError, SpecError
 from pish_core.spec import User
+from pish_core.value import Value, value
 
 MAX_ID = (1 << 31) - 1
 
 
-@dataclass(frozen=True)
-class PasswdEntry:
+@value
+class PasswdEntry(Value):
     name: str
     uid: int
     gid: int
     home: str
 
 
-@dataclass(frozen=True)
-class GroupEntry:
+@value
+class GroupEntry(Value):
     name: str
     gid: int
     members: tuple[str, ...]

@@ -29,13 +29,13 @@ import re
 import shutil
 import signal
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pish_core import log, paths
 from pish_core.errors import PishError, SpecError
 from pish_core.spec import IDMapping, UserNamespace
+from pish_core.value import Value, value
 
 if TYPE_CHECKING:
     import subprocess
@@ -71,8 +71,8 @@ rootless = paths.rootless
 # -- /etc/subuid and /etc/subgid ------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class SubRange:
+@value
+class SubRange(Value):
     owner: str  # a user name or uid, as the file has it
     start: int
     count: int

@@ -56,7 +56,7 @@ def sha256_file(f: IO[bytes], on_read: Callable[[int], None] | None = None) -> s
         h.update(chunk)
         if on_read:
             on_read(len(chunk))
-    return h.hexdigest()
+    return str(h.hexdigest())
 
 
 class HashingReader:
@@ -90,7 +90,7 @@ class HashingReader:
             pass
 
     def hexdigest(self) -> str:
-        return self.hash.hexdigest()
+        return str(self.hash.hexdigest())
 
 
 class _Prefixed:

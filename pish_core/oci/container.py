@@ -138,11 +138,11 @@ def _create(spec: ContainerSpec, journal: state.Journal, limits: Limits, isolati
         if spec.process.terminal and console is None:
             raise OciError("cannot allocate tty if runc will detach without setting console socket")
         child = stack.enter_context(isolation.spawn(ctx, Path(spec.image), netns=True, console=console))
-        stack.enter_context(limits.apply(ctx, child.pid))
+        group = stack.enter_context(limits.apply(ctx, child.pid))
         record.pid, record.pid_start = child.pid, proc.start_time(child.pid)
         for kind in ("createRuntime", "prestart", "createContainer"):
             _run_hooks(spec, kind, "created", child.pid)
-        child.release(exec_fifo=fifo_fd)
+        child.release(exec_fifo=fifo_fd, cgroup_files=group.join_files)
         if pid_file is not None:
             _write_atomic(pid_file, str(child.pid))
         record.status = "created"

@@ -34,13 +34,13 @@ import os
 import platform
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
 from pish_core import native
 from pish_core.errors import SpecError
 from pish_core.security import seccomp
+from pish_core.value import Value, value
 
 #: The actions that take no number.
 ACTIONS = {
@@ -79,8 +79,8 @@ _TOP_KEYS = {"defaultAction", "defaultErrnoRet", "architectures", "flags", "list
 _SYSCALL_KEYS = {"names", "action", "errnoRet", "args"}
 
 
-@dataclass(frozen=True)
-class Rule:
+@value
+class Rule(Value):
     """One ``syscalls`` entry: its ``action`` for each of ``names``, when all ``comparisons`` hold (each is
     argument index, SCMP_CMP_* operator, value, valueTwo). ``field`` says where it is, for errors."""
 
@@ -90,8 +90,8 @@ class Rule:
     comparisons: tuple[tuple[int, int, int, int], ...]
 
 
-@dataclass(frozen=True)
-class Profile:
+@value
+class Profile(Value):
     """A checked ``linux.seccomp``: libseccomp's numbers and names, ready to build."""
 
     default_action: int

@@ -68,8 +68,10 @@ class ForkedChild(Child):
         self.status: int | None = None
         self.left = False
 
-    def release(self, mounts: Sequence[Mount] = (), exec_fifo: int | None = None) -> None:
+    def release(self, mounts: Sequence[Mount] = (), exec_fifo: int | None = None,
+                cgroup_files: Sequence[str] = ()) -> None:
         go = {"mounts": [dataclasses.asdict(m) for m in mounts], "exec_fifo": exec_fifo,
+              "cgroup_files": list(cgroup_files),
               "supervised": not self.left and exec_fifo is None}  # else no PDEATHSIG: see init
         os.write(self._go_fd, b"g" + json.dumps(go).encode() + b"\n")  # our end stays open: see init
         # EOF without data: the exec succeeded (close-on-exec). With the fifo, "0 ready": it waits there.

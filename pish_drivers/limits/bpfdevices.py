@@ -62,6 +62,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pish_core.errors import DriverError, SpecError
+from pish_core.value import Value, value
 
 #: The licence the kernel is told; only GPL-compatible programs may call GPL-only helpers (we call none).
 LICENSE = "Apache"
@@ -88,8 +89,8 @@ R0, R1, R2, R3, R4, R5 = range(6)
 TYPE, ACCESS_ASKED, MAJOR, MINOR = R2, R3, R4, R5
 
 
-@dataclasses.dataclass(frozen=True)
-class Insn:
+@value
+class Insn(Value):
     """One ``struct bpf_insn``."""
 
     code: int
@@ -119,8 +120,8 @@ class Insn:
         }.get(self.code, f"(code {self.code:#04x} dst r{d} src r{s} off {self.off} imm {self.imm})")
 
 
-@dataclasses.dataclass(frozen=True)
-class Rule:
+@value
+class Rule(Value):
     """One parsed allow rule: ``type`` a BPF_DEVCG_DEV_*, ``access`` BPF_DEVCG_ACC_* or-ed together.
     ``None`` is ``*``, and ``type`` None is ``a``, every device."""
 

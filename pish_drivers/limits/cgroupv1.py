@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pish_core import paths
 from pish_core.drivers import Group, Limits, RunContext
 from pish_core.errors import DriverError, SpecError
 from pish_core.security.devices import rules_for
@@ -196,10 +197,14 @@ class CgroupV1Limits(Limits):
             if DEVICES in dirs:
                 _allow_devices(dirs[DEVICES], rules_for(ctx.spec.security.privileged, ctx.spec.security.device_rules))
             set_v1_limits(dirs, res)
-            log.debug("adding pid %d to cgroup %s", pid, label(unique[0]))
-            for cgroup in unique:
-                write(cgroup / "cgroup.procs", pid, NAME)
-            yield CgroupV1Group(dirs, memory_limited=res.memory is not None)
+            group = CgroupV1Group(dirs, memory_limited=res.memory is not None)
+            if init_joins_itself(ctx.spec):
+                group.join_files = tuple(str(cgroup / "tasks") for cgroup in unique)
+            else:
+                log.debug("adding pid %d to cgroup %s", pid, label(unique[0]))
+                for cgroup in unique:
+                    write(cgroup / "cgroup.procs", pid, NAME)
+            yield group
 
     def join(self, record: dict[str, Any], pid: int) -> None:
         join(record, pid, NAME)
@@ -230,6 +235,14 @@ class CgroupV1Limits(Limits):
         kill_all(everything, deadline, NAME)
         remove_dirs(everything, deadline, NAME)
         remove_made_parents(record)
+
+
+def init_joins_itself(spec: ContainerSpec) -> bool:
+    """Whether the container's init moves itself into its v1 cgroups (``Group.join_files``: its own "0" in
+    each ``tasks`` file, ~10 ms cheaper than our writing its pid): it can when it is root of the host's user
+    namespace, and nothing needs it in there before it is released (an OCI hook gets the pid meanwhile)."""
+    return (not spec.userns.private and not paths.rootless() and not spec.hooks
+            and not any(n.type == "user" for n in spec.namespaces))
 
 
 def _allow_devices(cgroup: Path, rules: tuple[str, ...]) -> None:

@@ -51,7 +51,6 @@ import os
 import re
 import signal
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -59,6 +58,7 @@ from pish_core import names, paths
 from pish_core.drivers import Group, Limits, RunContext
 from pish_core.errors import DriverError, SpecError
 from pish_core.security.devices import rules_for
+from pish_core.value import Value, value
 from pish_drivers.limits import (
     CPU_PERIOD_US,
     cgroup_mounts,
@@ -105,8 +105,8 @@ def unified() -> bool:
 # -- the unit's properties --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Setting:
+@value
+class Setting(Value):
     """One limit: the unit property systemd sets it with, and the cgroup file it ends up in (which pish
     writes itself where this systemd lacks the property)."""
 
@@ -189,10 +189,10 @@ def settings(res: Resources) -> list[Setting]:
         else:
             rates.setdefault(prop, []).append((node, d.rate))
     out.extend(Setting(prop, "a(st)", pairs) for prop, pairs in rates.items())
-    for _, key, value in res.extra:
+    for _, key, given in res.extra:
         prop = EXTRA_PROPERTIES.get(key, "")
-        amount = _amount(value.removeprefix("default ") if key == "io.weight" else value)
-        out.append(Setting(prop if amount is not None else "", "t", amount, key, value))
+        amount = _amount(given.removeprefix("default ") if key == "io.weight" else given)
+        out.append(Setting(prop if amount is not None else "", "t", amount, key, given))
     return out
 
 

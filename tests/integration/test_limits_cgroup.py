@@ -5,6 +5,7 @@ No container is started: we fork a process, put it in a cgroup, and check what t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -19,7 +20,7 @@ from typing import Any
 import pytest
 
 from pish_core import names, state
-from pish_core.drivers import RunContext
+from pish_core.drivers import Group, RunContext
 from pish_core.errors import SpecError
 from pish_core.spec import ContainerSpec, Process, Resources
 from pish_drivers.limits.cgroupv1 import CgroupV1Limits
@@ -77,6 +78,16 @@ def sleeper() -> Iterator[subprocess.Popen[bytes]]:
     proc.wait()
 
 
+@contextlib.contextmanager
+def v1_applied(spec: ContainerSpec, pid: int) -> Iterator[Group]:
+    """``CgroupV1Limits().apply``, with ``pid`` then moved in as a container's init moves itself once
+    released (``Group.join_files``)."""
+    with CgroupV1Limits().apply(context(spec), pid) as group:
+        for file in group.join_files:
+            Path(file).write_text(str(pid))
+        yield group
+
+
 def read(path: Path) -> str:
     return path.read_text().strip()
 
@@ -99,6 +110,10 @@ def test_cgroupv1_sets_limits_adds_the_pid_and_cleans_up(sleeper: subprocess.Pop
     controllers = ("memory", "cpu", "cpuacct", "cpuset", "pids", "freezer", "devices")  # devices: the allowlist
     dirs = {c: V1 / c / "pish" / spec.id for c in controllers}
     with limits.apply(ctx, sleeper.pid) as group:
+        # The container's init moves itself in once released (Group.join_files); this test is its init.
+        assert list(group.join_files) == [str(d / "tasks") for d in dirs.values()]
+        for file in group.join_files:
+            Path(file).write_text(str(sleeper.pid))
         on_disk = state.ContainerState.load(spec.id).resources
         paths = [str(d) for d in dirs.values()]
         assert on_disk == [{"kind": "limits", "driver": "cgroupv1", "what": "cgroup", "paths": paths}]
@@ -132,7 +147,7 @@ def test_cgroupv1_kills_everything_a_process_forked() -> None:
     )
     pids = V1 / "pids" / "pish" / spec.id
     try:
-        with CgroupV1Limits().apply(context(spec), proc.pid):
+        with v1_applied(spec, proc.pid):
             assert proc.stdin is not None
             proc.stdin.write(b"go\n")
             proc.stdin.close()
@@ -152,7 +167,7 @@ def test_cgroupv1_reports_an_oom_kill() -> None:
     eat = "import sys; sys.stdin.read(1); b = b'x' * (256 << 20); print(len(b))"
     proc = subprocess.Popen([sys.executable, "-c", eat], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
     try:
-        with CgroupV1Limits().apply(context(make_spec(memory=32 << 20)), proc.pid) as group:
+        with v1_applied(make_spec(memory=32 << 20), proc.pid) as group:
             assert proc.stdin is not None
             proc.stdin.write(b"x")
             proc.stdin.close()
@@ -178,7 +193,8 @@ def test_cgroupv1_release_from_another_process_after_a_crash(sleeper: subprocess
                              hostname="crash", resources=Resources(memory={64 << 20}))
         journal = state.create(state.ContainerState(id=spec.id, name="crash", image="none", command=[]))
         held = CgroupV1Limits().apply(RunContext(spec, journal), {sleeper.pid})
-        held.__enter__()  # keep `held`: a dropped generator would clean up when collected
+        for file in held.__enter__().join_files:  # keep `held`: a dropped generator would clean up when collected
+            open(file, "w").write("{sleeper.pid}")  # as the container's init joins, once released
         os._exit(0)  # no cleanup at all, as after a SIGKILL
         """
     )
@@ -235,3 +251,15 @@ def test_cgroupv2_refuses_limits_whose_controller_is_elsewhere() -> None:
         pytest.skip("this host's cgroup2 hierarchy has the memory controller")
     with pytest.raises(SpecError, match="cgroupv2: controller memory is not available on this host"):
         limits.validate(make_spec(memory=32 << 20))
+
+
+@needs_v1
+def test_cgroupv1_puts_the_pid_in_itself_where_the_init_may_not(sleeper: subprocess.Popen[bytes]) -> None:
+    """An OCI hook gets the container's pid before the init is released, so it must already be in its
+    cgroup then: the driver writes the pid itself, as before, and leaves the init nothing to join."""
+    from pish_core.spec import Hook
+
+    spec = make_spec(memory=32 << 20).with_changes(hooks=(("prestart", Hook("/bin/true")),))
+    with CgroupV1Limits().apply(context(spec), sleeper.pid) as group:
+        assert not group.join_files
+        assert pids_in(V1 / "memory" / "pish" / spec.id) == [sleeper.pid]
