@@ -134,6 +134,11 @@ class Limits(Driver):
         """Put ``pid`` in the existing group described by ``record`` (its journal entry): ``pish exec``."""
         raise DriverError(f"limits driver {self.name!r} cannot add a process to a running container")
 
+    def join_files(self, record: dict[str, Any]) -> Sequence[str]:
+        """Files a process joining the group of ``record`` writes "0" to, moving itself in (as
+        ``Group.join_files``), before it enters the container; empty: ``join`` puts its pid in instead."""
+        return ()
+
     def group(self, record: dict[str, Any]) -> Group:
         """The group a journal ``record`` describes, found again by another process (``pish-oci ps``,
         ``pause``, ``events``)."""
@@ -209,10 +214,12 @@ class Isolation(Driver):
         """
 
     def enter(self, pid: int, process: Process, env: dict[str, str], security: Security, *,
-              stdio: tuple[int, int, int] = (0, 1, 2), console: int | None = None) -> ContextManager[Child]:
+              stdio: tuple[int, int, int] = (0, 1, 2), console: int | None = None,
+              cgroup_files: Sequence[str] = ()) -> ContextManager[Child]:
         """Start ``process`` (args, cwd, user) with ``env`` inside the running container whose first
-        process is ``pid`` (``pish exec``), confined by the container's ``security``; blocked until
-        released like ``spawn``'s child; kill and reap it on exit."""
+        process is ``pid`` (``pish exec``), confined by the container's ``security``, in its cgroup through
+        ``cgroup_files`` (``Limits.join_files``); blocked until released like ``spawn``'s child; kill and
+        reap it on exit."""
         raise DriverError(f"isolation driver {self.name!r} cannot run a process in a running container")
 
 

@@ -406,10 +406,11 @@ def exec_in(ref: str, args: tuple[str, ...], *, env: tuple[str, ...] = (), cwd: 
     isolation = cast(Isolation, load("isolation", spec.isolation.name, spec.isolation.options))
     limits = cast(Limits, load("limits", spec.limits.name, spec.limits.options))
     group = next((r for r in s.resources if r["kind"] == "limits"), None)
+    join_files = limits.join_files(group) if group is not None else ()
     with open_io(spec.with_changes(process=process)) as io, \
             isolation.enter(s.pid, process, full_env, spec.security, stdio=io.child_fds,
-                             console=io.console) as child:
-        if group is not None:
+                             console=io.console, cgroup_files=join_files) as child:
+        if group is not None and not join_files:
             limits.join(group, child.pid)
         child.release()
         io.started()

@@ -18,6 +18,7 @@ import select
 import signal
 import socket
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -276,10 +277,14 @@ def exec_process(oci_id: str, process: Process, *, detach: bool, pid_file: Path 
         console = stack.enter_context(_console(console_socket)) if process.terminal else None
         if process.terminal and console is None:
             raise OciError("cannot allocate tty if runc will detach without setting console socket")
-        child = stack.enter_context(isolation.enter(record.pid, process, env, security or spec.security,
-                                                     console=console))
+        limits: Any = None
+        join_files: Sequence[str] = ()
         if limits_record is not None:
-            limits: Any = load("limits", limits_record["driver"], _options(spec, "limits", limits_record["driver"]))
+            limits = load("limits", limits_record["driver"], _options(spec, "limits", limits_record["driver"]))
+            join_files = limits.join_files(limits_record)
+        child = stack.enter_context(isolation.enter(record.pid, process, env, security or spec.security,
+                                                     console=console, cgroup_files=join_files))
+        if limits_record is not None and not join_files:
             limits.join(limits_record, child.pid)
         if detach:
             child.leave()  # before release: it must not die with us

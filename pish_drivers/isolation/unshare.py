@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 from pish_core import log, native, probe, proc, userns
 from pish_core.drivers import Child, Isolation, RunContext
 from pish_core.errors import ExecError, PishError, SpecError
-from pish_core.init import container_main, joined_main
+from pish_core.init import container_main, join_cgroup, joined_main
 from pish_core.security import enforce
 from pish_core.spec import ContainerSpec, Mount, Process, Security, UserNamespace
 
@@ -167,7 +167,8 @@ class UnshareIsolation(Isolation):
 
     @contextlib.contextmanager
     def enter(self, pid: int, process: Process, env: dict[str, str], security: Security, *,
-              stdio: tuple[int, int, int] = (0, 1, 2), console: int | None = None) -> Iterator[Child]:
+              stdio: tuple[int, int, int] = (0, 1, 2), console: int | None = None,
+              cgroup_files: Sequence[str] = ()) -> Iterator[Child]:
         # Open every namespace first: once we are in the container's mount namespace, /proc/PID may differ.
         # The container's user namespace, if it is not ours, comes first: it owns the others.
         def same(ns: str) -> bool:
@@ -183,6 +184,7 @@ class UnshareIsolation(Isolation):
         enforce.prepare(security)
 
         def join() -> None:
+            join_cgroup(list(cgroup_files))  # first, where the host's paths still mean what they say
             for number, fd in enumerate(fds):
                 native.setns(fd, 0)
                 if number == 0 and not own_userns:  # now, while /proc is still ours to read

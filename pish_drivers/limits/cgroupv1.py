@@ -209,6 +209,11 @@ class CgroupV1Limits(Limits):
     def join(self, record: dict[str, Any], pid: int) -> None:
         join(record, pid, NAME)
 
+    def join_files(self, record: dict[str, Any]) -> tuple[str, ...]:
+        if paths.rootless():
+            return ()
+        return tuple(str(cgroup / "tasks") for cgroup in cgroup_paths(record, NAME))
+
     def group(self, record: dict[str, Any]) -> Group:
         paths = cgroup_paths(record, NAME)
         dirs = {c: p for c, mount in hierarchies().items() for p in paths if mount in p.parents}

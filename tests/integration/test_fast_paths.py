@@ -44,3 +44,17 @@ def test_run_output_and_status_survive_the_quick_exit(pish: Any, busybox_tar: Pa
     assert bad.returncode == 125 and bad.stderr.count("\n") == 1
     listing = pish("ps", "-a", check=0)
     assert listing.stdout.startswith("CONTAINER ID")
+
+
+def test_run_and_exec_join_the_containers_cgroups_themselves(pish: Any, busybox_tar: Path) -> None:
+    """On cgroup v1 the init, and an exec'd process before it enters the container, move themselves into
+    the container's cgroups (pish_core/init.join_cgroup): every controller shows the container's group."""
+    pish("run", "-d", "--name", "grouped", "--net", "none", str(busybox_tar), "sleep", "1000", check=0)
+    try:
+        init = pish("exec", "grouped", "cat", "/proc/1/cgroup", check=0).stdout
+        execd = pish("exec", "grouped", "cat", "/proc/self/cgroup", check=0).stdout
+        cid = pish("inspect", "grouped", check=0).stdout.split('"id": "')[1][:64]
+        assert execd == init
+        assert sum(f"/pish/{cid}" in line for line in init.splitlines()) >= 1
+    finally:
+        pish("rm", "-f", "grouped")
