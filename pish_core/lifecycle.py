@@ -384,7 +384,7 @@ def exec_in(ref: str, args: tuple[str, ...], *, env: tuple[str, ...] = (), cwd: 
     the working directory and user default to the container's, and ``user`` names are looked up in the
     container's own /etc/passwd and /etc/group."""
     from pish_core import user as users
-    from pish_core.runtime import exit_status
+    from pish_core.proc import exit_status
     from pish_core.terminal import open_io
 
     s = _running(ref)

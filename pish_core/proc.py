@@ -1,7 +1,14 @@
-"""Facts about host processes read from /proc: identity that survives pid reuse, namespace members."""
+"""Facts about host processes: identity read from /proc that survives pid reuse, namespace members, exit statuses."""
 from __future__ import annotations
 
 import os
+
+
+def exit_status(raw: int) -> int:
+    """A wait status as a shell reports it: the exit code, or 128 + N when killed by signal N."""
+    if os.WIFSIGNALED(raw):
+        return 128 + os.WTERMSIG(raw)
+    return os.WEXITSTATUS(raw)
 
 
 def start_time(pid: int) -> str | None:

@@ -27,6 +27,7 @@ from pish_core import events, log, paths, proc, state, userns
 from pish_core.drivers import Child, Isolation, Limits, Network, RunContext, Storage, load
 from pish_core.errors import Interrupted, PishError
 from pish_core.flags import check_image
+from pish_core.proc import exit_status
 from pish_core.spec import ContainerSpec
 from pish_core.terminal import ProcessIO, open_io
 
@@ -189,13 +190,6 @@ def run(spec: ContainerSpec) -> int:
     finally:
         state.finish(p.record)
         p.journal.close()
-
-
-def exit_status(raw: int) -> int:
-    """A wait status as a shell reports it: the exit code, or 128 + N when killed by signal N."""
-    if os.WIFSIGNALED(raw):
-        return 128 + os.WTERMSIG(raw)
-    return os.WEXITSTATUS(raw)
 
 
 def _wait_for_start(cid: str) -> None:

@@ -293,7 +293,7 @@ def exec_process(oci_id: str, process: Process, *, detach: bool, pid_file: Path 
             _write_atomic(pid_file, str(child.pid))
         if detach:
             return 0
-        from pish_core.runtime import exit_status
+        from pish_core.proc import exit_status
 
         return exit_status(child.wait())
 
@@ -322,7 +322,7 @@ def container_spec(oci_id: str) -> ContainerSpec:
 
 def wait(oci_id: str) -> int:
     """Wait for the container's first process (our child: ``run`` created it) and return its status."""
-    from pish_core.runtime import exit_status
+    from pish_core.proc import exit_status
 
     record = _record(oci_id)
     assert record.pid
