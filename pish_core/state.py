@@ -38,11 +38,24 @@ def flocked(path: Path, shared: bool = False) -> Iterator[None]:
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write, then rename over: a reader, or a process killed mid-write, never sees half a file. No fsync:
-    the state lives in /run (tmpfs) and what must survive is a crash of pish, not of the machine."""
+    the state lives in /run (tmpfs) and what must survive is a crash of pish, not of the machine.
+
+    One line, from ``json.dumps`` without indent: only that runs the C encoder (``json.dump`` to a file, or
+    any indent, runs the pure-Python one: ~1 ms for a container's record, written several times a run).
+    ``pish inspect`` is the readable view."""
+    text = json.dumps(data, default=str).encode()
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600), "w") as f:
-        json.dump(data, f, indent=1, default=str)
-    os.replace(tmp, path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            while text:
+                text = text[os.write(fd, text):]
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk, say: no half-written temp file left behind
+        raise
 
 
 @dataclasses.dataclass
