@@ -1,14 +1,16 @@
 """The ``bridge`` network: containers on a Linux bridge per network, routed and NATed by the host.
 
-How a container gets its network here, in five steps, each written to the container's journal
-*before* it is taken, so ``pish gc`` can undo a killed run with ``release(record)`` alone:
+How a container gets its network here, in five steps. Steps 0-3 are written to the container's journal
+as one ``attachment`` record *before* any is taken (one state write, not one per step), and each later
+port has a record of its own, so ``pish gc`` can undo a killed run with ``release(record)`` alone; the
+release of ``attachment`` undoes 3 to 0, each harmless if it was never taken:
 
-0. **Room for later networks.** A ``connections`` record, released last: it undoes whatever
-   ``pish network connect`` added while the container ran (``connections.py``; ``connect`` below).
+0. **Room for later networks.** Released last: whatever ``pish network connect`` added while the
+   container ran (``connections.py``; ``connect`` below).
 1. **An address.** The network (``--network``, default ``pish0``) hands out the lowest free address
    of its subnet, or the ``--ip`` asked for (``networks.py``, ``ipam.py``), and an IPv6 one too on an
-   ``--ipv6`` network; the hosts files of the network's containers are rewritten to name the newcomer
-   (and its ``--network-alias`` names).
+   ``--ipv6`` network; the network's hosts file, which is every member's /etc/hosts, is rewritten in
+   place to name the newcomer (and its ``--network-alias`` names).
 2. **Join the bridge.** The bridge has the network's name and is shared by every container on it, so
    its users are counted in ``/run/pish/networks/<bridge>.json`` under a file lock: the first
    container creates it, with the gateway address, and adds the network to pish's nftables table
@@ -25,11 +27,13 @@ How a container gets its network here, in five steps, each written to the contai
    killed run's 0 releases whatever host port maps to the container's address. On an IPv6 network
    also an element of ``table ip6 pish`` (``port6``) and a ``[::1]`` proxy thread (``proxy.py``).
 
-The container then gets read-only bind mounts from the attachment: its own /etc/hosts (every network
-it is on), /etc/resolv.conf and /etc/hostname (``hosts.py``). Undoing runs in reverse.
+The container then gets read-only bind mounts from the attachment: /etc/hosts (a link to its network's
+shared file; a file of its own once ``network connect`` adds a second network), /etc/resolv.conf and
+/etc/hostname (``hosts.py``). Undoing runs in reverse.
 
-All netlink work goes through pyroute2 in this process (``links.py``), imported only when a container
-is attached: the import costs ~150 ms, and ``pish drivers list`` must not pay it.
+All netlink work happens in this process over pish's own netlink socket, with pyroute2's message
+classes doing the encoding (``links.py``, ``netlink.py``), imported only when a container is attached
+(~35 ms; ``pish drivers list`` must not pay it, nor the 130-200 ms a plain ``import pyroute2`` costs).
 """
 from __future__ import annotations
 
@@ -47,6 +51,7 @@ from pish_core.errors import DriverError, SpecError
 from pish_core.spec import PortMapping
 from pish_drivers.network import connections, hosts, links, nat, nat6, networks, proxy
 from pish_drivers.network.links import CONTAINER_IFNAME
+from pish_drivers.network.netlink import Netlink
 
 if TYPE_CHECKING:
     from pish_core.spec import ContainerSpec
@@ -83,35 +88,31 @@ class BridgeNetwork(Network):
 
     @contextlib.contextmanager
     def attach(self, ctx: RunContext, pid: int) -> Iterator[Attachment]:
-        from pyroute2 import IPRoute  # type: ignore[import-untyped]
-
         spec, cid = ctx.spec, ctx.id
         wanted = spec.network.ip
         with contextlib.ExitStack() as undo:
-            # 0. The networks `pish network connect` may add later: released after everything else.
-            self._journal(ctx, undo, "connections", container=cid)
+            # Steps 0-3 are journaled as one record, before any of them is taken: its release undoes
+            # whatever a killed run got to, in reverse, each step harmless if it was never taken. (One
+            # state write instead of five: on this ext4 host each costs ~1 ms of a 5 ms attach.)
+            host_end = names.veth_host(cid)
+            self._journal(ctx, undo, "attachment", network=spec.network.network, container=cid, veth=host_end)
+
+            # 0. The networks `pish network connect` may add later (released after everything else).
             connections.reopen(cid)  # a container started again may be connected again
 
             # 1. An address (two on an IPv6 network), and a line in the network's /etc/hosts.
-            record = self._journal(ctx, undo, "address", network=spec.network.network, container=cid)
             net, ip = networks.allocate(spec.network.network, cid, spec.name, spec.hostname,
                                         wanted.ip if wanted else None, wanted.network if wanted else None,
                                         aliases=spec.network.aliases)
             address = ipaddress.IPv4Interface(f"{ip}/{net.subnet.prefixlen}")
             address6 = _address6(net, str(ip))
-            ctx.journal.update(record, address=str(address), **({"address6": str(address6)} if address6 else {}))
-            gateway = ipaddress.IPv4Interface(f"{net.gateway}/{net.subnet.prefixlen}")
 
-            with IPRoute() as ipr:  # one netlink socket in the host's namespace for steps 2 and 3
+            with Netlink() as nl:  # one netlink socket in the host's namespace for steps 2 and 3
                 # 2. Join the bridge, creating it if we are the first.
-                self._journal(ctx, undo, "bridge", bridge=net.bridge, container=cid, gateway=str(gateway),
-                              **_gateway6_data(net))
-                bridge_index = _join_bridge(ipr, net, gateway, cid)
+                bridge_index = _join_bridge(nl, net, _gateway(net), cid)
 
                 # 3. Plug a veth pair in: host end into the bridge, the other end in the container.
-                host_end = names.veth_host(cid)
-                self._journal(ctx, undo, "veth", ifname=host_end, bridge=net.bridge)
-                links.plug_veth(ipr, host_end, net.bridge, bridge_index, pid, ip)
+                links.plug_veth(nl, host_end, net.bridge, bridge_index, pid, ip)
 
             # 4. Configure the container's end, from inside its namespace.
             links.configure_container_end(pid, address, net.gateway, address6, net.gateway6)
@@ -130,13 +131,23 @@ class BridgeNetwork(Network):
 
             resolv_conf = hosts.resolv_conf_mount(cid, spec.network.dns)
             yield Attachment(ifname=CONTAINER_IFNAME, address=str(address), network=net.name, mounts=[
-                networks.container_hosts_mount(cid), resolv_conf,
+                networks.container_hosts_mount(cid, net.name), resolv_conf,
                 *hosts.hostname_mounts(cid, spec.hostname),
             ])
 
     def release(self, record: dict[str, Any]) -> None:
         what = record.get("what")
-        if what == "connections":
+        if what == "attachment":  # steps 3 to 0 of attach
+            cid, network = record["container"], record["network"]
+            links.delete_veth(record["veth"])
+            net = networks.get(network)
+            if net is not None:  # None: the run died before it had an address, so it never joined either
+                _leave_bridge(net.bridge, cid, _gateway(net), str(net.subnet6) if net.subnet6 else None)
+            networks.release(network, cid)
+            connections.release_all(cid, self.release)
+        # Below: the records of `pish network connect` (connections.py), and those of a pish that
+        # journaled the first network's steps one by one.
+        elif what == "connections":
             connections.release_all(record["container"], self.release)
         elif what == "port6":
             nat6.unpublish(PortMapping(record["host_port"], record["container_port"], record["protocol"]),
@@ -183,13 +194,19 @@ def _write_users(bridge: str, data: dict[str, Any]) -> None:
 
 def _live(users: list[str], leaving: str | None = None) -> list[str]:
     """The users still there: not ``leaving``, and with a state record (a removed container is gone)."""
-    return [cid for cid in users if cid != leaving and paths.container_dir(cid).exists()]
+    live = networks.live_containers()
+    return [cid for cid in users if cid != leaving and cid in live]
 
 
 def _address6(net: networks.NetworkDef, address: str) -> ipaddress.IPv6Interface | None:
     """The IPv6 address (with the network's prefix) allocated with ``address`` on ``net``, or None."""
     given = net.allocations[address].get("address6")
     return ipaddress.IPv6Interface(f"{given}/{net.subnet6.prefixlen}") if given and net.subnet6 else None
+
+
+def _gateway(net: networks.NetworkDef) -> ipaddress.IPv4Interface:
+    """The network's gateway with its prefix, as the bridge holds it."""
+    return ipaddress.IPv4Interface(f"{net.gateway}/{net.subnet.prefixlen}")
 
 
 def _gateway6_data(net: networks.NetworkDef) -> dict[str, str]:
@@ -199,30 +216,31 @@ def _gateway6_data(net: networks.NetworkDef) -> dict[str, str]:
     return {"subnet6": str(net.subnet6), "gateway6": f"{net.gateway6}/{net.subnet6.prefixlen}"}
 
 
-def _join_bridge(ipr: Any, net: networks.NetworkDef, gateway: ipaddress.IPv4Interface, cid: str) -> int:
+def _join_bridge(nl: Netlink, net: networks.NetworkDef, gateway: ipaddress.IPv4Interface, cid: str) -> int:
     """Add ``cid`` to the bridge's users; the first user sets up the bridge and its NAT (and IPv6:
     gateway, NAT66, isolation). Return its index."""
     bridge = net.bridge
     with state.flocked(paths.bridge_lock(bridge)):
         data = _read_users(bridge) or {"created_by_pish": False, "users": []}
-        link = links.link(ipr, bridge)
+        link = nl.link(bridge)
         if link is not None and not links.is_bridge(link):
             raise DriverError(f"{bridge} exists on the host but is not a bridge: pick another --network")
-        first = not _live(data["users"], leaving=cid)
+        others = _live(data["users"], leaving=cid)
+        first = not others
         if link is None:
             data["created_by_pish"] = True
-        data["users"] = _live(data["users"], leaving=cid) + [cid]
+        data["users"] = others + [cid]
         _write_users(bridge, data)  # written before the bridge is created, so a crash leaves a trace
         if link is None:
-            index = links.create_bridge(ipr, bridge, gateway)
+            index = links.create_bridge(nl, bridge, gateway)
         else:
             index = int(link["index"])
-            if first and links.adopt_bridge(ipr, link, gateway) and not data["created_by_pish"]:
+            if first and links.adopt_bridge(nl, link, gateway) and not data["created_by_pish"]:
                 data["gateway_added"] = True
                 _write_users(bridge, data)
         if net.subnet6 is not None:
             gateway6 = _gateway6_data(net)["gateway6"]
-            if links.add_address6(ipr, index, ipaddress.IPv6Interface(gateway6), bridge) \
+            if links.add_address6(nl, index, ipaddress.IPv6Interface(gateway6), bridge) \
                     and not data["created_by_pish"]:
                 data["gateway6_added"] = gateway6  # on a bridge of the host's: taken off by the last one out
                 _write_users(bridge, data)
@@ -269,7 +287,7 @@ def _running_on_bridge(ref: str) -> state.ContainerState:
     if not s.command_running() or s.pid is None:
         raise SpecError(f"container {s.name} is not running: only a running container can be connected "
                         "or disconnected")
-    if not any(r.get("kind") == "network" and r.get("what") == "connections" for r in s.resources):
+    if not any(r.get("kind") == "network" and r.get("what") in ("attachment", "connections") for r in s.resources):
         raise SpecError(f"container {s.name} is not on a bridge network of this pish (or was started by an "
                         "older one): start it with --network NET to connect it to others")
     return s
@@ -288,8 +306,6 @@ def connect(network: str, ref: str, aliases: tuple[str, ...] = (),
     """``pish network connect``: a veth from ``network``'s bridge into the running container, as
     ``ethN``, with an address (and an IPv6 one) from that network, each step journaled first in the
     container's connections file (``connections.py``). The first network keeps the default routes."""
-    from pyroute2 import IPRoute
-
     net = networks.require(network)
     s = _running_on_bridge(ref)
     cid = s.id
@@ -305,18 +321,22 @@ def connect(network: str, ref: str, aliases: tuple[str, ...] = (),
         host_end = names.veth_host(cid, int(ifname.removeprefix("eth")))
         assert s.pid is not None
         try:
+            if not networks.has_own_hosts_file(cid):  # its /etc/hosts is its first network's file: no more
+                pid = s.pid
+                networks.own_hosts_file(cid, lambda own: hosts.bind_into(pid, own))
             record = conns.add(network, "address", network=network, container=cid, container_ifname=ifname)
-            net, got = networks.allocate(network, cid, s.name, s.spec.get("hostname") or s.name, ip, None, aliases)
+            net, got = networks.allocate(network, cid, s.name, s.spec.get("hostname") or s.name, ip, None, aliases,
+                                         own_hosts=True)
             address = ipaddress.IPv4Interface(f"{got}/{net.subnet.prefixlen}")
             address6 = _address6(net, str(got))
             conns.update(record, address=str(address))
-            gateway = ipaddress.IPv4Interface(f"{net.gateway}/{net.subnet.prefixlen}")
-            with IPRoute() as ipr:
+            gateway = _gateway(net)
+            with Netlink() as nl:
                 conns.add(network, "bridge", bridge=net.bridge, container=cid, gateway=str(gateway),
                           **_gateway6_data(net))
-                bridge_index = _join_bridge(ipr, net, gateway, cid)
+                bridge_index = _join_bridge(nl, net, gateway, cid)
                 conns.add(network, "veth", ifname=host_end, bridge=net.bridge)
-                links.plug_veth(ipr, host_end, net.bridge, bridge_index, s.pid, got, ifname)
+                links.plug_veth(nl, host_end, net.bridge, bridge_index, s.pid, got, ifname)
             links.configure_container_end(s.pid, address, None, address6, None, ifname)
         except BaseException:
             conns.release(network, driver.release)

@@ -81,6 +81,8 @@ def opened(cid: str) -> Iterator[Connections]:
 
 def reopen(cid: str) -> None:
     """Let ``connect`` in again: the container (re)starts, its earlier connections were released."""
+    if not paths.connections_file(cid).exists():  # never connected: nothing to reopen (and no lock to take)
+        return
     with opened(cid) as conns:
         if conns.closed and not conns.networks:
             conns.closed = False

@@ -3,11 +3,13 @@
 Docker answers names with a DNS server of its own inside every container's namespace; pish does it the
 older way, with files, which costs nothing at run time:
 
-- **/etc/hosts**: one file per container (``paths.etc_hosts``), listing every container of every
-  network it is on by name, hostname and aliases (``networks.py`` writes them), and one per network
-  (``paths.hosts_file``) of its own members. The container bind-mounts its file read-only, so when a
-  container joins or leaves a network the files are rewritten *in place*: a bind mount pins the
-  inode, so a new file renamed over the old one would go unseen by the containers already running.
+- **/etc/hosts**: one file per network (``paths.hosts_file``) listing its containers by name, hostname
+  and aliases (``networks.py`` writes it). A container's own path (``paths.etc_hosts``) is a hard link
+  to it, bind-mounted read-only, so when a container joins or leaves, that one file is rewritten *in
+  place* and every member sees it: a bind mount pins the inode, so a new file renamed over the old one
+  would go unseen by the containers already running. A container connected to a second network gets a
+  file of its own (every network it is on), mounted over the link from inside its mount namespace
+  (``bind_into``).
 - **/etc/resolv.conf**: one file per container (``paths.resolv_conf``), with the ``--dns`` servers or
   else the host's. As docker does, nameservers on the host's loopback (a local caching resolver such as
   systemd-resolved's 127.0.0.53) are dropped: the container's loopback is not the host's.
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -127,3 +130,43 @@ def resolv_conf_mount(cid: str, dns: Sequence[str]) -> Mount:
     path = paths.resolv_conf(cid)
     write_resolv_conf(path, dns)
     return Mount("/etc/resolv.conf", str(path), "bind", FILE_MOUNT_OPTIONS)
+
+
+CLONE_FS = 0x200  # <linux/sched.h>: a thread that shares no cwd/root with the others may change mount ns
+
+
+def bind_into(pid: int, source: Path, target: str = "/etc/hosts") -> None:
+    """Bind ``source`` (a host file) read-only over ``target`` inside the running container ``pid``.
+
+    A thread of ours does it, and dies with what it entered (no fork): it stops sharing its root and
+    cwd with the process (``unshare(CLONE_FS)``, which setns into a mount namespace requires), joins the
+    container's mount namespace and attaches there a copy of ``source``'s mount taken at home
+    (``open_tree``: a path of the host means nothing inside).
+    """
+    from pish_core import native
+
+    tree = native.open_tree(str(source), native.OPEN_TREE_CLONE | native.OPEN_TREE_CLOEXEC)
+    failed: list[BaseException] = []
+
+    def inside() -> None:
+        try:
+            mnt = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                native.unshare(CLONE_FS)
+                native.setns(mnt, native.CLONE_NEWNS)
+            finally:
+                os.close(mnt)
+            native.move_mount(tree, target)
+            native.mount(None, target, None, native.MS_REMOUNT | native.MS_BIND | native.MS_RDONLY
+                         | native.MS_NOSUID | native.MS_NODEV | native.MS_NOEXEC)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            failed.append(exc)
+
+    try:
+        thread = threading.Thread(target=inside, name=f"pish-mount-{pid}")
+        thread.start()
+        thread.join()
+    finally:
+        os.close(tree)
+    if failed:
+        raise failed[0]

@@ -1,7 +1,8 @@
-"""The links of a bridge network, made and unmade through pyroute2, in-process (no ``ip`` commands).
+"""The links of a bridge network, made and unmade in-process over pish's netlink socket (``netlink.py``:
+pyroute2 encodes the messages; no ``ip`` commands, no ``IPRoute``).
 
-pyroute2 costs ~150 ms to import, so it is imported inside each function: importing this module is
-free, and only a ``--net bridge`` run pays for pyroute2.
+The socket layer imports pyroute2's message classes on first use, so importing this module is free and
+only a ``--net bridge`` run pays for them (~35 ms, not the 130-200 ms of ``import pyroute2``).
 """
 from __future__ import annotations
 
@@ -12,13 +13,14 @@ import socket
 from typing import Any
 
 from pish_core import log as pish_log
-from pish_drivers.network import inside_netns
+from pish_drivers.network.netlink import IFF_UP, RTM_DELADDR, RTM_NEWADDR, Netlink, NetlinkError
 
 log = pish_log.get("network")
 
 #: The name of the container's end of the veth pair, inside its network namespace.
 CONTAINER_IFNAME = "eth0"
-IFF_UP = 0x1  # <net/if.h>
+#: ``lo`` is link 1 in every network namespace (the kernel's LOOPBACK_IFINDEX).
+LOOPBACK_INDEX = 1
 #: <linux/if_addr.h>: an IPv6 address usable at once, without the second of duplicate address detection
 #: (IPAM made it unique on the bridge; a tentative address cannot be bound to or answer pings).
 IFA_F_NODAD = 0x02
@@ -28,82 +30,64 @@ def route_localnet_path(bridge: str) -> str:
     return f"/proc/sys/net/ipv4/conf/{bridge}/route_localnet"
 
 
-def link(ipr: Any, ifname: str) -> Any | None:
-    """The link named ``ifname`` in the namespace of ``ipr``'s socket (a pyroute2 message), or None."""
-    from pyroute2.netlink.exceptions import NetlinkError  # type: ignore[import-untyped]
-
-    try:
-        return ipr.link("get", ifname=ifname)[0]
-    except NetlinkError as exc:
-        if exc.code == errno.ENODEV:
-            return None
-        raise
-
-
 def host_addresses() -> set[str]:
     """The IPv4 addresses of the host's interfaces, 127.0.0.1 included: what ``-p IP:...`` may name."""
-    from pyroute2 import IPRoute  # type: ignore[import-untyped]
-
-    with IPRoute() as ipr:
-        return {a.get("IFA_LOCAL") or a.get("IFA_ADDRESS") for a in ipr.addr("dump", family=socket.AF_INET)}
-
-
-def index(ipr: Any, ifname: str) -> int:
-    return int(ipr.link("get", ifname=ifname)[0]["index"])
+    with Netlink() as nl:
+        return {a.get("IFA_LOCAL") or a.get("IFA_ADDRESS") for a in nl.addresses(0, socket.AF_INET)}
 
 
 def is_bridge(msg: Any) -> bool:
     return bool(msg.get(("linkinfo", "kind")) == "bridge")
 
 
-def has_address(ipr: Any, ifindex: int, iface: ipaddress.IPv4Interface) -> bool:
+def has_address(nl: Netlink, ifindex: int, iface: ipaddress.IPv4Interface) -> bool:
     return any(a.get("IFA_ADDRESS") == str(iface.ip) and a["prefixlen"] == iface.network.prefixlen
-               for a in ipr.addr("dump", index=ifindex))
+               for a in nl.addresses(ifindex, socket.AF_INET))
 
 
-def add_address6(ipr: Any, ifindex: int, iface: ipaddress.IPv6Interface, what: str) -> bool:
+def add_address6(nl: Netlink, ifindex: int, iface: ipaddress.IPv6Interface, what: str) -> bool:
     """Give link ``ifindex`` the IPv6 address ``iface``, usable at once (no DAD); False if it had it."""
-    if any(a.get("IFA_ADDRESS") == str(iface.ip) for a in ipr.addr("dump", index=ifindex, family=socket.AF_INET6)):
+    if any(a.get("IFA_ADDRESS") == str(iface.ip) for a in nl.addresses(ifindex, socket.AF_INET6)):
         return False
     log.debug("adding %s to %s", iface, what)
-    ipr.addr("add", index=ifindex, address=str(iface.ip), prefixlen=iface.network.prefixlen,
-             family=socket.AF_INET6, flags=IFA_F_NODAD)
+    nl.address(RTM_NEWADDR, ifindex, socket.AF_INET6, str(iface.ip), iface.network.prefixlen,
+               f"add {iface} to {what}", flags=IFA_F_NODAD)
     return True
 
 
 def remove_address6(name: str, iface: ipaddress.IPv6Interface) -> None:
     """Take the IPv6 gateway ``add_address6`` gave a bridge pish did not make off it again (if still there)."""
-    from pyroute2 import IPRoute
-
-    with IPRoute() as ipr:
-        msg = link(ipr, name)
+    with Netlink() as nl:
+        msg = nl.link(name)
         if msg is not None and any(a.get("IFA_ADDRESS") == str(iface.ip)
-                                   for a in ipr.addr("dump", index=msg["index"], family=socket.AF_INET6)):
+                                   for a in nl.addresses(msg["index"], socket.AF_INET6)):
             log.info("removing gateway %s from bridge %s", iface, name)
-            ipr.addr("del", index=msg["index"], address=str(iface.ip), prefixlen=iface.network.prefixlen,
-                     family=socket.AF_INET6)
+            nl.address(RTM_DELADDR, msg["index"], socket.AF_INET6, str(iface.ip), iface.network.prefixlen,
+                       f"remove {iface} from {name}")
 
 
-def create_bridge(ipr: Any, name: str, gateway: ipaddress.IPv4Interface) -> int:
+def create_bridge(nl: Netlink, name: str, gateway: ipaddress.IPv4Interface) -> int:
     """Make bridge ``name`` holding the gateway address, up, with route_localnet on; return its index."""
     log.info("creating bridge %s with gateway %s (route_localnet=1, for published ports on 127.0.0.1)",
              name, gateway)
-    ipr.link("add", ifname=name, kind="bridge")
-    ifindex = index(ipr, name)
-    ipr.addr("add", index=ifindex, address=str(gateway.ip), prefixlen=gateway.network.prefixlen)
-    ipr.link("set", index=ifindex, state="up")
+    nl.add_link(name, "bridge", f"create bridge {name}", up=True)
+    ifindex = socket.if_nametoindex(name)  # nl's namespace is ours: one ioctl, no link message to decode
+    nl.address(RTM_NEWADDR, ifindex, socket.AF_INET, str(gateway.ip), gateway.network.prefixlen,
+               f"add {gateway} to bridge {name}")
     set_route_localnet(name, True)
     return ifindex
 
 
-def adopt_bridge(ipr: Any, msg: Any, gateway: ipaddress.IPv4Interface) -> bool:
+def adopt_bridge(nl: Netlink, msg: Any, gateway: ipaddress.IPv4Interface) -> bool:
     """Use an existing bridge: up, with the gateway address; return True if the address was added."""
+    name = msg.get_attr("IFLA_IFNAME")
     if not msg["flags"] & IFF_UP:
-        ipr.link("set", index=msg["index"], state="up")
-    if has_address(ipr, msg["index"], gateway):
+        nl.set_up(msg["index"], f"set bridge {name} up")
+    if has_address(nl, msg["index"], gateway):
         return False
-    log.info("adding gateway %s to existing bridge %s", gateway, msg.get_attr("IFLA_IFNAME"))
-    ipr.addr("add", index=msg["index"], address=str(gateway.ip), prefixlen=gateway.network.prefixlen)
+    log.info("adding gateway %s to existing bridge %s", gateway, name)
+    nl.address(RTM_NEWADDR, msg["index"], socket.AF_INET, str(gateway.ip), gateway.network.prefixlen,
+               f"add {gateway} to bridge {name}")
     return True
 
 
@@ -113,24 +97,21 @@ def set_route_localnet(bridge: str, on: bool) -> None:
 
 
 def delete_bridge(name: str) -> None:
-    from pyroute2 import IPRoute
-
-    with IPRoute() as ipr:
-        msg = link(ipr, name)
+    with Netlink() as nl:
+        msg = nl.link(name)
         if msg is not None and is_bridge(msg):
             log.info("removing bridge %s", name)
-            ipr.link("del", index=msg["index"])
+            nl.del_link(f"remove bridge {name}", index=msg["index"])
 
 
 def remove_gateway(name: str, gateway: ipaddress.IPv4Interface) -> None:
     """Take the gateway address off a bridge pish did not make (it stays, as it was found)."""
-    from pyroute2 import IPRoute
-
-    with IPRoute() as ipr:
-        msg = link(ipr, name)
-        if msg is not None and has_address(ipr, msg["index"], gateway):
+    with Netlink() as nl:
+        msg = nl.link(name)
+        if msg is not None and has_address(nl, msg["index"], gateway):
             log.info("removing gateway %s from bridge %s", gateway, name)
-            ipr.addr("del", index=msg["index"], address=str(gateway.ip), prefixlen=gateway.network.prefixlen)
+            nl.address(RTM_DELADDR, msg["index"], socket.AF_INET, str(gateway.ip), gateway.network.prefixlen,
+                       f"remove {gateway} from bridge {name}")
 
 
 def mac_for(address: ipaddress.IPv4Address) -> str:
@@ -143,60 +124,54 @@ def mac_for(address: ipaddress.IPv4Address) -> str:
     return "02:42:" + ":".join(f"{b:02x}" for b in address.packed)
 
 
-def plug_veth(ipr: Any, host_end: str, bridge: str, bridge_index: int, pid: int,
+def plug_veth(nl: Netlink, host_end: str, bridge: str, bridge_index: int, pid: int,
               address: ipaddress.IPv4Address, ifname: str = CONTAINER_IFNAME) -> None:
     """Create the veth pair with its peer (``ifname``) born inside ``pid``'s netns; put the host end in
     the bridge."""
     log.info("creating veth %s in bridge %s", host_end, bridge)
     netns = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
-        # One request does it all: the host end is made in the bridge and up, and its peer is made
-        # in the namespace that ``net_ns_fd`` points at, so nothing has to move afterwards.
-        ipr.link(
-            "add", ifname=host_end, kind="veth", master=bridge_index, state="up",
-            peer={"ifname": ifname, "net_ns_fd": netns, "address": mac_for(address)},
-        )
+        # One request does it all: the host end is made in the bridge and up, and its peer is made, with
+        # its MAC, in the namespace that ``IFLA_NET_NS_FD`` points at, so nothing moves afterwards. (The
+        # peer cannot be born up: the kernel opens it before the pair is linked, and refuses.)
+        peer = {"attrs": [("IFLA_IFNAME", ifname), ("IFLA_NET_NS_FD", netns), ("IFLA_ADDRESS", mac_for(address))]}
+        nl.add_link(host_end, "veth", f"create veth {host_end}", master=bridge_index, up=True,
+                    info_data=[("VETH_INFO_PEER", peer)])
     finally:
         os.close(netns)
 
 
 def delete_veth(host_end: str) -> None:
-    """Delete the host end of a veth pair; the kernel deletes the container's end with it."""
-    from pyroute2 import IPRoute
-    from pyroute2.netlink.exceptions import NetlinkError
-
-    with IPRoute() as ipr:
-        if link(ipr, host_end) is None:  # released before, or gone with the container's netns
+    """Delete the host end of a veth pair; the kernel deletes the container's end with it. Nothing to do
+    if it is gone already (released before, or gone with the container's netns)."""
+    with Netlink() as nl:
+        if nl.link(host_end) is None:
             return
         log.info("removing veth %s", host_end)
-        try:
-            ipr.link("del", ifname=host_end)
-        except NetlinkError as exc:
-            if exc.code != errno.ENODEV:  # ENODEV: the netns took it away meanwhile
-                raise
+        nl.del_link(f"remove veth {host_end}", ifname=host_end, missing_ok=True)  # the netns may take it first
 
 
 def configure_container_end(pid: int, address: ipaddress.IPv4Interface, gateway: ipaddress.IPv4Address | None,
                             address6: ipaddress.IPv6Interface | None = None,
                             gateway6: ipaddress.IPv6Address | None = None,
                             ifname: str = CONTAINER_IFNAME) -> None:
-    """In ``pid``'s netns: ``lo`` and ``ifname`` up, ``ifname`` with its address (and IPv6 address, usable
-    at once), default routes via the gateways given (none for a second network: the first keeps the
-    default route, as docker's). The netlink socket is opened inside the namespace and used from home
-    (see inside_netns)."""
-    from pyroute2 import IPRoute
-
-    with inside_netns(pid):
-        ipr = IPRoute()  # its netlink socket belongs to the container's netns from now on
-    with ipr:
-        ipr.link("set", ifname="lo", state="up")
-        dev = index(ipr, ifname)
-        ipr.addr("add", index=dev, address=str(address.ip), prefixlen=address.network.prefixlen)
+    """In ``pid``'s netns: ``lo`` and ``ifname`` up, ``ifname`` with its address (and IPv6
+    address, usable at once), default routes via the gateways given (none for a second network: the
+    first keeps the default route, as docker's). The netlink socket is opened inside the namespace and
+    used from home (see inside_netns)."""
+    with Netlink(pid) as nl:
+        nl.set_up(LOOPBACK_INDEX, "set lo up")
+        msg = nl.link(ifname)
+        if msg is None:
+            raise NetlinkError(errno.ENODEV, f"find {ifname} in the container's namespace")
+        dev = msg["index"]
+        nl.address(RTM_NEWADDR, dev, socket.AF_INET, str(address.ip), address.network.prefixlen,
+                   f"add {address} to {ifname}")
         if address6 is not None:
-            add_address6(ipr, dev, address6, ifname)
-        ipr.link("set", index=dev, state="up")
+            add_address6(nl, dev, address6, ifname)
+        nl.set_up(dev, f"set {ifname} up")
         if gateway is not None:
-            ipr.route("add", dst="0.0.0.0/0", gateway=str(gateway), oif=dev)
+            nl.default_route(socket.AF_INET, str(gateway), dev, f"add a default route via {gateway}")
         if address6 is not None and gateway6 is not None:
-            ipr.route("add", dst="::/0", gateway=str(gateway6), oif=dev, family=socket.AF_INET6)
+            nl.default_route(socket.AF_INET6, str(gateway6), dev, f"add a default route via {gateway6}")
     log.debug("%s of process %d is %s (%s) via %s", ifname, pid, address, address6, gateway)

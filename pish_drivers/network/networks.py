@@ -24,7 +24,8 @@ import dataclasses
 import json
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from pish_core import log as pish_log
@@ -203,9 +204,19 @@ def create(name: str, subnet: ipam.Net | None = None, gateway: ipam.Addr | None 
         return _create(name, subnet, gateway, ipv6=ipv6, subnet6=subnet6)
 
 
+def live_containers() -> set[str]:
+    """The ids of the containers that have a state directory: one directory read, however many there are
+    (a stat per container made the 100th attach of a network pay for the 99 before it)."""
+    try:
+        return set(os.listdir(paths.containers_dir()))
+    except FileNotFoundError:
+        return set()
+
+
 def _live(net: NetworkDef) -> bool:
     """Drop allocations whose container is gone for good; True if any was dropped."""
-    stale = [a for a, owner in net.allocations.items() if not paths.container_dir(owner["container"]).exists()]
+    live = live_containers()
+    stale = [a for a, owner in net.allocations.items() if owner["container"] not in live]
     for address in stale:
         del net.allocations[address]
     return bool(stale)
@@ -242,10 +253,11 @@ def usable_by(name: str, ip: ipam.Addr | None) -> NetworkDef | None:
 
 def allocate(name: str, cid: str, cname: str, hostname: str,
              ip: ipam.Addr | None = None, ip_subnet: ipam.Net | None = None,
-             aliases: Sequence[str] = ()) -> tuple[NetworkDef, ipam.Addr]:
+             aliases: Sequence[str] = (), own_hosts: bool = False) -> tuple[NetworkDef, ipam.Addr]:
     """Give container ``cid`` an address on network ``name`` (``ip`` if given, else the lowest free; on
     an IPv6 network an IPv6 one too, in the allocation's ``address6``), making the network first if it
-    is the default or ``ip_subnet`` says which one to make. ``aliases`` are more names for its hosts line."""
+    is the default or ``ip_subnet`` says which one to make. ``aliases`` are more names for its hosts line;
+    ``own_hosts``: the container has a hosts file of its own (``own_hosts_file``; a second network)."""
     with locked():
         net = get(name)
         if net is None:
@@ -269,7 +281,7 @@ def allocate(name: str, cid: str, cname: str, hostname: str,
             address = ipam.next_free(net.subnet, net.gateway, net.taken(), name)
         log.debug("address %s of network %s for %s", address, name, cname)
         net.allocations[str(address)] = {"container": cid, "name": cname, "hostname": hostname,
-                                         "aliases": list(aliases)}
+                                         "aliases": list(aliases), **({"own_hosts": True} if own_hosts else {})}
         if net.subnet6 is not None:
             net.allocations[str(address)]["address6"] = str(ipam.next_free6(net.subnet6, net.taken6(), name))
         _write(net)
@@ -311,39 +323,86 @@ def _entries(net: NetworkDef) -> list[tuple[str, list[str]]]:
 
 def _rewrite_hosts(net: NetworkDef, also: str | None = None) -> None:
     """The network's shared hosts file, rewritten in place (removed when nobody is left on it), and the
-    own /etc/hosts of each of its containers (and of ``also``, which just left it)."""
+    hosts files of its containers that have one of their own (a second network: ``own_hosts_file``),
+    and of ``also``, which just left it.
+
+    The other containers' /etc/hosts *is* the shared file (``container_hosts_mount`` links it), so a
+    join or leave writes one file, however many containers the network has.
+    """
     path = paths.hosts_file(net.name)
     if not net.allocations:
         path.unlink(missing_ok=True)
     else:
         hosts.write_hosts(path, _entries(net))
-    members = set(net.containers()) | ({also} if also else set())
-    if members:
+    own = {o["container"] for o in net.allocations.values() if o.get("own_hosts")}
+    if also and has_own_hosts_file(also):
+        own.add(also)
+    if own:
         everyone = [n for n in list_all() if n.name != net.name] + [net]
-        for cid in members:
+        for cid in own:
             _write_container_hosts(cid, everyone)
 
 
+def own_hosts_path(cid: str) -> Path:
+    """Where container ``cid``'s hosts file of its own is, once it has one (``own_hosts_file``)."""
+    return paths.etc_hosts(cid).with_name("hosts.own")
+
+
+def has_own_hosts_file(cid: str) -> bool:
+    """True if container ``cid``'s /etc/hosts is a file of its own, not its network's."""
+    return own_hosts_path(cid).exists()
+
+
 def _write_container_hosts(cid: str, everyone: list[NetworkDef]) -> None:
-    """Rewrite, in place, the /etc/hosts of container ``cid`` if it has one of its own (a bridge
-    container's): the lines of every network it is on, oldest network first."""
-    path = paths.etc_hosts(cid)
-    if not path.exists():
-        return
+    """Rewrite, in place, the own /etc/hosts of container ``cid``: the lines of every network it is on,
+    oldest network first."""
+    path = own_hosts_path(cid)
+    if path.exists():  # else it has none (or its container is gone)
+        hosts.write_hosts(path, _container_entries(cid, everyone))
+
+
+def _container_entries(cid: str, everyone: list[NetworkDef]) -> list[tuple[str, list[str]]]:
+    """The hosts lines of every network of ``everyone`` that ``cid`` is on, oldest network first."""
     entries: list[tuple[str, list[str]]] = []
     for net in sorted((n for n in everyone if cid in n.containers()), key=lambda n: n.created):
         entries += [e for e in _entries(net) if e not in entries]
-    hosts.write_hosts(path, entries)
+    return entries
 
 
-def container_hosts_mount(cid: str) -> Mount:
-    """Write container ``cid``'s own /etc/hosts (every network it is on, kept up to date as they change:
-    ``pish network connect`` adds a network's names to it); its read-only mount."""
+def container_hosts_mount(cid: str, network: str) -> Mount:
+    """Container ``cid``'s /etc/hosts on ``network``: a hard link to the network's shared hosts file, so
+    the in-place rewrite of that one file when a container joins or leaves reaches every member (a bind
+    mount pins the inode, and the link *is* that inode). Its read-only mount."""
     path = paths.etc_hosts(cid)
-    hosts.write_in_place(path, "")
     with locked():
-        _write_container_hosts(cid, list_all())
+        path.unlink(missing_ok=True)  # a container started again: its last run's link ...
+        own_hosts_path(cid).unlink(missing_ok=True)  # ... and own file (its connections were released)
+        os.link(paths.hosts_file(network), path)
     return Mount("/etc/hosts", str(path), "bind", hosts.FILE_MOUNT_OPTIONS)
+
+
+def own_hosts_file(cid: str, mount_over: Callable[[Path], None]) -> None:
+    """Give container ``cid`` a hosts file of its own (for ``pish network connect``: the names of every
+    network it is on), marked in its allocations so every later change of those networks rewrites it.
+
+    Its /etc/hosts is a mount of the link to its network's file, and that mount pins the inode, so
+    ``mount_over(file)`` mounts the new file over it inside the container. The link stays where it is:
+    the kernel unmounts whatever is mounted on a file that is unlinked or renamed over.
+    """
+    with locked():
+        everyone = list_all()
+        for net in everyone:
+            mine = allocation_of(net, cid)
+            if mine is not None and not mine[1].get("own_hosts"):
+                mine[1]["own_hosts"] = True
+                _write(net)
+        own = own_hosts_path(cid)
+        hosts.write_hosts(own, _container_entries(cid, everyone))
+        try:
+            mount_over(own)
+        except BaseException:
+            own.unlink(missing_ok=True)
+            raise
 
 
 def allocation_of(net: NetworkDef, cid: str) -> tuple[str, dict[str, Any]] | None:

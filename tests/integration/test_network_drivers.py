@@ -158,9 +158,8 @@ def test_two_containers_on_one_bridge_talk_and_the_last_one_out_removes_it(
             assert Path("/sys/class/net", veth, "master").resolve().name == BRIDGE
             assert link_is_up(veth)
         assert json.loads(users_file().read_text()) == {"created_by_pish": True, "users": [a.id, b.id]}
-        # Each journal lists what it holds, in the order it was taken.
-        assert [(r["what"], r.get("ifname")) for r in a.journal.state.resources] == [
-            ("connections", None), ("address", None), ("bridge", None), ("veth", veth_a)]
+        # Each journal holds one record for the attachment, written before anything was taken.
+        assert [(r["what"], r.get("veth")) for r in a.journal.state.resources] == [("attachment", veth_a)]
         assert state.ContainerState.load(a.id).resources == a.journal.state.resources
 
         # Inside: lo and eth0 up, eth0 with its address; and a reaches b across the bridge.

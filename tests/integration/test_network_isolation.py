@@ -319,6 +319,7 @@ from pathlib import Path
 from pyroute2 import IPRoute
 from pish_core import paths
 from pish_drivers.network import bridge, networks
+from pish_drivers.network.netlink import Netlink
 
 # A bridge of the host's (not pish's) that an --ipv6 network is named after: pish adds its gateways.
 subprocess.run(["ip", "link", "add", "x6", "type", "bridge"], check=True)
@@ -335,8 +336,8 @@ def addresses():
         return sorted(a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=index)
                       if not a.get_attr("IFA_ADDRESS").startswith("fe80"))
 
-with IPRoute() as ipr:
-    bridge._join_bridge(ipr, net, gateway, cid)
+with Netlink() as nl:
+    bridge._join_bridge(nl, net, gateway, cid)
 joined = addresses()
 bridge._leave_bridge("x6", cid, gateway, "fd09:6::/64")
 print(json.dumps({"joined": joined, "left": addresses()}))

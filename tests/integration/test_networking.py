@@ -417,8 +417,7 @@ def test_gc_releases_what_a_killed_supervisor_held(pish: Pish, busybox_tar: Path
     cid = pish("run", "-d", "--net", "bridge", "--network", NET_A, "-p", f"{HOST_PORT}:80",
                str(busybox_tar), "sleep", "100", check=True).stdout.strip()
     record = json.loads((pish_env.root / "containers" / cid / "state.json").read_text())
-    assert [r["what"] for r in record["resources"] if r["kind"] == "network"] == [
-        "connections", "address", "bridge", "veth", "port"]
+    assert [r["what"] for r in record["resources"] if r["kind"] == "network"] == ["attachment", "port"]
     os.kill(record["supervisor_pid"], signal.SIGKILL)
     with contextlib.suppress(ProcessLookupError):
         os.kill(record["pid"], signal.SIGKILL)  # it would die with its supervisor (PDEATHSIG) anyway

@@ -95,21 +95,32 @@ def test_aliases_and_v6_addresses_are_in_the_hosts_file() -> None:
 def test_a_containers_own_hosts_file_lists_every_network_it_is_on() -> None:
     networks.create("t14a", ipaddress.IPv4Network("10.0.141.0/24"))
     networks.create("t14b", ipaddress.IPv4Network("10.0.142.0/24"))
-    a1, b1 = container(), container()
+    a1, a2, b1 = container(), container(), container()
     networks.allocate("t14a", a1, "a1", "a1")
-    mount = networks.container_hosts_mount(a1)
+    mount = networks.container_hosts_mount(a1, "t14a")
     networks.allocate("t14b", b1, "b1", "b1")
-    networks.container_hosts_mount(b1)
-    own = Path(mount.source)
-    inode = own.stat().st_ino
-    assert "10.0.141.2\ta1\n" in own.read_text() and "b1" not in own.read_text()
+    networks.container_hosts_mount(b1, "t14b")
+    # On one network, a container's /etc/hosts is that network's file: a join writes one file.
+    linked = Path(mount.source)
+    assert linked.samefile(paths.hosts_file("t14a")) and not networks.has_own_hosts_file(a1)
+    networks.allocate("t14a", a2, "a2", "a2")
+    assert "10.0.141.3\ta2\n" in linked.read_text() and "b1" not in linked.read_text()
 
-    networks.allocate("t14b", a1, "a1", "a1", aliases=("front",))  # pish network connect
+    mounted: list[str] = []  # pish network connect: a1 gets a file of its own first, mounted over the link
+    networks.own_hosts_file(a1, lambda new: mounted.append(new.read_text()))
+    own = networks.own_hosts_path(a1)
+    assert mounted == [own.read_text()] and "10.0.141.3\ta2\n" in mounted[0]
+    assert networks.has_own_hosts_file(a1) and linked.samefile(paths.hosts_file("t14a"))  # the link stays
+    inode = own.stat().st_ino
+    networks.allocate("t14b", a1, "a1", "a1", aliases=("front",), own_hosts=True)  # ... then B's address
     assert "10.0.142.2\tb1\n" in own.read_text() and "10.0.142.3\ta1 front\n" in own.read_text()
     assert "10.0.142.3\ta1 front\n" in paths.etc_hosts(b1).read_text()
+    assert "b1" not in paths.hosts_file("t14a").read_text()  # a2 does not see B's names
+    networks.allocate("t14a", container(), "a3", "a3")  # a1's own file follows its first network too
+    assert "a3" in own.read_text()
     networks.release("t14b", a1)  # disconnect: gone from both, the file rewritten in place
     assert "b1" not in own.read_text() and "a1" not in paths.etc_hosts(b1).read_text()
-    assert own.stat().st_ino == inode
+    assert "a2" in own.read_text() and own.stat().st_ino == inode
 
 
 # -- isolation and second interfaces -----------------------------------------------------------------
