@@ -42,6 +42,7 @@ import dataclasses
 import importlib.util
 import ipaddress
 import json
+import socket
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -222,10 +223,16 @@ def _join_bridge(nl: Netlink, net: networks.NetworkDef, gateway: ipaddress.IPv4I
     bridge = net.bridge
     with state.flocked(paths.bridge_lock(bridge)):
         data = _read_users(bridge) or {"created_by_pish": False, "users": []}
+        others = _live(data["users"], leaving=cid)
+        if others:  # the first user set the bridge up: its index is all we need
+            with contextlib.suppress(OSError):  # (else it went away meanwhile: set it up again, below)
+                index = socket.if_nametoindex(bridge)  # one ioctl here, no link message to decode
+                data["users"] = others + [cid]
+                _write_users(bridge, data)
+                return index
         link = nl.link(bridge)
         if link is not None and not links.is_bridge(link):
             raise DriverError(f"{bridge} exists on the host but is not a bridge: pick another --network")
-        others = _live(data["users"], leaving=cid)
         first = not others
         if link is None:
             data["created_by_pish"] = True

@@ -13,6 +13,7 @@ import socket
 from typing import Any
 
 from pish_core import log as pish_log
+from pish_drivers.network import inside_netns
 from pish_drivers.network.netlink import IFF_UP, RTM_DELADDR, RTM_NEWADDR, Netlink, NetlinkError
 
 log = pish_log.get("network")
@@ -159,12 +160,15 @@ def configure_container_end(pid: int, address: ipaddress.IPv4Interface, gateway:
     address, usable at once), default routes via the gateways given (none for a second network: the
     first keeps the default route, as docker's). The netlink socket is opened inside the namespace and
     used from home (see inside_netns)."""
-    with Netlink(pid) as nl:
+    with inside_netns(pid):  # the socket stays bound to the container's netns once we are home again
+        nl = Netlink()
+        try:
+            dev = socket.if_nametoindex(ifname)  # one ioctl in its netns: no link message to decode
+        except OSError:
+            nl.close()
+            raise NetlinkError(errno.ENODEV, f"find {ifname} in the container's namespace") from None
+    with nl:
         nl.set_up(LOOPBACK_INDEX, "set lo up")
-        msg = nl.link(ifname)
-        if msg is None:
-            raise NetlinkError(errno.ENODEV, f"find {ifname} in the container's namespace")
-        dev = msg["index"]
         nl.address(RTM_NEWADDR, dev, socket.AF_INET, str(address.ip), address.network.prefixlen,
                    f"add {address} to {ifname}")
         if address6 is not None:

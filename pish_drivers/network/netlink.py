@@ -15,8 +15,8 @@ Why not pyroute2's ``IPRoute``, and how pyroute2 is still used (see also docs/ne
   taken out again at once, so any later ``import pyroute2`` in the process (a test, another tool) gets
   the real package, which finds these submodules already loaded.
 - ``Netlink`` is the socket: one ``NETLINK_ROUTE`` socket, bound to the network namespace it was
-  opened in (``Netlink(pid)`` opens it inside ``pid``'s netns, from this thread, and comes home at
-  once: no fork). ``request`` sends a message with ``NLM_F_REQUEST | NLM_F_ACK``, reads until the
+  opened in (opened inside a container's netns with ``inside_netns``, from this thread, which comes
+  home at once: no fork). ``request`` sends a message with ``NLM_F_REQUEST | NLM_F_ACK``, reads until the
   kernel's answer to that sequence number, decodes what came back with the request's own class and
   raises ``NetlinkError`` (with the errno) on an error.
 """
@@ -33,7 +33,6 @@ import types
 from typing import Any, Self
 
 from pish_core.errors import DriverError
-from pish_drivers.network import inside_netns
 
 # <linux/netlink.h>
 NLM_F_REQUEST = 0x1
@@ -95,16 +94,11 @@ def messages() -> types.SimpleNamespace:
 
 
 class Netlink:
-    """One ``NETLINK_ROUTE`` socket, in this thread's network namespace or in ``pid``'s."""
+    """One ``NETLINK_ROUTE`` socket, bound to the network namespace this thread is in when it is made
+    (made inside a container's, with ``inside_netns``, it works on that one from home)."""
 
-    def __init__(self, pid: int | None = None) -> None:
-        if pid is None:
-            self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                                       socket.NETLINK_ROUTE)
-        else:
-            with inside_netns(pid):  # the socket stays bound to that netns once we are home again
-                self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                                           socket.NETLINK_ROUTE)
+    def __init__(self) -> None:
+        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE)
         self._sock.bind((0, 0))  # no multicast groups: only answers to our own requests arrive
         self._seq = 0
 

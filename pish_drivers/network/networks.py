@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -62,7 +63,8 @@ class NetworkDef:
         return self.name
 
     def taken(self) -> set[ipam.Addr]:
-        return {ipam.Addr(a) for a in self.allocations}
+        # from inet_aton's int: ~10x cheaper than ipaddress parsing the text, once per member per join
+        return {ipam.Addr(int.from_bytes(socket.inet_aton(a), "big")) for a in self.allocations}
 
     def taken6(self) -> set[ipam.Addr6]:
         return {ipam.Addr6(o["address6"]) for o in self.allocations.values() if o.get("address6")}
@@ -313,7 +315,8 @@ def release(name: str, cid: str) -> list[str]:
 def _entries(net: NetworkDef) -> list[tuple[str, list[str]]]:
     """The hosts lines of ``net``'s containers: (address, names), IPv4 then IPv6, by address."""
     entries = []
-    for address, o in sorted(net.allocations.items(), key=lambda item: ipam.Addr(item[0])):
+    # inet_aton, not ipam.Addr: the same order, without an ipaddress object per member on every join
+    for address, o in sorted(net.allocations.items(), key=lambda item: socket.inet_aton(item[0])):
         names_of = [o["name"], o["hostname"], *o.get("aliases", [])]
         entries.append((address, names_of))
         if o.get("address6"):
