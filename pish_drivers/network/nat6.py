@@ -24,11 +24,10 @@ from pish_core.spec import PortMapping
 from pish_drivers.network import libnft
 from pish_drivers.network.nat import (
     contents,
-    delete_elements,
     host_locked,
-    isolate,
     maybe_drop,
-    unisolate,
+    network_commands,
+    network_removal_commands,
 )
 
 log = pish_log.get("network")
@@ -84,28 +83,18 @@ def enable_forwarding() -> None:
 
 
 def add_network(subnet6: ipaddress.IPv6Network, bridge: str) -> None:
-    """Forward, isolate and masquerade ``subnet6`` behind ``bridge``."""
+    """Forward, isolate and masquerade ``subnet6`` behind ``bridge``: one look, one transaction."""
     with host_locked():
-        found = contents(TABLE)
-        if not found:
-            log.info("creating nftables table %s (IPv6 forwarding, NAT66, published ports)", TABLE)
-            libnft.run(_RULESET)
-            found = contents(TABLE)
-        isolate(bridge, found, TABLE)
-        log.info("masquerading %s leaving through other interfaces than %s", subnet6, bridge)
-        libnft.run(f'add element {TABLE} subnets {{ {subnet6} }}; add element {TABLE} bridges {{ "{bridge}" }}')
+        libnft.run("\n".join(network_commands(str(subnet6), bridge, contents(TABLE), TABLE, _RULESET)))
     enable_forwarding()
 
 
 def remove_network(subnet6: str, bridge: str) -> None:
-    """Undo ``add_network``; idempotent. The table goes with its last element."""
+    """Undo ``add_network``; idempotent. The table goes with its last network (and port)."""
     with host_locked():
         found = contents(TABLE)
-        if not found:
-            return
-        unisolate(bridge, found, TABLE)
-        delete_elements(("subnets", subnet6), ("bridges", f'"{bridge}"'), table=TABLE)
-        maybe_drop(TABLE)
+        if found:
+            libnft.run("\n".join(network_removal_commands(subnet6, bridge, found, TABLE)))
 
 
 def publish(port: PortMapping, address6: str) -> None:
