@@ -330,17 +330,7 @@ def collect(cid: str, remove: bool = False) -> bool:
             os.close(fd)
             fd = -1
             return state.remove_unloadable(cid)
-        failed = []
-        for record in reversed(list(s.resources)):
-            kind = record["kind"]
-            try:
-                options = s.spec.get(_SPEC_KEY.get(kind, kind), {}).get("options", {})
-                load(kind, record["driver"], options).release(record)
-            except Exception as exc:  # noqa: BLE001 - one failing release must not keep the rest
-                failed.append(f"{kind} ({record['driver']}): {exc}")
-                continue
-            s.resources.remove(record)
-            s.save()
+        failed = release_journal(s)
         if failed:
             s.error = f"clean-up incomplete: {'; '.join(failed)}"
             s.save()
@@ -352,6 +342,25 @@ def collect(cid: str, remove: bool = False) -> bool:
     finally:
         if fd >= 0:
             os.close(fd)
+
+
+def release_journal(s: state.ContainerState, keep_kept: bool = False) -> list[str]:
+    """Release what the journal of ``s`` lists, newest first (but what a run kept, with ``keep_kept``),
+    forgetting each once released; return the failures, whose entries stay."""
+    failed = []
+    for record in reversed(list(s.resources)):
+        if keep_kept and record.get("kept"):
+            continue
+        kind = record["kind"]
+        try:
+            options = s.spec.get(_SPEC_KEY.get(kind, kind), {}).get("options", {})
+            load(kind, record["driver"], options).release(record)
+        except Exception as exc:  # noqa: BLE001 - one failing release must not keep the rest
+            failed.append(f"{kind} ({record['driver']}): {exc}")
+            continue
+        s.resources.remove(record)
+        s.save()
+    return failed
 
 
 def gc(failed: list[PishError] | None = None) -> list[str]:

@@ -96,7 +96,6 @@ def supervise(p: Prepared, io_cm: ContextManager[ProcessIO], *, wait_for_start: 
     """Acquire everything, run the command, wait for it, release everything; return its exit status.
     ``status_after(code)`` names the record's status from then on: ``restarting`` when a restart policy
     runs it again, so ``ps`` never shows an exit in between."""
-    record = p.record
     with _signals_handled() as signals:
         with contextlib.ExitStack() as stack:
             try:
@@ -106,16 +105,22 @@ def supervise(p: Prepared, io_cm: ContextManager[ProcessIO], *, wait_for_start: 
                 raise
         # The stack has released everything, in reverse order. Signals are still ours (ignored) until
         # the record says so: a SIGTERM now must not lose the exit status.
-        _stage("released")
-        record.status, record.exit_code, record.finished = status_after(status), status, time.time()
-        record.save()
+        record_exit(p, status, oom, status_after)
+    return status
+
+
+def record_exit(p: Prepared, status: int, oom: bool, status_after: Callable[[int], str]) -> None:
+    """Once everything is released: the record shows the exit, the events and the user hear of it."""
+    record = p.record
+    _stage("released")
+    record.status, record.exit_code, record.finished = status_after(status), status, time.time()
+    record.save()
     if oom:
         events.emit("oom", record.id, record.current_name(), image=record.image)
     events.emit("die", record.id, record.current_name(), image=record.image, exitCode=status)
     if oom:
         print(f"pish: container {p.spec.name} was killed by the OOM killer "
               f"(memory limit {_mib(p.spec.resources.memory)})", file=sys.stderr)
-    return status
 
 
 def _start_and_wait(p: Prepared, stack: contextlib.ExitStack, signals: _Signals,
