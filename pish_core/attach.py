@@ -1,7 +1,8 @@
 """``pish attach``: the terminal of a detached ``-t`` container, reached through its supervisor.
 
-The supervisor holds the pty's master end (``terminal.PtyIO``); for a detached container it also listens
-on a unix socket in the container's directory (``paths.attach_socket``). Everything the container writes
+The supervisor holds the pty's master end (``terminal.PtyIO``); once the container runs, the supervisor's
+monitor (``pish_core/monitor.py``, ``serve_pty``) listens on a unix socket in the container's directory
+(``paths.attach_socket``). Everything the container writes
 goes to its log and to every attached client; what a client sends goes to the container's terminal when
 it was made with ``-i``. A client sends frames (one byte of kind, four of length, the payload): input, or
 a window size for the container's pty. The client detaches on its detach keys (``ctrl-p,ctrl-q`` by
@@ -24,11 +25,12 @@ from pathlib import Path
 
 from pish_core import events, paths, state
 from pish_core.errors import SpecError, StateError
+from pish_core.monitor import DATA, HEADER_SIZE, WINSIZE, serve_pty
 from pish_core.spec import ContainerSpec
-from pish_core.terminal import ProcessIO, PtyIO, open_io, read_pty, write_all
+from pish_core.terminal import ProcessIO, PtyIO, open_io, write_all
 
-DATA, WINSIZE = 0, 1
-_HEADER = struct.Struct("!BI")
+_HEADER = struct.Struct("!BI")  # the monitor reads the same frames: kind, then length, big-endian
+assert _HEADER.size == HEADER_SIZE
 DEFAULT_DETACH_KEYS = "ctrl-p,ctrl-q"
 
 
@@ -50,67 +52,9 @@ class AttachablePty(PtyIO):
         self.cid, self.accept_input = cid, interactive
 
     def pump(self) -> None:
-        sock_path = paths.attach_socket(self.cid)
-        with _in_dir(sock_path.parent) as short:
-            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(sock_path)
-            listener.bind(f"{short}/{sock_path.name}")
-        os.chmod(sock_path, 0o600)
-        listener.listen(4)
-        clients: dict[socket.socket, bytearray] = {}
-        try:
-            self._serve(listener, clients)
-        finally:
-            for client in clients:
-                client.close()
-            listener.close()
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(sock_path)
-
-    def _serve(self, listener: socket.socket, clients: dict[socket.socket, bytearray]) -> None:
-        while True:
-            watch: list[int | socket.socket] = [self.master, listener, *clients]
-            ready, _, _ = select.select(watch, [], [])
-            if self.master in ready:
-                data = read_pty(self.master)
-                if not data:
-                    return
-                write_all(self.output, data)
-                for client in list(clients):
-                    try:
-                        client.sendall(data)
-                    except OSError:  # gone, or too slow (its timeout): the container does not wait
-                        clients.pop(client).clear()
-                        client.close()
-            if listener in ready:
-                client, _ = listener.accept()
-                client.settimeout(2)
-                clients[client] = bytearray()
-            for client in [c for c in ready if isinstance(c, socket.socket) and c in clients]:
-                try:
-                    chunk = client.recv(65536)
-                except OSError:
-                    chunk = b""
-                if not chunk:
-                    clients.pop(client)
-                    client.close()
-                    continue
-                self._frames(clients[client], chunk)
-
-    def _frames(self, buffer: bytearray, chunk: bytes) -> None:
-        buffer += chunk
-        while len(buffer) >= _HEADER.size:
-            kind, length = _HEADER.unpack_from(buffer)
-            if len(buffer) < _HEADER.size + length:
-                return
-            payload = bytes(buffer[_HEADER.size:_HEADER.size + length])
-            del buffer[:_HEADER.size + length]
-            if kind == DATA and self.accept_input:
-                write_all(self.master, payload)
-            elif kind == WINSIZE and len(payload) == 8:
-                with contextlib.suppress(OSError):
-                    fcntl.ioctl(self.master, termios.TIOCSWINSZ, payload)
+        """Serve the terminal here (a supervisor that kept running as itself: see ``detach._hand_off``);
+        usually the container's monitor does, after the supervisor exec'd it."""
+        serve_pty(self.master, self.output, str(paths.attach_socket(self.cid)), self.accept_input)
 
 
 @contextlib.contextmanager

@@ -6,6 +6,13 @@ writes the container's stdout and stderr to ``container.log`` and records the ex
 that starts it waits on a pipe until the container is running (or created), then prints its id; an
 error on the way arrives on the same pipe and is printed as one line.
 
+While the command runs, the supervisor is small (issue 13: a thousand containers must not weigh a
+thousand full pish processes): once the command runs it execs ``pish_core/monitor.py`` under ``python -S
+-I``, about 8 MB RSS instead of about 20, which stays the container's parent, keeps the supervisor lock
+(an inherited fd), forwards signals, serves ``pish attach`` and waits. When the command ends the monitor
+execs this module's ``resume``: the full pish again, in the same process, which releases what the journal
+lists (the same ``release`` that ``pish gc`` uses), records the exit and goes on with the restart policy.
+
 The supervisor also carries out the container's ``--restart`` policy: it runs ``supervise`` again after
 the policy's back-off, with the root filesystem the first run kept, until the policy says no or the user
 stops the container. ``pish start`` of an exited container starts a new supervisor on the same record.
@@ -13,22 +20,27 @@ stops the container. ``pish start`` of an exited container starts a new supervis
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
 import os
 import signal
+import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from types import FrameType
 
 from pish_core import events, log, paths, proc, state
-from pish_core.attach import detached_io
+from pish_core.attach import AttachablePty, detached_io
+from pish_core.drivers import Child
 from pish_core.errors import PishError, StateError
 from pish_core.restartpolicy import Backoff, RestartPolicy, from_dict
-from pish_core.runtime import Drivers, Prepared, prepare, supervise
+from pish_core.runtime import Drivers, Prepared, exit_status, prepare, record_exit, supervise
 from pish_core.spec import ContainerSpec
+from pish_core.terminal import ProcessIO
 
 _log = log.get("supervisor")
-Notify = Callable[[PishError | None], None]
 
 
 def start_detached(spec: ContainerSpec, *, start: bool = True, auto_remove: bool = False,
@@ -100,6 +112,25 @@ def _launch(p: Prepared, start: bool) -> str:
     return spec.id
 
 
+class _Starter:
+    """The pipe to the command that waits until the container runs (or is created): one report, then
+    closed. A supervisor the monitor exec'd again (``resume``) has none: that report was made."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    @property
+    def waiting(self) -> bool:
+        return self.fd >= 0
+
+    def notify(self, error: PishError | None) -> None:
+        if self.fd >= 0:
+            with contextlib.suppress(BrokenPipeError):  # the starter was killed: the container goes on
+                os.write(self.fd, b"ok" if error is None else f"{error.exit_code} {error}".encode())
+            os.close(self.fd)
+            self.fd = -1
+
+
 def _be_supervisor(p: Prepared, report_fd: int, start: bool) -> None:
     """The supervisor's whole life. Its own log goes to supervisor.log, the container's to container.log."""
     cid = p.spec.id
@@ -107,46 +138,64 @@ def _be_supervisor(p: Prepared, report_fd: int, start: bool) -> None:
     p.record.save()  # now: `pish rm -f` signals the supervisor, never the starter
     devnull = os.open(os.devnull, os.O_RDWR)
     own_log = os.open(paths.supervisor_log(cid), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    container_log = os.open(paths.log_file(cid), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
     os.dup2(devnull, 0)
     os.dup2(own_log, 1)
     os.dup2(own_log, 2)
     os.close(devnull)
     os.close(own_log)
+    starter = _Starter(report_fd)
+    _until_done(p, starter, lambda: _run_with_policy(p, starter, start, Backoff()))
 
-    def notify(error: PishError | None) -> None:
-        nonlocal report_fd
-        if report_fd >= 0:
-            with contextlib.suppress(BrokenPipeError):  # the starter was killed: the container goes on
-                os.write(report_fd, b"ok" if error is None else f"{error.exit_code} {error}".encode())
-            os.close(report_fd)
-            report_fd = -1
 
+def resume() -> None:
+    """The supervisor again, exec'd by its monitor (``pish_core/monitor.py``) once the container's command
+    ended: record the exit, release what the journal lists (the kept root filesystem aside) and go on
+    with the restart policy, as if it had waited itself. argv: id, lock fd, log level, back-off delay,
+    the wait status."""
+    cid, lock, level, delay, raw = sys.argv[1:6]
+    lock_fd = int(lock)
+    os.set_inheritable(lock_fd, False)  # ours alone again: nothing forked from here may hold the lock
+    log.setup(level)
+    starter = _Starter(-1)
     try:
-        _run_with_policy(p, container_log, start, notify)
+        s = state.ContainerState.load(cid)
+        spec = ContainerSpec.from_dict(s.spec).with_changes(name=s.name)
+        p = Prepared(spec, Drivers.for_spec(spec), state.Journal(s, lock_fd), keep_rootfs=not s.auto_remove)
+    except BaseException:  # noqa: BLE001 - its traceback to supervisor.log; the record stays for `pish gc`
+        traceback.print_exc()
+        os._exit(1)
+    _until_done(p, starter, lambda: _run_with_policy(p, starter, True, Backoff(float(delay)), ended=int(raw)))
+
+
+def _until_done(p: Prepared, starter: _Starter, run: Callable[[], int]) -> None:
+    """Run the supervisor's work; whatever ends it, the record says how and the starter hears of it."""
+    try:
+        run()
         if p.record.auto_remove:
             state.finish(p.record)
     except PishError as exc:
         _log.error("%s", exc)
         # A created container failed at `pish start`, or an exited one failed to run again on its kept
         # root filesystem: it stays (exited, with the reason to read), to be started again or removed.
-        if report_fd < 0 or p.journal.kept("storage") is not None:
+        if not starter.waiting or p.journal.kept("storage") is not None:
             p.record.status, p.record.error, p.record.exit_code = "stopped", str(exc), exc.exit_code
             p.record.save()
-        notify(exc)
+        starter.notify(exc)
         if p.record.status != "stopped" or p.record.resources:
             state.finish(p.record)
     except BaseException as exc:  # noqa: BLE001 - the starter must hear of it, not a dead pipe
         traceback.print_exc()
-        notify(PishError(f"supervisor failed: {exc}"))
+        starter.notify(PishError(f"supervisor failed: {exc}"))
         state.finish(p.record)
 
 
-def _run_with_policy(p: Prepared, container_log: int, start: bool, notify: Notify) -> int:
+def _run_with_policy(p: Prepared, starter: _Starter, start: bool, backoff: Backoff, ended: int | None = None) -> int:
     """Run the container, then again as its restart policy says, after the back-off; return the last
-    exit status. ``pish stop``/``kill`` (their marker file) or a SIGTERM to the supervisor end it."""
+    exit status. ``pish stop``/``kill`` (their marker file) or a SIGTERM to the supervisor end it.
+    ``ended``: the wait status of a run the monitor saw end, to finish first (``resume``)."""
     policy = from_dict(p.record.restart_policy)
-    backoff = Backoff()
+    container_log = os.open(paths.log_file(p.spec.id), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    p.monitor = functools.partial(_hand_off, backoff=backoff)
     with _stop_requests() as stop:
         wait_for_start = not start
 
@@ -155,8 +204,11 @@ def _run_with_policy(p: Prepared, container_log: int, start: bool, notify: Notif
             return "restarting" if policy.should_restart(status, p.record.restart_count, stopped) else "stopped"
 
         while True:
-            status = supervise(p, detached_io(p.spec, container_log), wait_for_start=wait_for_start,
-                               notify=notify, status_after=status_after)
+            if ended is None:
+                status = supervise(p, detached_io(p.spec, container_log), wait_for_start=wait_for_start,
+                                   notify=starter.notify, status_after=status_after)
+            else:
+                status, ended = _finish_run(p, ended, status_after), None
             wait_for_start = False
             _log.info("container %s exited with %d", p.spec.name, status)
             if p.record.status != "restarting":
@@ -171,6 +223,58 @@ def _run_with_policy(p: Prepared, container_log: int, start: bool, notify: Notif
             p.record.restart_count += 1
             events.emit("restart", p.spec.id, p.record.current_name(), image=p.record.image,
                         restartCount=p.record.restart_count)
+
+
+#: what the supervisor blocks across its exec of the monitor and back, so none is lost or kills it
+_HANDED_OVER = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGALRM}
+
+
+def _hand_off(p: Prepared, child: Child, io: ProcessIO, *, backoff: Backoff) -> None:
+    """Once the command runs: exec the monitor (``pish_core/monitor.py``, ``python -S -I``) in this
+    process, which stays the container's parent and keeps the supervisor lock (its fd inherited), and
+    which execs ``resume`` once the command ends. Everything held is in the journal already; what this
+    process holds in memory only goes. Returns, and this process supervises as itself, if it cannot."""
+    if len(os.listdir("/proc/self/task")) > 1:  # exec ends the other threads: a [::1] port proxy (proxy.py)
+        _log.debug("a thread serves container %s: its supervisor stays", p.spec.name)
+        return
+    inherited = [p.journal.lock_fd]
+    args = [f"pid={child.pid}", f"stop_timeout={p.spec.stop_timeout}"]
+    if isinstance(io, AttachablePty):
+        inherited += [io.master, io.output]
+        args += [f"master={io.master}", f"log={io.output}", f"input={int(io.accept_input)}",
+                 f"socket={paths.attach_socket(p.spec.id)}"]
+    level = logging.getLevelName(logging.getLogger("pish").getEffectiveLevel()).lower()
+    here = str(Path(__file__).resolve().parent.parent)  # this pish_core, wherever it was found (-m, cwd)
+    code = f"import sys; {here!r} in sys.path or sys.path.insert(0, {here!r}); import pish_core.detach as d; d.resume()"
+    back = [sys.executable, "-P", "-c", code, p.spec.id, str(p.journal.lock_fd), level, repr(backoff.delay)]
+    argv = [sys.executable, "-S", "-I", str(Path(__file__).with_name("monitor.py")), *args, "--", *back]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _HANDED_OVER)
+    for fd in inherited:
+        os.set_inheritable(fd, True)
+    try:
+        os.execv(sys.executable, argv)
+    except OSError as exc:
+        for fd in inherited:
+            os.set_inheritable(fd, False)
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        _log.warning("cannot start the monitor of container %s (%s): its supervisor stays", p.spec.name, exc)
+
+
+def _finish_run(p: Prepared, raw: int, status_after: Callable[[int], str]) -> int:
+    """A run the monitor saw end: release what it held (as ``supervise``'s stack would have), record the
+    exit; return its exit status."""
+    from pish_core.lifecycle import group_of, release_journal
+
+    status = exit_status(raw)
+    with contextlib.suppress(PishError, OSError):
+        p.record.oom_killed = group_of(p.record).oom_killed()
+    failed = release_journal(p.record, keep_kept=True)
+    if failed:
+        raise PishError(f"container {p.spec.name}: cannot release {'; '.join(failed)}")
+    record_exit(p, status, p.record.oom_killed, status_after)
+    return status
 
 
 class _StopRequest:
@@ -197,6 +301,7 @@ class _StopRequest:
 def _stop_requests() -> Iterator[_StopRequest]:
     stop = _StopRequest()
     saved = {s: signal.signal(s, stop.on_signal) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _HANDED_OVER)  # blocked by the monitor for ``resume``
     try:
         yield stop
     finally:

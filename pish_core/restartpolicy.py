@@ -66,8 +66,8 @@ def from_dict(data: object) -> RestartPolicy:
 class Backoff:
     """The delay before each restart: 100 ms, doubling, capped; back to 100 ms after a long run."""
 
-    def __init__(self) -> None:
-        self.delay = 0.0
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay  # the last delay: carried across the supervisor's exec of its monitor and back
 
     def next(self, ran_for: float) -> float:
         """The delay before the next start, given how long the last run lasted (seconds)."""

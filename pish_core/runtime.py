@@ -69,6 +69,9 @@ class Prepared:
     #: keep the root filesystem when the command exits (a detached container without --rm, as docker
     #: keeps its writable layer), so `pish start` runs it again on the same files; `pish rm` releases it
     keep_rootfs: bool = False
+    #: a detached container's hand-off (``detach.py``): called once the command runs, it execs a small
+    #: monitor that waits for it instead of this process; returns only if it cannot
+    monitor: Callable[[Prepared, Child, ProcessIO], None] | None = None
 
     @property
     def record(self) -> state.ContainerState:
@@ -163,6 +166,8 @@ def _start_and_wait(p: Prepared, stack: contextlib.ExitStack, signals: _Signals,
     _stage("running")
     if not wait_for_start:
         notify(None)
+    if p.monitor is not None:  # detached: a small process waits from here (pish_core/monitor.py)
+        p.monitor(p, child, io)
     io.pump()
     status = exit_status(child.wait())  # 6. wait
     signals.done()
