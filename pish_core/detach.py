@@ -8,7 +8,7 @@ error on the way arrives on the same pipe and is printed as one line.
 
 While the command runs, the supervisor is small (issue 13: a thousand containers must not weigh a
 thousand full pish processes): once the command runs it execs ``pish_core/monitor.py`` under ``python -S
--I``, about 8 MB RSS instead of about 20, which stays the container's parent, keeps the supervisor lock
+-I``, about 9 MB RSS instead of about 19, which stays the container's parent, keeps the supervisor lock
 (an inherited fd), forwards signals, serves ``pish attach`` and waits. When the command ends the monitor
 execs this module's ``resume``: the full pish again, in the same process, which releases what the journal
 lists (the same ``release`` that ``pish gc`` uses), records the exit and goes on with the restart policy.

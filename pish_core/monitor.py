@@ -3,7 +3,7 @@
 Once a detached container's command runs, its supervisor (``pish_core/detach.py``) execs this file as a
 script with ``python -S -I``: the same process (same pid, the container's first process still its child,
 the supervisor lock still held through the inherited fd), but only the interpreter and a few built-in
-modules in memory, about 8 MB RSS instead of the ~20 MB of a pish that has imported its drivers. It
+modules in memory: about 9 MB RSS, 3 MB of it its own, instead of ~19 MB of a pish with its drivers. It
 
 - forwards SIGINT, SIGTERM and SIGHUP to the container's process, SIGKILL after the stop timeout or on a
   second signal (as ``runtime._Signals`` does in the foreground);
@@ -22,8 +22,8 @@ import sys
 
 TYPE_CHECKING = False  # mypy reads the signal module's types; the interpreter the C module alone
 if TYPE_CHECKING:
+    import _socket
     import signal as _signal
-    import socket
 else:
     import _signal  # signal.py would import enum and a dozen modules more: about 0.9 MB per container
 
@@ -79,11 +79,11 @@ def serve_pty(master: int, output: int, sock_path: str, accept_input: bool) -> N
     """Copy a detached ``-t`` container's terminal to ``output`` (its log) and to every client of a unix
     socket at ``sock_path`` (``pish attach``), and what clients send to the terminal (``accept_input``:
     ``-i``), until the terminal closes. Removes the socket on the way out."""
-    import socket  # here, not at the top: only a -t container's monitor pays for it (~1 MB)
+    import _socket  # the C module: socket.py would import enum, selectors and more: ~1 MB RSS
 
     directory = os.open(os.path.dirname(sock_path), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:  # a short path: a unix socket's must fit in 108 bytes
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        listener = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
         try:
             os.unlink(sock_path)
         except FileNotFoundError:
@@ -93,7 +93,7 @@ def serve_pty(master: int, output: int, sock_path: str, accept_input: bool) -> N
         os.close(directory)
     os.chmod(sock_path, 0o600)
     listener.listen(4)
-    clients: dict[socket.socket, bytearray] = {}
+    clients: dict[_socket.socket, bytearray] = {}
     try:
         _serve(master, output, listener, clients, accept_input)
     finally:
@@ -106,13 +106,13 @@ def serve_pty(master: int, output: int, sock_path: str, accept_input: bool) -> N
             pass
 
 
-def _serve(master: int, output: int, listener: "socket.socket", clients: "dict[socket.socket, bytearray]",
+def _serve(master: int, output: int, listener: "_socket.socket", clients: "dict[_socket.socket, bytearray]",
            accept_input: bool) -> None:
+    import _socket
     import select
-    import socket
 
     while True:
-        watch: list[int | socket.socket] = [master, listener, *clients]
+        watch: list[int | _socket.socket] = [master, listener, *clients]
         ready, _, _ = select.select(watch, [], [])
         if master in ready:
             data = read_pty(master)
@@ -126,10 +126,11 @@ def _serve(master: int, output: int, listener: "socket.socket", clients: "dict[s
                     clients.pop(client).clear()
                     client.close()
         if listener in ready:
-            client, _ = listener.accept()
+            fd, _ = listener._accept()  # type: ignore[attr-defined]  # what socket.accept() wraps
+            client = _socket.socket(fileno=fd)
             client.settimeout(2)
             clients[client] = bytearray()
-        for client in [c for c in ready if isinstance(c, socket.socket) and c in clients]:
+        for client in [c for c in ready if isinstance(c, _socket.socket) and c in clients]:
             try:
                 chunk = client.recv(65536)
             except OSError:

@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.skipif(os.geteuid() != 0, rea
 MONITOR = Path(pish_core.monitor.__file__)
 
 #: what the monitor may import beyond the interpreter's own start-up (``-S``: no site): the C module
-#: ``_signal``, not ``signal`` and its enum. (A -t container's monitor imports socket, select, fcntl and
+#: ``_signal``, not ``signal`` and its enum. (A -t container's monitor imports _socket, select, fcntl and
 #: termios too, in ``serve_pty``.)
 ALLOWED = {"_signal"}  # and os, which every python imports
 
