@@ -200,11 +200,17 @@ def _stopped_by_user(s: state.ContainerState) -> None:
         paths.stop_marker(s.id).touch()
 
 
+def _between_runs(s: state.ContainerState) -> bool:
+    """Restarting, or running by its record while its command has ended: its supervisor is releasing and
+    recording that run (after its monitor exec'd the full pish again, ``detach.resume``)."""
+    return s.status == "restarting" or (s.status == "running" and not s.command_running())
+
+
 def _settled(s: state.ContainerState, timeout: float = 30) -> state.ContainerState:
-    """A container between two runs of its restart policy, once its command runs again or its supervisor
+    """A container between two runs (``_between_runs``), once its command runs again or its supervisor
     has ended (the stop marker ends the back-off); any other container as it is."""
     deadline = time.monotonic() + timeout
-    while s.status == "restarting" and state.supervisor_alive(s.id) and time.monotonic() < deadline:
+    while _between_runs(s) and state.supervisor_alive(s.id) and time.monotonic() < deadline:
         time.sleep(0.02)
         with contextlib.suppress(StateError):
             s = state.ContainerState.load(s.id)
@@ -240,12 +246,12 @@ def restart(ref: str, timeout: float = 10) -> state.ContainerState:
 def stop(ref: str, timeout: float = 10) -> state.ContainerState:
     """SIGTERM, then SIGKILL after ``timeout`` seconds, as ``docker stop``; return once all is released."""
     s = state.resolve(ref)
-    restarting = s.status == "restarting"
+    restarting = s.status == "restarting" or (_between_runs(s) and state.supervisor_alive(s.id))
     if s.status in ("running", "restarting"):
         _stopped_by_user(s)
         s = _settled(s)
     if not s.command_running():
-        if restarting:  # between two runs: the stop marker ended the back-off
+        if restarting:  # between two runs: the stop marker ended the back-off, or kept it from restarting
             state.wait_supervisor_gone(s.id, 30)
             events.emit("stop", s.id, s.name, image=s.image)
             with contextlib.suppress(StateError):
