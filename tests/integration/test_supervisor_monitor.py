@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers.containers import ps_json, run_detached
+from helpers.containers import ps_json, run_detached, wait_for
 
 import pish_core.monitor
 
@@ -45,6 +45,10 @@ def _supervisor(pish_env, cid: str) -> int:
     return int(record["supervisor_pid"])
 
 
+def _argv(pid: int) -> list[bytes]:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+
+
 def _maps(pid: int) -> set[str]:
     with open(f"/proc/{pid}/maps") as f:
         return {line.split()[-1] for line in f if len(line.split()) >= 6}
@@ -56,8 +60,10 @@ def test_running_supervisor_is_the_monitor_then_pish_again(pish, pish_env, busyb
     cid = run_detached(pish, "--net", "none", *flags, "--name", "mon", str(busybox_tar), "sh", "-c", "sleep 100")
     try:
         pid = _supervisor(pish_env, cid)
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        assert b"-S" in argv and b"-I" in argv and str(MONITOR).encode() in argv, argv
+        # `run -d` returns once the command runs; the supervisor execs its monitor just after
+        wait_for(lambda: str(MONITOR).encode() in _argv(pid), what="the supervisor to exec its monitor")
+        argv = _argv(pid)
+        assert b"-S" in argv and b"-I" in argv, argv
         mapped = _maps(pid)
         assert not [m for m in mapped if "site-packages" in m or "_native" in m], \
             "the monitor maps pish's packages or native module"
@@ -77,6 +83,7 @@ def test_killed_monitor_leaves_what_gc_undoes(pish, pish_env, busybox_tar, leaks
     """SIGKILL of the monitor: its container dies with it (PDEATHSIG), and `pish gc` undoes the journal."""
     cid = run_detached(pish, "--net", "none", "--name", "mon-kill", str(busybox_tar), "sleep", "100")
     pid = _supervisor(pish_env, cid)
+    wait_for(lambda: str(MONITOR).encode() in _argv(pid), what="the supervisor to exec its monitor")
     container = json.loads((pish_env.root / "containers" / cid / "state.json").read_text())["pid"]
     os.kill(pid, 9)
     deadline = time.monotonic() + 10  # a safety net, not a timing check
