@@ -35,8 +35,9 @@ from pish_core import events, log, paths, proc, state
 from pish_core.attach import AttachablePty, detached_io
 from pish_core.drivers import Child
 from pish_core.errors import PishError, StateError
+from pish_core.proc import exit_status
 from pish_core.restartpolicy import Backoff, RestartPolicy, from_dict
-from pish_core.runtime import Drivers, Prepared, exit_status, prepare, record_exit, supervise
+from pish_core.runtime import Drivers, Prepared, prepare, record_exit, supervise
 from pish_core.spec import ContainerSpec
 from pish_core.terminal import ProcessIO
 
