@@ -25,9 +25,9 @@ from pathlib import Path
 
 from pish_core import events, paths, state
 from pish_core.errors import SpecError, StateError
-from pish_core.monitor import DATA, HEADER_SIZE, WINSIZE, serve_pty
+from pish_core.monitor import DATA, HEADER_SIZE, WINSIZE, serve_pty, write_all
 from pish_core.spec import ContainerSpec
-from pish_core.terminal import ProcessIO, PtyIO, open_io, write_all
+from pish_core.terminal import ProcessIO, PtyIO, open_io
 
 _HEADER = struct.Struct("!BI")  # the monitor reads the same frames: kind, then length, big-endian
 assert _HEADER.size == HEADER_SIZE

@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import cast
 
 from pish_core import events, log, paths, proc, state, userns
-from pish_core.drivers import Child, Group, Isolation, Limits, load, load_class
+from pish_core.drivers import Child, Isolation, Limits, load
 from pish_core.errors import DriverError, PishError, StateError
+from pish_core.resources import group_of, release_journal
 from pish_core.rootpath import resolve_in_root
 from pish_core.spec import ContainerSpec, Process, Resources, container_env
 
 _log = log.get("lifecycle")
-_SPEC_KEY = {"storage": "storage", "limits": "limits", "network": "net", "isolation": "isolation"}
 
 
 def status_text(s: state.ContainerState, alive: bool | None = None) -> str:
@@ -37,18 +37,6 @@ def status_text(s: state.ContainerState, alive: bool | None = None) -> str:
     if s.status == "restarting":  # its policy starts it again after a back-off; N: how it last exited
         return f"restarting ({s.exit_code})"
     return "paused" if s.status == "running" and paused(s) else s.status
-
-
-def group_of(s: state.ContainerState) -> Group:
-    """The container's cgroup, found again through the limits driver that made it (its journal entry)."""
-    record = next((r for r in s.resources if r.get("kind") == "limits"), None)
-    if record is None:
-        raise StateError(f"container {s.name} has no cgroup")
-    spec_limits = s.spec.get("limits", {})
-    options = spec_limits.get("options", {}) if spec_limits.get("name") == record["driver"] else {}
-    # The driver made this group, so it works here: no host check (systemd's is a D-Bus round trip, and
-    # `pish ps` asks this of every running container)
-    return cast(Limits, load_class("limits", record["driver"])(options)).group(record)
 
 
 def paused(s: state.ContainerState) -> bool:
@@ -348,25 +336,6 @@ def collect(cid: str, remove: bool = False) -> bool:
     finally:
         if fd >= 0:
             os.close(fd)
-
-
-def release_journal(s: state.ContainerState, keep_kept: bool = False) -> list[str]:
-    """Release what the journal of ``s`` lists, newest first (but what a run kept, with ``keep_kept``),
-    forgetting each once released; return the failures, whose entries stay."""
-    failed = []
-    for record in reversed(list(s.resources)):
-        if keep_kept and record.get("kept"):
-            continue
-        kind = record["kind"]
-        try:
-            options = s.spec.get(_SPEC_KEY.get(kind, kind), {}).get("options", {})
-            load(kind, record["driver"], options).release(record)
-        except Exception as exc:  # noqa: BLE001 - one failing release must not keep the rest
-            failed.append(f"{kind} ({record['driver']}): {exc}")
-            continue
-        s.resources.remove(record)
-        s.save()
-    return failed
 
 
 def gc(failed: list[PishError] | None = None) -> list[str]:

@@ -18,6 +18,7 @@ import termios
 import tty
 from collections.abc import Iterator
 
+from pish_core.monitor import read_pty, write_all  # one copy: the monitor may import nothing of pish
 from pish_core.spec import ContainerSpec
 
 
@@ -108,22 +109,6 @@ class PtyIO(ProcessIO):
                 os.close(fd)
         self.console, self.master = None, -1
         self._sock.close()
-
-
-def write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
-def read_pty(master: int) -> bytes:
-    """What the container wrote to its terminal; b"" once every holder of the slave end is gone."""
-    try:
-        return os.read(master, 65536)
-    except OSError as exc:
-        if exc.errno == errno.EIO:
-            return b""
-        raise
 
 
 @contextlib.contextmanager

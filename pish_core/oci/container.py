@@ -74,7 +74,7 @@ def _limits_record(record: state.ContainerState) -> dict[str, Any] | None:
 
 
 def _group(record: state.ContainerState) -> Any:
-    from pish_core.lifecycle import group_of
+    from pish_core.resources import group_of
 
     return group_of(record)
 

@@ -1,0 +1,44 @@
+"""A container's resources found again from its journal, by whichever process holds the record: its cgroup
+(``group_of``), and the release of what the journal lists (``release_journal``: ``pish gc``, ``rm``, and a
+detached container's supervisor once its command ended)."""
+from __future__ import annotations
+
+from typing import cast
+
+from pish_core import state
+from pish_core.drivers import Group, Limits, load, load_class
+from pish_core.errors import StateError
+
+#: a journal entry's kind -> the key of its driver's choice in the spec
+_SPEC_KEY = {"storage": "storage", "limits": "limits", "network": "net", "isolation": "isolation"}
+
+
+def group_of(s: state.ContainerState) -> Group:
+    """The container's cgroup, found again through the limits driver that made it (its journal entry)."""
+    record = next((r for r in s.resources if r.get("kind") == "limits"), None)
+    if record is None:
+        raise StateError(f"container {s.name} has no cgroup")
+    spec_limits = s.spec.get("limits", {})
+    options = spec_limits.get("options", {}) if spec_limits.get("name") == record["driver"] else {}
+    # The driver made this group, so it works here: no host check (systemd's is a D-Bus round trip, and
+    # `pish ps` asks this of every running container)
+    return cast(Limits, load_class("limits", record["driver"])(options)).group(record)
+
+
+def release_journal(s: state.ContainerState, keep_kept: bool = False) -> list[str]:
+    """Release what the journal of ``s`` lists, newest first (but what a run kept, with ``keep_kept``),
+    forgetting each once released; return the failures, whose entries stay."""
+    failed = []
+    for record in reversed(list(s.resources)):
+        if keep_kept and record.get("kept"):
+            continue
+        kind = record["kind"]
+        try:
+            options = s.spec.get(_SPEC_KEY.get(kind, kind), {}).get("options", {})
+            load(kind, record["driver"], options).release(record)
+        except Exception as exc:  # noqa: BLE001 - one failing release must not keep the rest
+            failed.append(f"{kind} ({record['driver']}): {exc}")
+            continue
+        s.resources.remove(record)
+        s.save()
+    return failed
