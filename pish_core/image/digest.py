@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from pish_core.errors import ImageError
+
+if TYPE_CHECKING:
+    import threading
 
 _DIGEST_RE = re.compile(r"([a-z0-9]+(?:[.+_-][a-z0-9]+)*):([a-zA-Z0-9=_-]+)")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -59,20 +62,59 @@ def sha256_file(f: IO[bytes], on_read: Callable[[int], None] | None = None) -> s
     return str(h.hexdigest())
 
 
+class BackgroundHash:
+    """A sha256 fed from another thread: hashing a 170 MB layer takes ~160 ms, which then overlaps with
+    unpacking it (hashlib lets go of the GIL for big updates). The chunks are bytes: they cannot change."""
+
+    def __init__(self) -> None:
+        import queue  # here, as hashlib: a run of a stored image hashes nothing
+
+        self._hash = _sha256()
+        self._chunks: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._digest: str | None = None
+
+    def update(self, data: bytes) -> None:
+        if self._thread is None:
+            import threading
+
+            self._thread = threading.Thread(target=self._run, name="pish-sha256", daemon=True)
+            self._thread.start()
+        self._chunks.put(data)
+
+    def _run(self) -> None:
+        while (chunk := self._chunks.get()) is not None:
+            self._hash.update(chunk)
+
+    def close(self) -> None:
+        """Stop the thread (hexdigest() does too); the hash is final from then on."""
+        if self._thread is not None:
+            self._chunks.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def hexdigest(self) -> str:
+        if self._digest is None:
+            self.close()
+            self._digest = str(self._hash.hexdigest())
+        return self._digest
+
+
 class HashingReader:
     """A read-only stream that hashes (and counts) every byte read through it."""
 
     def __init__(self, raw: IO[bytes], on_read: Callable[[int], None] | None = None,
                  limit: int | None = None, what: str = "") -> None:
         self.raw = raw
-        self.hash = _sha256()
+        self.hash = BackgroundHash()
         self.size = 0
         self.on_read = on_read
         self.limit, self.what = limit, what
 
     def read(self, n: int = -1) -> bytes:
         data = self.raw.read(n)
-        self.hash.update(data)
+        if data:
+            self.hash.update(data)
         self.size += len(data)
         if self.limit is not None and self.size > self.limit:
             raise ImageError(f"{self.what} is bigger than {self.limit} bytes uncompressed "
@@ -124,28 +166,39 @@ def compression(head: bytes) -> str:
 
 class LayerStream:
     """One pass over a stored layer: ``tar`` is the uncompressed tar stream to unpack; afterwards
-    ``finish()`` drains both streams and ``blob_digest`` / ``diff_id`` are the hex digests seen."""
+    ``finish()`` drains both streams and ``blob_digest`` / ``diff_id`` are the hex digests seen.
+    An uncompressed layer is its own tar: it is hashed once, both digests are the same."""
 
     def __init__(self, raw: IO[bytes], what: str, on_read: Callable[[int], None] | None = None,
                  max_tar: int | None = None) -> None:
-        self.blob = HashingReader(raw, on_read)
+        self.blob = HashingReader(raw, on_read, limit=max_tar, what=what)
         head = self.blob.read(4)
         self.compression = compression(head)
         source: Any = _Prefixed(head, self.blob)
+        if self.compression == "none":
+            self.tar: Any = source
+            self.tar_hash = self.blob
+            return
+        self.blob.limit = None  # the limit is on what comes out
         if self.compression == "zstd":
             source = _zstd_reader(source, what)
         if self.compression == "gzip":
             import gzip  # here: a run of a stored image reads no layer, and needs no gzip
 
             source = gzip.GzipFile(fileobj=source, mode="rb")
-        self.tar = HashingReader(source, limit=max_tar, what=what)
+        self.tar = self.tar_hash = HashingReader(source, limit=max_tar, what=what)
 
     def finish(self) -> None:
         try:
-            self.tar.drain()
+            self.tar_hash.drain()
         except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
             raise ImageError(f"corrupt compressed layer: {exc}") from None
         self.blob.drain()
+
+    def close(self) -> None:
+        """Stop the hashing threads (after an error: ``finish`` and the digests do it otherwise)."""
+        self.blob.hash.close()
+        self.tar_hash.hash.close()
 
     @property
     def blob_digest(self) -> str:
@@ -153,7 +206,7 @@ class LayerStream:
 
     @property
     def diff_id(self) -> str:
-        return self.tar.hexdigest()
+        return self.tar_hash.hexdigest()
 
 
 class _ZstdErrors:

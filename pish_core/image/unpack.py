@@ -11,15 +11,29 @@ podman does the same). Fifos are kept: making one touches nothing but the tree.
 An image layer is unpacked the same way, from a stream (``unpack_stream``), with its OCI whiteouts turned
 into overlayfs ones as it goes (see ``whiteout.py``): the layer directory is then an overlayfs lower layer
 as it stands.
+
+How it is fast (a 170 MB Debian rootfs, ~8,700 members, at about GNU tar's speed): the stream is read in
+1 MiB chunks (``_Reader``) and the headers parsed here (``_members``), not by tarfile; a file's data is
+written from those chunks without a copy, to a file whose owner, mode and times are set on its fd, each
+only when it differs from what ``open`` gave. What the tree holds is kept in a dict (``_Tree``), so the
+checks for symlinks on the way cost no syscall; a directory's mode and times are set once, at the end.
+(A thread pool writing the files measured slower on 2 cores: every syscall is a GIL hand-over.)
 """
 from __future__ import annotations
 
+import bz2
+import gzip
+import lzma
 import os
 import posixpath
+import stat
+import struct
 import tarfile
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, cast
 
 from pish_core import log
 from pish_core.errors import ImageError
@@ -27,10 +41,8 @@ from pish_core.image import whiteout
 
 _log = log.get("image")
 
-#: pish checks every member itself (``_check``) and needs none of tarfile's own extraction filters (PEP 706,
-#: Python 3.11.4+; the default from 3.14), which would refuse what a rootfs rightly holds, such as absolute
-#: symlinks. Where they exist we ask for "fully_trusted", which is what 3.11.0-3.11.3 do with no argument.
-_NO_TARFILE_FILTER: dict[str, str] = {"filter": "fully_trusted"} if hasattr(tarfile, "fully_trusted_filter") else {}
+CHUNK = 1 << 20  # the tar stream is read this much at a time
+
 
 @dataclass
 class UnpackStats:
@@ -49,38 +61,6 @@ def _inside(name: str, member: str) -> str:
     return norm
 
 
-def _no_symlink_on_the_way(dest: Path, rel: str, member: str) -> None:
-    """Refuse a path whose parent directories include a symlink: writing there would follow it out."""
-    cur = dest
-    for part in Path(rel).parts[:-1]:
-        cur = cur / part
-        if cur.is_symlink():
-            raise ImageError(f"refusing tar member {member!r}: it would be written through the symlink {part!r}")
-
-
-def _check(member: tarfile.TarInfo, dest: Path) -> str:
-    rel = _inside(member.name, member.name)
-    if rel == ".":
-        return rel
-    _no_symlink_on_the_way(dest, rel, member.name)
-    if (member.ischr() or member.isblk()) and not rel.startswith("dev/"):
-        raise ImageError(f"refusing tar member {member.name!r}: device nodes are not allowed in images "
-                         f"(outside /dev, where they are skipped)")
-    if member.islnk():
-        link = _inside(member.linkname, member.name)
-        _no_symlink_on_the_way(dest, link + "/x", member.name)
-        if not os.path.isfile(dest / link) or os.path.islink(dest / link):
-            raise ImageError(f"refusing tar member {member.name!r}: it links to {member.linkname!r}, "
-                             f"which is no file the archive wrote before it")
-        member.linkname = link
-    elif not (member.isreg() or member.isdir() or member.issym() or member.isdev()):
-        raise ImageError(f"refusing tar member {member.name!r}: unsupported member type")
-    # tarfile extracts by the raw name, which the kernel resolves component by component: `sym/../x`
-    # would go through the symlink `sym` that the checks above, on the normalised `x`, never saw.
-    member.name = rel
-    return rel
-
-
 def describe(exc: BaseException) -> str:
     """A tar error in one line: tarfile's ReadError for a file that is no archive lists every
     compression it tried, one per line."""
@@ -90,119 +70,461 @@ def describe(exc: BaseException) -> str:
 
 
 def unpack_tar(archive: Path, dest: Path, *, whiteouts: bool = False) -> UnpackStats:
-    """Extract ``archive`` into the existing directory ``dest``, keeping numeric owners and modes."""
+    """Extract ``archive`` (plain, gzip, bzip2 or xz) into the existing directory ``dest``, keeping
+    numeric owners and modes."""
     try:
-        with tarfile.open(archive) as tar:
-            return _unpack(tar, dest, whiteouts)
-    except (tarfile.TarError, OSError, EOFError) as exc:
+        with open(archive, "rb") as f:
+            return _unpack_stream(_decompressed(f), dest, whiteouts)
+    except (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError) as exc:
         raise ImageError(f"cannot unpack image {archive}: {describe(exc)}") from None
+
+
+def _decompressed(f: IO[bytes]) -> IO[bytes]:
+    head = f.read(6)
+    f.seek(0)
+    if head.startswith(b"\x1f\x8b"):
+        return cast(IO[bytes], gzip.GzipFile(fileobj=f, mode="rb"))
+    if head.startswith(b"BZh"):
+        return cast(IO[bytes], bz2.BZ2File(f))
+    if head.startswith(b"\xfd7zXZ\x00"):
+        return cast(IO[bytes], lzma.LZMAFile(f))
+    return f
 
 
 def unpack_stream(stream: IO[bytes], dest: Path, *, what: str, whiteouts: bool = True) -> UnpackStats:
     """Extract the tar read from ``stream`` (uncompressed, read once, front to back) into ``dest``."""
-    padded = _EndPadded(stream)
     try:
-        with tarfile.open(fileobj=padded, mode="r|") as tar:  # type: ignore[call-overload]
-            stats = _unpack(tar, dest, whiteouts)
-    except (tarfile.TarError, OSError, EOFError) as exc:
+        return _unpack_stream(stream, dest, whiteouts)
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
         raise ImageError(f"cannot unpack {what}: {describe(exc)}") from None
-    if padded.real < stats.data_end:
-        raise ImageError(f"cannot unpack {what}: it is truncated (the data of its last member is cut short)")
+
+
+def _unpack_stream(stream: IO[bytes], dest: Path, whiteouts: bool) -> UnpackStats:
+    reader = _Reader(stream)
+    unpacker = _Unpacker(dest, reader, whiteouts)
+    for member in _members(reader):
+        unpacker.member(member)
+    stats = unpacker.finish()
+    if reader.real < stats.data_end:
+        raise EOFError("it is truncated (the data of its last member is cut short)")
     return stats
 
 
-class _EndPadded:
-    """A tar stream that may stop right after its last member's data, without the padding and the two
-    end-of-archive blocks: Go's archive/tar reads those as complete, and umoci's ``insert`` writes them.
-    Zeros stand in for what is missing; the caller checks that no member's data was cut."""
+class _Reader:
+    """The tar stream in big reads: ``read`` for headers, ``take`` for a file's data (views into the
+    chunks read, no copy), ``skip`` for padding. A stream that stops right after its last member's data,
+    without the padding and the two end-of-archive blocks (Go's archive/tar reads those as complete, and
+    umoci's ``insert`` writes them), reads on as zeros; the caller checks, with ``real``, that no member's
+    data was cut."""
 
     def __init__(self, raw: IO[bytes]) -> None:
         self.raw = raw
-        self.real = 0
-        self.padding: bytes | None = None
+        self.buf = memoryview(b"")
+        self.pos = 0  # in buf
+        self.offset = 0  # of buf[0] in the stream
+        self.real = 0  # bytes the stream really gave
+        self.padding = -1  # zeros still to give after the end; -1 until the end is reached
 
-    def read(self, n: int = -1) -> bytes:
-        if self.padding is None:
-            data = self.raw.read(n)
-            if data or n == 0:
-                self.real += len(data)
-                return data
-            self.padding = b"\0" * ((-self.real) % tarfile.BLOCKSIZE + 2 * tarfile.BLOCKSIZE)
-        if n < 0:
-            n = len(self.padding)
-        data, self.padding = self.padding[:n], self.padding[n:]
-        return data
+    def _fill(self) -> bool:
+        """The next chunk into ``buf``; False at the very end."""
+        self.offset += len(self.buf)
+        self.pos = 0
+        data = self.raw.read(CHUNK) if self.padding < 0 else b""
+        if data:
+            self.real += len(data)
+            self.buf = memoryview(data)
+            return True
+        if self.padding < 0:
+            self.padding = (-self.real) % BLOCK + 2 * BLOCK
+        self.buf = memoryview(bytes(self.padding))
+        self.padding = 0
+        return len(self.buf) > 0
+
+    def take(self, n: int) -> list[memoryview]:
+        """The next ``n`` bytes (fewer at the very end) as views into the chunks read."""
+        out = []
+        while n > 0:
+            if self.pos == len(self.buf) and not self._fill():
+                break
+            piece = self.buf[self.pos:self.pos + n]
+            self.pos += len(piece)
+            n -= len(piece)
+            out.append(piece)
+        return out
+
+    def read(self, n: int) -> bytes:
+        if self.pos + n <= len(self.buf):  # the usual case: one slice of the chunk at hand
+            self.pos += n
+            return self.buf[self.pos - n:self.pos].tobytes()
+        return b"".join(self.take(n))
+
+    def skip(self, n: int) -> None:
+        if self.pos + n <= len(self.buf):
+            self.pos += n
+        else:
+            self.take(n)
+
+    def tell(self) -> int:
+        return self.offset + self.pos
 
 
-def _unpack(tar: tarfile.TarFile, dest: Path, whiteouts: bool) -> UnpackStats:
-    stats = UnpackStats()
-    made: set[str] = set()  # directories made as parents of a whiteout: their own member may follow
-    dirs: list[tuple[Path, float]] = []
-    for member in tar:
-        rel = _check(member, dest)
+# -- tar headers -------------------------------------------------------------------------------------
+# Parsed here rather than by tarfile, whose TarInfo costs ~25 us a member (a fifth of an unpack).
+
+BLOCK = 512
+_ZERO = bytes(BLOCK)
+#: name, mode, uid, gid, size, mtime, checksum, type, linkname, magic+version, uname, gname, dev, prefix
+_HEADER = struct.Struct("100s8s8s8s12s12s8sc100s8s32s32s16s155s12x")
+REG, HARDLINK, SYMLINK, CHR, BLK, DIR, FIFO = b"0", b"1", b"2", b"3", b"4", b"5", b"6"
+_REGULAR = {b"0", b"\0", b"7"}  # "7" is a contiguous file: a regular file everywhere but on old Masscomp
+_KINDS = {b"1", b"2", b"3", b"4", b"5", b"6"}
+_LONGNAME, _LONGLINK, _PAX, _GLOBAL_PAX = b"L", b"K", b"x", b"g"
+
+
+class Member:
+    """One tar member, as the unpacker needs it."""
+
+    __slots__ = ("gid", "linkname", "mode", "mtime", "name", "offset_data", "size", "type", "uid")
+
+    def __init__(self, name: str, type: bytes, mode: int, uid: int, gid: int, size: int, mtime: float,
+                 linkname: str, offset_data: int) -> None:
+        self.name, self.type, self.mode, self.uid, self.gid = name, type, mode, uid, gid
+        self.size, self.mtime, self.linkname, self.offset_data = size, mtime, linkname, offset_data
+
+
+def _str(field: bytes) -> str:
+    end = field.find(b"\0")
+    return (field if end < 0 else field[:end]).decode("utf-8", "surrogateescape")  # as tarfile does on Linux
+
+
+def _num(field: bytes, offset: int) -> int:
+    if field[0] & 0x80:  # GNU base-256, for values octal cannot hold
+        n = int.from_bytes(field[1:], "big")
+        return n - (1 << (8 * len(field) - 8)) if field[0] == 0xFF else n
+    end = field.find(b"\0")
+    try:
+        return int((field if end < 0 else field[:end]).strip() or b"0", 8)
+    except ValueError:
+        raise tarfile.HeaderError(f"corrupt tar header at byte {offset}") from None
+
+
+def _pax(data: bytes, offset: int) -> dict[str, str]:
+    """The records of a pax extended header: ``"%d %s=%s\n" % (length, key, value)``."""
+    out = {}
+    pos = 0
+    while pos < len(data) and data[pos] != 0:
+        space = data.find(b" ", pos)
+        try:
+            length = int(data[pos:space])
+        except ValueError:
+            raise tarfile.HeaderError(f"corrupt pax header at byte {offset}") from None
+        record = data[space + 1:pos + length - 1]  # without the length and the final newline
+        key, eq, value = record.partition(b"=")
+        if length <= 0 or not eq or data[pos + length - 1:pos + length] != b"\n":
+            raise tarfile.HeaderError(f"corrupt pax header at byte {offset}")
+        out[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
+        pos += length
+    return out
+
+
+def _members(reader: _Reader) -> Iterator[Member]:
+    """The members of the tar ``reader`` reads, each positioned at its data; GNU long names and pax
+    headers (path, linkpath, size, uid, gid, mtime) applied."""
+    global_pax: dict[str, str] = {}
+    pax: dict[str, str] = {}
+    longname = longlink = None
+    while True:
+        offset = reader.tell()
+        block = reader.read(BLOCK)
+        if len(block) < BLOCK or block == _ZERO:
+            if offset == 0:
+                raise tarfile.ReadError("empty file")
+            return
+        (name, mode, uid, gid, size, mtime, chksum, kind, linkname, _magic, _uname, _gname, _dev,
+         prefix) = _HEADER.unpack(block)
+        want = _num(chksum, offset)
+        if want != sum(block) - sum(block[148:156]) + 256 and want != _signed_sum(block):
+            if offset == 0:
+                raise tarfile.ReadError("bad checksum")
+            raise tarfile.HeaderError(f"corrupt tar header at byte {offset} (bad checksum)")
+        n = _num(size, offset)
+        if kind in (_LONGNAME, _LONGLINK, _PAX, _GLOBAL_PAX):
+            data = reader.read(n)
+            reader.skip(-n % BLOCK)
+            if kind == _LONGNAME:
+                longname = _str(data)
+            elif kind == _LONGLINK:
+                longlink = _str(data)
+            else:
+                (pax if kind == _PAX else global_pax).update(_pax(data, offset))
+            continue
+        path = _str(name)
+        if prefix[0] and kind not in (b"S",):  # ustar: a long name split in two
+            path = f"{_str(prefix)}/{path}"
+        m = Member(path, kind, _num(mode, offset), _num(uid, offset), _num(gid, offset), n, _num(mtime, offset),
+                   _str(linkname), reader.tell())
+        if kind == b"\0" and m.name.endswith("/"):
+            m.type = DIR
+        if longname is not None:
+            m.name, longname = longname, None
+        if longlink is not None:
+            m.linkname, longlink = longlink, None
+        if pax or global_pax:
+            _apply_pax(m, {**global_pax, **pax}, offset)
+            pax = {}
+        if m.type == DIR:
+            m.name = m.name.rstrip("/") or m.name
+        yield m
+        if m.type in _REGULAR or m.type not in _KINDS:  # what the unpacker did not read of its data
+            left = m.offset_data + m.size - reader.tell()
+            reader.skip(left + (-m.size % BLOCK))
+
+
+def _signed_sum(block: bytes) -> int:
+    """The header checksum as some old tars computed it, with signed chars."""
+    return sum(b - 256 if b > 127 else b for i, b in enumerate(block) if not 148 <= i < 156) + 256
+
+
+def _apply_pax(m: Member, pax: dict[str, str], offset: int) -> None:
+    if any(k.startswith("GNU.sparse.") for k in pax):
+        m.type = b"S"  # refused by the unpacker, as the old GNU sparse type is
+    try:
+        if "path" in pax:
+            m.name = pax["path"]
+        if "linkpath" in pax:
+            m.linkname = pax["linkpath"]
+        if "size" in pax:
+            m.size = int(pax["size"])
+        if "uid" in pax:
+            m.uid = int(pax["uid"])
+        if "gid" in pax:
+            m.gid = int(pax["gid"])
+        if "mtime" in pax:
+            m.mtime = float(pax["mtime"])
+    except ValueError:
+        raise tarfile.HeaderError(f"corrupt pax header at byte {offset}") from None
+
+
+class _Tree:
+    """What is at each path of the tree being unpacked, by its ``st_mode``: what this unpack made is
+    noted as it goes (no syscall to check a path for symlinks); anything else is looked up once."""
+
+    def __init__(self, dest: Path) -> None:
+        self.root = str(dest)
+        self.modes: dict[str, int] = {".": os.lstat(dest).st_mode}
+        self.fresh = not os.listdir(dest)  # nothing there but what this unpack makes
+        self.safe: set[str] = {""}  # directories with no symlink on the way to them (they stay so: see member())
+
+    def path(self, rel: str) -> str:
+        return f"{self.root}/{rel}"
+
+    def mode(self, rel: str) -> int:
+        """The ``st_mode`` of ``rel``, 0 if there is nothing."""
+        m = self.modes.get(rel)
+        if m is None:
+            if self.fresh:
+                return 0
+            try:
+                m = os.lstat(self.path(rel)).st_mode
+            except (FileNotFoundError, NotADirectoryError):
+                return 0
+            self.modes[rel] = m
+        return m
+
+    def no_symlink_on_the_way(self, rel: str, member: str) -> None:
+        """Refuse a path whose parent directories include a symlink: writing there would follow it out."""
+        parent = rel.rpartition("/")[0]
+        if parent in self.safe:
+            return
+        all_dirs = True
+        i = rel.find("/")
+        while i >= 0:
+            mode = self.mode(rel[:i])
+            if stat.S_ISLNK(mode):
+                raise ImageError(f"refusing tar member {member!r}: it would be written through the symlink "
+                                 f"{rel[:i].rsplit('/', 1)[-1]!r}")
+            all_dirs = all_dirs and stat.S_ISDIR(mode)
+            i = rel.find("/", i + 1)
+        if all_dirs:  # a missing one could still be made a symlink
+            self.safe.add(parent)
+
+
+class _Unpacker:
+    def __init__(self, dest: Path, reader: _Reader, whiteouts: bool) -> None:
+        self.tree = _Tree(dest)
+        self.reader = reader
+        self.whiteouts = whiteouts
+        self.stats = UnpackStats()
+        self.root = os.geteuid() == 0  # owners are set only by root, as tarfile and GNU tar do
+        self.uid, self.gid = os.geteuid(), os.getegid()
+        umask = os.umask(0o022)
+        os.umask(umask)
+        self.kept = 0o777 & ~umask  # the mode bits open() keeps
+        self.made: set[str] = set()  # directories made as parents (of a whiteout or a member): their member may follow
+        self.dirs: dict[str, tuple[int, float]] = {}  # directory -> mode and mtime, set at the end, innermost first
+
+    def finish(self) -> UnpackStats:
+        """The directories' modes and times, now that nothing more is written into them."""
+        for rel, (mode, mtime) in reversed(self.dirs.items()):
+            path = self.tree.path(rel)
+            os.chmod(path, mode)
+            os.utime(path, (mtime, mtime), follow_symlinks=False)
+        if self.stats.skipped_devices:
+            _log.warning("skipped %d device node(s) under /dev: the container gets its own /dev",
+                         self.stats.skipped_devices)
+        return self.stats
+
+    def check(self, member: Member) -> str:
+        rel = _inside(member.name, member.name)
+        if rel == ".":
+            return rel
+        self.tree.no_symlink_on_the_way(rel, member.name)
+        kind = member.type
+        if kind in (CHR, BLK) and not rel.startswith("dev/"):
+            raise ImageError(f"refusing tar member {member.name!r}: device nodes are not allowed in images "
+                             f"(outside /dev, where they are skipped)")
+        if kind == HARDLINK:
+            link = _inside(member.linkname, member.name)
+            self.tree.no_symlink_on_the_way(link + "/x", member.name)
+            if not stat.S_ISREG(self.tree.mode(link)):
+                raise ImageError(f"refusing tar member {member.name!r}: it links to {member.linkname!r}, "
+                                 f"which is no file the archive wrote before it")
+            member.linkname = link
+        elif kind not in _REGULAR and kind not in _KINDS:
+            what = "sparse files are not supported" if kind == b"S" else "unsupported member type"
+            raise ImageError(f"refusing tar member {member.name!r}: {what}")
+        return rel  # what is made: `sym/../x` made by its raw name would go through the symlink `sym`
+
+    def member(self, member: Member) -> None:
+        rel = self.check(member)
+        stats = self.stats
         stats.entries += 1
-        stats.data_end = member.offset_data + (member.size if member.isreg() else 0)
-        if whiteouts and _whiteout(member, rel, dest, made):
+        kind = member.type
+        regular = kind in _REGULAR
+        stats.data_end = member.offset_data + (member.size if regular else 0)
+        if self.whiteouts and self.whiteout(member, rel):
             stats.whiteouts += 1
-            continue
-        if member.ischr() or member.isblk():  # under dev/ (_check refused the others)
+            return
+        if kind in (CHR, BLK):  # under dev/ (check() refused the others)
             stats.skipped_devices += 1
-            continue
-        target = dest / rel
-        if rel == "." or (member.isdir() and target.is_dir() and not target.is_symlink()):
-            if rel in made:
-                os.lchown(target, member.uid, member.gid)
-                os.chmod(target, member.mode & 0o7777)
-            continue
-        if os.path.lexists(target):
-            if target.is_dir() and not target.is_symlink():
-                raise ImageError(f"refusing tar member {member.name!r}: it would replace a directory")
-            # A later member replaces an earlier one (a directory replacing a symlink too): never
-            # write, chmod or chown through what the archive planted before.
-            os.unlink(target)
-        tar.extract(member, dest, set_attrs=True, numeric_owner=True, **_NO_TARFILE_FILTER)  # type: ignore[arg-type]
-        if member.isreg():
+            return
+        if rel == ".":
+            return
+        tree = self.tree
+        had = tree.mode(rel)
+        if kind == DIR and stat.S_ISDIR(had):
+            if rel in self.made:
+                self.chown(rel, member, follow=False)
+                self.dirs[rel] = (member.mode & 0o7777, member.mtime)
+            return
+        if stat.S_ISDIR(had):
+            raise ImageError(f"refusing tar member {member.name!r}: it would replace a directory")
+        parent = rel.rpartition("/")[0]
+        if parent and not had and not tree.mode(parent):
+            self.parents(rel, member.name)
+        path = tree.path(rel)
+        if had:  # a later member replaces an earlier one: never write, chmod or chown through what it planted
+            os.unlink(path)
+        if regular:
+            self.file(rel, path, member)
             stats.file_bytes += member.size
-        elif member.issym():  # tarfile leaves a symlink's own time at "now": layers made again would differ
-            os.utime(target, (member.mtime, member.mtime), follow_symlinks=False)
-        elif member.isdir():
-            dirs.append((target, member.mtime))
-    for target, mtime in reversed(dirs):  # what was written into a directory changed its mtime: restore it
-        os.utime(target, (mtime, mtime), follow_symlinks=False)
-    if stats.skipped_devices:
-        _log.warning("skipped %d device node(s) under /dev: the container gets its own /dev", stats.skipped_devices)
-    return stats
+        elif kind == DIR:
+            os.mkdir(path, 0o700)  # its mode goes on at the end (a read-only one would keep its entries out)
+            self.chown(rel, member, follow=False)
+            tree.modes[rel] = stat.S_IFDIR
+            self.dirs[rel] = (member.mode & 0o7777, member.mtime)
+        elif kind == SYMLINK:
+            os.symlink(member.linkname, path)
+            self.chown(rel, member, follow=False)
+            os.utime(path, (member.mtime, member.mtime), follow_symlinks=False)
+            tree.modes[rel] = stat.S_IFLNK
+        else:  # a hard link (to a file check() found in the tree) or a fifo
+            if kind == HARDLINK:
+                os.link(tree.path(member.linkname), path, follow_symlinks=False)
+                tree.modes[rel] = stat.S_IFREG
+                if self.root:  # the file linked to has an owner of its own
+                    os.chown(path, member.uid, member.gid)
+            else:
+                os.mkfifo(path, 0o600)
+                tree.modes[rel] = stat.S_IFIFO
+                self.chown(rel, member, follow=True)
+            os.chmod(path, member.mode & 0o7777)
+            os.utime(path, (member.mtime, member.mtime))
 
+    def file(self, rel: str, path: str, member: Member) -> None:
+        """A regular file: created, written from the chunks read, owner, mode and times set on its fd."""
+        mode = member.mode & 0o7777
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode & 0o777)
+        self.tree.modes[rel] = stat.S_IFREG
+        try:
+            for piece in self.reader.take(member.size):
+                while piece:
+                    piece = piece[os.write(fd, piece):]
+            chowned = self.root and self.owner_differs(rel, member)
+            if chowned:
+                os.fchown(fd, member.uid, member.gid)
+            # open() applied the umask and a chown clears setuid bits: a chmod only when either changed the mode
+            if mode != mode & self.kept or (chowned and mode & 0o6000):
+                os.fchmod(fd, mode)
+            os.utime(fd, (member.mtime, member.mtime))
+        finally:
+            os.close(fd)
 
-def _whiteout(member: tarfile.TarInfo, rel: str, dest: Path, made: set[str]) -> bool:
-    """Turn an OCI whiteout member into an overlayfs one; False if ``member`` is no whiteout."""
-    parts = rel.split("/")
-    if any(whiteout.is_marker(p) for p in parts[:-1]):
-        raise ImageError(f"refusing tar member {member.name!r}: a whiteout cannot have entries below it")
-    if not whiteout.is_marker(parts[-1]):
-        return False
-    parent = _parent_dirs(dest, parts[:-1], member.name, made)
-    name = whiteout.deleted_name(parts[-1])
-    if name is None:
-        whiteout.make_opaque(parent)
+    def chown(self, rel: str, member: Member, *, follow: bool) -> None:
+        if self.root and self.owner_differs(rel, member):
+            os.chown(self.tree.path(rel), member.uid, member.gid, follow_symlinks=follow)
+
+    def owner_differs(self, rel: str, member: Member) -> bool:
+        """Whether a new entry at ``rel`` needs a chown: it is made ours, or of the group of a setgid parent
+        (only a directory already there can be one: this unpack's directories get their modes at the end)."""
+        return (member.uid != self.uid or member.gid != self.gid
+                or bool(self.tree.mode(rel.rpartition("/")[0] or ".") & stat.S_ISGID))
+
+    def parents(self, rel: str, member: str) -> None:
+        """Make the missing parent directories of ``rel`` (0755, ours), as tar does."""
+        parts = rel.split("/")[:-1]
+        for i in range(len(parts)):
+            sub = "/".join(parts[:i + 1])
+            if not self.tree.mode(sub):
+                self.mkdir(sub)
+
+    def mkdir(self, rel: str) -> None:
+        """A directory no member made (yet): 0755, ours, its time when made."""
+        path = self.tree.path(rel)
+        os.mkdir(path, 0o700)
+        self.tree.modes[rel] = stat.S_IFDIR
+        self.made.add(rel)
+        self.dirs[rel] = (0o755, os.lstat(path).st_mtime)
+
+    def whiteout(self, member: Member, rel: str) -> bool:
+        """Turn an OCI whiteout member into an overlayfs one; False if ``member`` is no whiteout."""
+        if whiteout.PREFIX not in rel:  # the usual case, told by one search
+            return False
+        parts = rel.split("/")
+        if any(whiteout.is_marker(p) for p in parts[:-1]):
+            raise ImageError(f"refusing tar member {member.name!r}: a whiteout cannot have entries below it")
+        if not whiteout.is_marker(parts[-1]):
+            return False
+        parent = self.parent_dirs(parts[:-1], member.name)
+        name = whiteout.deleted_name(parts[-1])
+        if name is None:
+            whiteout.make_opaque(Path(self.tree.path(parent)))
+            return True
+        if name in ("", ".", ".."):
+            raise ImageError(f"refusing tar member {member.name!r}: it whites out no valid name")
+        target = f"{parent}/{name}" if parent != "." else name
+        if not self.tree.mode(target):  # an entry this layer ships itself wins over its whiteout
+            whiteout.make_whiteout(Path(self.tree.path(target)))
+            self.tree.modes[target] = stat.S_IFCHR
         return True
-    if name in ("", ".", ".."):
-        raise ImageError(f"refusing tar member {member.name!r}: it whites out no valid name")
-    target = parent / name
-    if not os.path.lexists(target):  # an entry this layer ships itself wins over its whiteout
-        whiteout.make_whiteout(target)
-    return True
 
-
-def _parent_dirs(dest: Path, parts: list[str], member: str, made: set[str]) -> Path:
-    """Make the missing directories ``parts`` below ``dest`` (0755, root), never through a symlink."""
-    cur = dest
-    for i, part in enumerate(parts):
-        cur = cur / part
-        if cur.is_symlink() or (os.path.lexists(cur) and not cur.is_dir()):
-            raise ImageError(f"refusing tar member {member!r}: {'/'.join(parts[:i + 1])!r} is not a directory")
-        if not cur.exists():
-            cur.mkdir(mode=0o755)
-            os.chmod(cur, 0o755)
-            made.add("/".join(parts[:i + 1]))
-    return cur
+    def parent_dirs(self, parts: list[str], member: str) -> str:
+        """Make the missing directories ``parts`` (0755, root), never through a symlink; their path."""
+        for i in range(len(parts)):
+            sub = "/".join(parts[:i + 1])
+            mode = self.tree.mode(sub)
+            if mode and not stat.S_ISDIR(mode):
+                raise ImageError(f"refusing tar member {member!r}: {sub!r} is not a directory")
+            if not mode:
+                self.mkdir(sub)
+        return "/".join(parts) or "."

@@ -6,6 +6,7 @@ test looks rather than into the host's /etc.
 """
 from __future__ import annotations
 
+import io
 import os
 import stat
 import tarfile
@@ -192,3 +193,122 @@ def test_replacing_a_directory_is_refused(layout: Layout) -> None:
     with pytest.raises(ImageError, match="'etc'"):
         unpack_tar(layout.archive, layout.dest)
     layout.assert_untouched()
+
+
+# -- the unpacker's own tar reader (it parses headers itself, and writes files by their fd) --------------
+
+
+def _tar_of(path: Path, fmt: int, infos: list[tuple[tarfile.TarInfo, bytes]]) -> Path:
+    with tarfile.open(path, "w", format=fmt) as tar:
+        for info, data in infos:
+            info.size = len(data) if info.isreg() else 0
+            tar.addfile(info, io.BytesIO(data) if info.isreg() else None)
+    return path
+
+
+def _info(name: str, kind: bytes = tarfile.REGTYPE, **attrs: object) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.mtime = 1_600_000_000
+    for key, value in attrs.items():
+        setattr(info, key, value)
+    return info
+
+
+LONG = "d" * 90 + "/" + "e" * 90 + "/" + "f" * 80  # no field of a plain header holds it
+
+
+@pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_long_names_owners_and_times_in_every_tar_format(layout: Layout, fmt: int) -> None:
+    """ustar's prefix field, GNU's long name and link members, pax records: read as tarfile reads them."""
+    name = LONG if fmt != tarfile.USTAR_FORMAT else "u" * 120 + "/" + "v" * 90  # ustar: prefix + name
+    target = "/" + name if fmt != tarfile.USTAR_FORMAT else "/bin/busybox"  # ustar has no long link names
+    big = {"uid": 3_000_000, "gid": 3_000_001} if fmt != tarfile.USTAR_FORMAT else {"uid": 1234, "gid": 4321}
+    _tar_of(layout.archive, fmt, [
+        (_info(name, tarfile.REGTYPE, mode=0o640, **big), b"long\n"),
+        (_info("link", tarfile.SYMTYPE, linkname=target), b""),
+        (_info("s", mode=0o600), b"s"),
+        (_info("hard", tarfile.LNKTYPE, linkname="s", mode=0o600), b""),  # its mode is the inode's
+    ])
+    stats = unpack_tar(layout.archive, layout.dest)
+    made = layout.dest / name
+    assert made.read_bytes() == b"long\n" and stats.entries == 4
+    st = made.stat()
+    assert (stat.S_IMODE(st.st_mode), st.st_mtime) == (0o640, 1_600_000_000)
+    if os.geteuid() == 0:
+        assert (st.st_uid, st.st_gid) == (big["uid"], big["gid"])
+    assert os.readlink(layout.dest / "link") == target
+    assert (layout.dest / "hard").stat().st_ino == (layout.dest / "s").stat().st_ino
+    assert (layout.dest / name.split("/")[0]).is_dir()  # parents no member names: made, as tar makes them
+    layout.assert_untouched()
+
+
+def test_parents_no_member_names_are_0755_and_a_later_member_sets_its_own(layout: Layout) -> None:
+    _tar_of(layout.archive, tarfile.PAX_FORMAT, [
+        (_info("a/b/file"), b"x"), (_info("a/b", tarfile.DIRTYPE, mode=0o700), b""),
+    ])
+    unpack_tar(layout.archive, layout.dest)
+    assert stat.S_IMODE((layout.dest / "a").stat().st_mode) == 0o755
+    b = (layout.dest / "a" / "b").stat()
+    assert (stat.S_IMODE(b.st_mode), b.st_mtime) == (0o700, 1_600_000_000)
+
+
+def test_modes_times_and_setuid_survive(layout: Layout) -> None:
+    """A file's mode is set on its fd after its owner (a chown clears setuid bits); a directory's mode
+    and time go on last, a read-only directory's entries are written before it is made read-only."""
+    _tar_of(layout.archive, tarfile.PAX_FORMAT, [
+        (_info("ro", tarfile.DIRTYPE, mode=0o555), b""),
+        (_info("ro/su", mode=0o4755, uid=0, gid=42), b"#!\n"),
+        (_info("ro/plain", mode=0o600), b"p"),
+        (_info("tmp", tarfile.DIRTYPE, mode=0o1777), b""),
+    ])
+    unpack_tar(layout.archive, layout.dest)
+    su, ro = (layout.dest / "ro" / "su").stat(), (layout.dest / "ro").stat()
+    assert stat.S_IMODE(su.st_mode) == 0o4755 and su.st_mtime == 1_600_000_000
+    assert stat.S_IMODE((layout.dest / "ro" / "plain").stat().st_mode) == 0o600
+    assert (stat.S_IMODE(ro.st_mode), ro.st_mtime) == (0o555, 1_600_000_000)
+    assert stat.S_IMODE((layout.dest / "tmp").stat().st_mode) == 0o1777
+    if os.geteuid() == 0:
+        assert su.st_gid == 42
+
+
+def test_sparse_files_are_refused_in_one_line(layout: Layout) -> None:
+    info = _info("holes")
+    info.pax_headers = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0", "GNU.sparse.name": "holes",
+                        "GNU.sparse.realsize": "1048576"}
+    _tar_of(layout.archive, tarfile.PAX_FORMAT, [(info, b"\0" * 512)])
+    with pytest.raises(ImageError, match="refusing tar member .*sparse files are not supported"):
+        unpack_tar(layout.archive, layout.dest)
+
+
+def test_a_corrupt_header_after_the_first_is_refused(layout: Layout) -> None:
+    """tarfile took a bad header after the first for the end of the archive, and said nothing."""
+    raw = bytearray(layer_tar([file("a", b"x"), file("b", b"y")]))
+    second = raw.index(b"b\0") // 512 * 512
+    raw[second + 100] ^= 0x01  # its mode: the checksum no longer matches
+    layout.archive.write_bytes(bytes(raw))
+    with pytest.raises(ImageError, match=r"cannot unpack image .*: corrupt tar header at byte \d+"):
+        unpack_tar(layout.archive, layout.dest)
+
+
+@pytest.mark.parametrize("compress", ["gzip", "bz2", "xz"])
+def test_compressed_archives(layout: Layout, compress: str) -> None:
+    import bz2
+    import gzip
+    import lzma
+
+    raw = layer_tar([directory("etc"), file("etc/hostname", b"box\n")])
+    packed = {"gzip": gzip.compress, "bz2": bz2.compress, "xz": lzma.compress}[compress](raw)
+    layout.archive.write_bytes(packed)
+    unpack_tar(layout.archive, layout.dest)
+    assert (layout.dest / "etc" / "hostname").read_text() == "box\n"
+
+
+def test_a_file_spanning_read_chunks(layout: Layout, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pish_core.image import unpack
+
+    monkeypatch.setattr(unpack, "CHUNK", 1000)  # not a multiple of the tar's 512-byte blocks
+    data = bytes(range(256)) * 40
+    make_tar(layout.archive, [file("a", b"1"), file("big", data), file("c", b"3")])
+    unpack_tar(layout.archive, layout.dest)
+    assert (layout.dest / "big").read_bytes() == data and (layout.dest / "c").read_bytes() == b"3"
