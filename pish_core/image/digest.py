@@ -66,15 +66,19 @@ class BackgroundHash:
     """A sha256 fed from another thread: hashing a 170 MB layer takes ~160 ms, which then overlaps with
     unpacking it (hashlib lets go of the GIL for big updates). The chunks are bytes: they cannot change."""
 
-    def __init__(self) -> None:
+    def __init__(self, threaded: bool = True) -> None:
         import queue  # here, as hashlib: a run of a stored image hashes nothing
 
+        self.threaded = threaded  # False: hashed in the caller's thread (one that has nothing else to do)
         self._hash = _sha256()
         self._chunks: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._digest: str | None = None
 
     def update(self, data: bytes) -> None:
+        if not self.threaded:
+            self._hash.update(data)
+            return
         if self._thread is None:
             import threading
 
@@ -104,9 +108,9 @@ class HashingReader:
     """A read-only stream that hashes (and counts) every byte read through it."""
 
     def __init__(self, raw: IO[bytes], on_read: Callable[[int], None] | None = None,
-                 limit: int | None = None, what: str = "") -> None:
+                 limit: int | None = None, what: str = "", threaded: bool = True) -> None:
         self.raw = raw
-        self.hash = BackgroundHash()
+        self.hash = BackgroundHash(threaded)
         self.size = 0
         self.on_read = on_read
         self.limit, self.what = limit, what
@@ -170,8 +174,8 @@ class LayerStream:
     An uncompressed layer is its own tar: it is hashed once, both digests are the same."""
 
     def __init__(self, raw: IO[bytes], what: str, on_read: Callable[[int], None] | None = None,
-                 max_tar: int | None = None) -> None:
-        self.blob = HashingReader(raw, on_read, limit=max_tar, what=what)
+                 max_tar: int | None = None, threaded: bool = True) -> None:
+        self.blob = HashingReader(raw, on_read, limit=max_tar, what=what, threaded=threaded)
         head = self.blob.read(4)
         self.compression = compression(head)
         source: Any = _Prefixed(head, self.blob)
@@ -186,7 +190,7 @@ class LayerStream:
             import gzip  # here: a run of a stored image reads no layer, and needs no gzip
 
             source = gzip.GzipFile(fileobj=source, mode="rb")
-        self.tar = self.tar_hash = HashingReader(source, limit=max_tar, what=what)
+        self.tar = self.tar_hash = HashingReader(source, limit=max_tar, what=what, threaded=threaded)
 
     def finish(self) -> None:
         try:
