@@ -266,11 +266,11 @@ def _hand_off(p: Prepared, child: Child, io: ProcessIO, *, backoff: Backoff) -> 
 def _finish_run(p: Prepared, raw: int, status_after: Callable[[int], str]) -> int:
     """A run the monitor saw end: release what it held (as ``supervise``'s stack would have), record the
     exit; return its exit status."""
-    from pish_core.resources import group_of, release_journal
+    from pish_core.resources import oom_killed, release_journal
 
     status = exit_status(raw)
     with contextlib.suppress(PishError, OSError):
-        p.record.oom_killed = group_of(p.record).oom_killed()
+        p.record.oom_killed = oom_killed(p.record)
     failed = release_journal(p.record, keep_kept=True)
     if failed:
         raise PishError(f"container {p.spec.name}: cannot release {'; '.join(failed)}")

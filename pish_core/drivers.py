@@ -144,6 +144,12 @@ class Limits(Driver):
         ``pause``, ``events``)."""
         raise DriverError(f"limits driver {self.name!r} cannot find a running container's group")
 
+    def oom_killed(self, record: dict[str, Any]) -> bool:
+        """Whether the OOM killer killed a process of the group of ``record``, asked by another process
+        once the container's command has ended (a detached container's supervisor, back from its monitor),
+        before the group is released."""
+        return self.group(record).oom_killed()
+
 
 @dataclass
 class Attachment:

@@ -3,7 +3,7 @@
 detached container's supervisor once its command ended)."""
 from __future__ import annotations
 
-from typing import cast
+from typing import Any, cast
 
 from pish_core import state
 from pish_core.drivers import Group, Limits, load, load_class
@@ -13,8 +13,8 @@ from pish_core.errors import StateError
 _SPEC_KEY = {"storage": "storage", "limits": "limits", "network": "net", "isolation": "isolation"}
 
 
-def group_of(s: state.ContainerState) -> Group:
-    """The container's cgroup, found again through the limits driver that made it (its journal entry)."""
+def limits_of(s: state.ContainerState) -> tuple[Limits, dict[str, Any]]:
+    """The limits driver that made the container's cgroup, and its journal entry."""
     record = next((r for r in s.resources if r.get("kind") == "limits"), None)
     if record is None:
         raise StateError(f"container {s.name} has no cgroup")
@@ -22,7 +22,19 @@ def group_of(s: state.ContainerState) -> Group:
     options = spec_limits.get("options", {}) if spec_limits.get("name") == record["driver"] else {}
     # The driver made this group, so it works here: no host check (systemd's is a D-Bus round trip, and
     # `pish ps` asks this of every running container)
-    return cast(Limits, load_class("limits", record["driver"])(options)).group(record)
+    return cast(Limits, load_class("limits", record["driver"])(options)), record
+
+
+def group_of(s: state.ContainerState) -> Group:
+    """The container's cgroup, found again through the limits driver that made it (its journal entry)."""
+    limits, record = limits_of(s)
+    return limits.group(record)
+
+
+def oom_killed(s: state.ContainerState) -> bool:
+    """Whether the OOM killer struck the container's cgroup, asked once its command has ended."""
+    limits, record = limits_of(s)
+    return limits.oom_killed(record)
 
 
 def release_journal(s: state.ContainerState, keep_kept: bool = False) -> list[str]:

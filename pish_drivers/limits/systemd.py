@@ -391,6 +391,12 @@ class SystemdLimits(Limits):
     def group(self, record: dict[str, Any]) -> Group:
         return SystemdGroup(_live_cgroup(record), "slice" in record)
 
+    def oom_killed(self, record: dict[str, Any]) -> bool:
+        # Once the command ended systemd may have removed the scope already: the group's own slice counts
+        # the kill too (SystemdGroup.oom_killed), so no live scope is asked for here.
+        cgroup = _owned_path(record, _owned_unit(record))
+        return cgroup is not None and SystemdGroup(cgroup, "slice" in record).oom_killed()
+
     def release(self, record: dict[str, Any]) -> None:
         unit = _owned_unit(record)
         cgroup = _owned_path(record, unit)
