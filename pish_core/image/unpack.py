@@ -236,9 +236,11 @@ def _members(reader: _Reader) -> Iterator[Member]:
     while True:
         offset = reader.tell()
         block = reader.read(BLOCK)
-        if len(block) < BLOCK or block == _ZERO:
+        if len(block) < BLOCK:  # no header: nothing at all is no archive, a short end is its end (as tarfile)
             if offset == 0:
-                raise tarfile.ReadError("empty file")
+                raise tarfile.ReadError("empty file" if not block else "truncated header")
+            return
+        if block == _ZERO:  # the end of the archive; at its start, an empty one (an image's empty layer)
             return
         (name, mode, uid, gid, size, mtime, chksum, kind, linkname, _magic, _uname, _gname, _dev,
          prefix) = _HEADER.unpack(block)

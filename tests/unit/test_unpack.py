@@ -312,3 +312,14 @@ def test_a_file_spanning_read_chunks(layout: Layout, monkeypatch: pytest.MonkeyP
     make_tar(layout.archive, [file("a", b"1"), file("big", data), file("c", b"3")])
     unpack_tar(layout.archive, layout.dest)
     assert (layout.dest / "big").read_bytes() == data and (layout.dest / "c").read_bytes() == b"3"
+
+
+@pytest.mark.parametrize("layer", [b"\0" * 1024, b"\0" * 10240], ids=["two-zero-blocks", "tarfile-empty"])
+def test_an_empty_layer_is_an_empty_archive(tmp_path: Path, layer: bytes) -> None:
+    """Docker images carry an empty layer (a tar of nothing but its end blocks: a3ed95ca... gzipped). A
+    zero block where the first header would be is the end of an empty archive, as tarfile reads it; pish's
+    own reader first refused it as "not a tar archive" (caught by test_hostile_registry's endless zeros)."""
+    from pish_core.image.unpack import unpack_stream
+
+    stats = unpack_stream(io.BytesIO(layer), tmp_path, what="an empty layer")
+    assert stats.entries == 0 and list(tmp_path.iterdir()) == []
