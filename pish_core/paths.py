@@ -220,13 +220,18 @@ def demo_image() -> Path:
 
 
 def network_defs_dir() -> Path:
-    """Network definitions and their address allocations (``pish network create``, IPAM): they outlive
-    a reboot, like docker's. One lock (``networks_lock``) guards every file in it."""
+    """Network definitions (``pish network create``): they outlive a reboot, like docker's. One lock
+    (``networks_lock``) guards every file in it and the networks' allocations."""
     return lib_root() / "networks"
 
 
 def network_file(name: str) -> Path:
     return network_defs_dir() / f"{name}.json"
+
+
+def network_allocations(name: str) -> Path:
+    """The addresses network ``name`` gave out, and to whom (IPAM): runtime state, as the containers are."""
+    return networks_dir() / "addresses" / f"{name}.json"  # a directory of its own: names may hold dots
 
 
 def networks_lock() -> Path:

@@ -14,7 +14,16 @@ from typing import Any
 
 from pish_core import log as pish_log
 from pish_drivers.network import inside_netns
-from pish_drivers.network.netlink import IFF_UP, RTM_DELADDR, RTM_NEWADDR, Netlink, NetlinkError
+from pish_drivers.network.netlink import (
+    IFF_UP,
+    RTM_DELADDR,
+    RTM_NEWADDR,
+    Netlink,
+    NetlinkError,
+    address_request,
+    default_route_request,
+    set_up_request,
+)
 
 log = pish_log.get("network")
 
@@ -167,15 +176,20 @@ def configure_container_end(pid: int, address: ipaddress.IPv4Interface, gateway:
         except OSError:
             nl.close()
             raise NetlinkError(errno.ENODEV, f"find {ifname} in the container's namespace") from None
+    # One write for all of it (the kernel acks each in order); a fresh namespace has no IPv6 address to
+    # check for first, so add_address6's look is not needed here.
+    requests = [set_up_request(LOOPBACK_INDEX, "set lo up"),
+                address_request(RTM_NEWADDR, dev, socket.AF_INET, str(address.ip), address.network.prefixlen,
+                                f"add {address} to {ifname}")]
+    if address6 is not None:
+        requests.append(address_request(RTM_NEWADDR, dev, socket.AF_INET6, str(address6.ip),
+                                        address6.network.prefixlen, f"add {address6} to {ifname}", IFA_F_NODAD))
+    requests.append(set_up_request(dev, f"set {ifname} up"))
+    if gateway is not None:
+        requests.append(default_route_request(socket.AF_INET, str(gateway), dev, f"add a default route via {gateway}"))
+    if address6 is not None and gateway6 is not None:
+        requests.append(default_route_request(socket.AF_INET6, str(gateway6), dev,
+                                              f"add a default route via {gateway6}"))
     with nl:
-        nl.set_up(LOOPBACK_INDEX, "set lo up")
-        nl.address(RTM_NEWADDR, dev, socket.AF_INET, str(address.ip), address.network.prefixlen,
-                   f"add {address} to {ifname}")
-        if address6 is not None:
-            add_address6(nl, dev, address6, ifname)
-        nl.set_up(dev, f"set {ifname} up")
-        if gateway is not None:
-            nl.default_route(socket.AF_INET, str(gateway), dev, f"add a default route via {gateway}")
-        if address6 is not None and gateway6 is not None:
-            nl.default_route(socket.AF_INET6, str(gateway6), dev, f"add a default route via {gateway6}")
+        nl.request_all(requests)
     log.debug("%s of process %d is %s (%s) via %s", ifname, pid, address, address6, gateway)

@@ -61,3 +61,22 @@ def test_an_error_carries_its_errno_in_one_line() -> None:
     """)
     assert out["errno"] is True
     assert str(out["message"]).startswith("netlink: set link 999999 up: ") and "\n" not in str(out["message"])
+
+
+def test_requests_sent_together_are_all_answered_and_the_first_refusal_is_raised() -> None:
+    """``request_all`` (a container's end: lo up, address, eth0 up, route in one write) reads every ack
+    before it returns or raises, so the socket's next answer is the next request's."""
+    out = fresh("""
+        import json
+        from pish_drivers.network.netlink import Netlink, NetlinkError, set_up_request
+        with Netlink() as nl:
+            try:
+                nl.request_all([set_up_request(999998, "set link 999998 up"),
+                                set_up_request(999999, "set link 999999 up")])
+            except NetlinkError as exc:
+                error = str(exc)
+            lo = nl.link("lo")
+        print(json.dumps({"error": error, "lo": lo.get_attr("IFLA_IFNAME")}))
+    """)
+    assert str(out["error"]).startswith("netlink: set link 999998 up: ")
+    assert out["lo"] == "lo"

@@ -42,3 +42,23 @@ def test_still_a_dataclass() -> None:
     assert dataclasses.replace(proc, cwd="/tmp").cwd == "/tmp"
     assert dataclasses.asdict(proc)["user"] == {"uid": 1, "gid": 2, "additional_gids": ()}
     assert [f.name for f in dataclasses.fields(Pair)] == ["a", "b"]
+
+
+def test_init_takes_fields_by_position_or_name_with_defaults_and_refuses_the_rest() -> None:
+    """``__init__`` is ``Value``'s, read from the field table (no generated code to compile at import)."""
+    assert Pair(1) == Pair(a=1) == Pair(1, ()) and Pair(b=(4,), a=3).b == (4,)
+    assert User(1, 2).additional_gids == () and Process(args=("sh",)).env == ()
+    for bad, message in ((lambda: Pair(), "missing required argument: 'a'"),
+                         (lambda: Pair(1, (), 3), "takes 2 arguments but 3 were given"),
+                         (lambda: Pair(1, a=2), "multiple values for argument 'a'"),
+                         (lambda: Pair(1, c=2), "unexpected keyword argument 'c'")):
+        with pytest.raises(TypeError, match=message):
+            bad()
+    assert "__init__" not in vars(Pair)  # nothing generated
+
+
+def test_a_default_factory_gives_each_instance_its_own() -> None:
+    from pish_core.spec import DriverChoice
+
+    one, two = DriverChoice("a"), DriverChoice("a")
+    assert one.options == {} and one.options is not two.options
