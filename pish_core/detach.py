@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import logging
 import os
 import signal
 import sys
@@ -244,7 +243,7 @@ def _hand_off(p: Prepared, child: Child, io: ProcessIO, *, backoff: Backoff) -> 
         inherited += [io.master, io.output]
         args += [f"master={io.master}", f"log={io.output}", f"input={int(io.accept_input)}",
                  f"socket={paths.attach_socket(p.spec.id)}"]
-    level = logging.getLevelName(logging.getLogger("pish").getEffectiveLevel()).lower()
+    level = log.level()
     here = str(Path(__file__).resolve().parent.parent)  # this pish_core, wherever it was found (-m, cwd)
     code = f"import sys; {here!r} in sys.path or sys.path.insert(0, {here!r}); import pish_core.detach as d; d.resume()"
     back = [sys.executable, "-P", "-c", code, p.spec.id, str(p.journal.lock_fd), level, repr(backoff.delay)]

@@ -7,11 +7,10 @@ JSON file keyed by what stevedore keys its cache on (``stevedore._cache._hash_se
 interpreter, every ``sys.path`` entry and every ``*.dist-info``/``*.egg-info`` ``entry_points.txt`` on it,
 each with its mtime. Installing, upgrading or removing a package changes an mtime, so the key, so the next
 run asks stevedore again: ``pish drivers list`` and driver lookup stay exact. On a hit nothing heavier than
-``glob`` and ``json`` is imported.
+``json`` is imported.
 """
 from __future__ import annotations
 
-import glob
 import json
 import os
 import sys
@@ -45,10 +44,21 @@ def key() -> str:
     parts = [sys.executable, sys.prefix]
     for entry in sys.path:
         parts.append(f"{entry}\0{_mtime(entry)}")
-        for found in sorted([*glob.iglob(os.path.join(glob.escape(entry), "*.dist-info", "entry_points.txt")),
-                             *glob.iglob(os.path.join(glob.escape(entry), "*.egg-info", "entry_points.txt"))]):
+        for found in _entry_point_files(entry):
             parts.append(f"{found}\0{_mtime(found)}")
     return "\n".join(parts)
+
+
+def _entry_point_files(entry: str) -> list[str]:
+    """``ENTRY/*.dist-info/entry_points.txt`` and ``ENTRY/*.egg-info/entry_points.txt`` that exist, sorted
+    (one directory read: no ``glob``, whose import and patterns cost a run ~1.5 ms)."""
+    try:
+        names = os.listdir(entry or ".")
+    except OSError:
+        return []
+    found = [os.path.join(entry, name, "entry_points.txt") for name in names
+             if name.endswith((".dist-info", ".egg-info")) and not name.startswith(".")]
+    return sorted(path for path in found if os.path.isfile(path))
 
 
 def _checksum(text: str) -> str:

@@ -15,7 +15,6 @@ import json
 import os
 import select
 import signal
-import socket
 import struct
 import sys
 import termios
@@ -38,6 +37,8 @@ def setup_stdio(stdio: tuple[int, int, int], console: int | None, preserve_fds: 
     os.setsid()
     if console is not None:
         master, slave = os.openpty()  # /dev/ptmx here is the container's: we have pivoted or joined
+        import socket  # only for a terminal: socket.py costs a run without one ~3 ms
+
         with socket.socket(fileno=console) as sock:
             socket.send_fds(sock, [b"pty"], [master])
         os.close(master)

@@ -9,13 +9,13 @@ root, as runc's filepath-securejoin does.
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import posixpath
 from collections.abc import Iterable
 from pathlib import Path
 
 from pish_core import native
+from pish_core.log import Logger
 from pish_core.rootpath import resolve_in_root
 from pish_core.spec import Mount
 
@@ -35,7 +35,7 @@ _PROPAGATION = {"private": native.MS_PRIVATE, "rprivate": native.MS_PRIVATE | na
                 "unbindable": native.MS_UNBINDABLE, "runbindable": native.MS_UNBINDABLE | native.MS_REC}
 
 
-def detach(path: Path, log: logging.Logger) -> None:
+def detach(path: Path, log: Logger) -> None:
     """Lazily unmount ``path``. Not mounted, or already gone, counts as done: releases must be idempotent."""
     try:
         native.umount2(str(path), native.MNT_DETACH)

@@ -31,9 +31,20 @@ def lib_root() -> Path:
     return Path(data) / "pish"
 
 
+_host_uid: int | None = None
+
+
 def host_uid() -> int:
     """Our effective uid as the host sees it, also from inside a user namespace (rootless pish is "root"
-    in its own)."""
+    in its own). Read once per process (a run asked ~40 times, each an open and read of uid_map): what
+    it answers is pish's own identity, which a child's later setns into a container does not change."""
+    global _host_uid
+    if _host_uid is None:
+        _host_uid = _read_host_uid()
+    return _host_uid
+
+
+def _read_host_uid() -> int:
     uid = os.geteuid()
     with open("/proc/self/uid_map") as f:
         for line in f:

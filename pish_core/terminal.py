@@ -13,7 +13,6 @@ import errno
 import fcntl
 import os
 import select
-import socket
 import termios
 import tty
 from collections.abc import Iterator
@@ -52,6 +51,8 @@ class PtyIO(ProcessIO):
     tty = True
 
     def __init__(self, interactive: bool, output: int = 1) -> None:
+        import socket  # here, not at the top: socket.py costs every run without a terminal ~3 ms
+
         self._sock, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         super().__init__((0, 1, 2))
         self.console = child_end.detach()
@@ -62,6 +63,8 @@ class PtyIO(ProcessIO):
         if self.console is not None:
             os.close(self.console)  # only the container holds it now
             self.console = None
+        import socket
+
         _, fds, _, _ = socket.recv_fds(self._sock, 16, 1)  # sent by the init before it exec'd
         if not fds:
             raise OSError(errno.EPROTO, "the container sent no terminal")

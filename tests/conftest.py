@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).parent))  # `helpers` is importable under 
 from helpers import run_pish
 from helpers.hostsnap import HostSnapshot, assert_same, snapshot
 from helpers.leaks import LeakCheck
+from helpers.loglines import LogLines
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -133,3 +134,11 @@ def leaks(pish_env: PishEnv, tmp_path: Path, request: pytest.FixtureRequest) -> 
         check.close()
         if check.leftovers():
             check.clean_up()
+
+
+@pytest.fixture
+def log_lines(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> LogLines:
+    from pish_core import log
+
+    monkeypatch.setattr(log, "_threshold", 0)  # every level; ``messages`` picks
+    return LogLines(capsys)

@@ -18,7 +18,10 @@ ALLOWED_THIRD_PARTY = {"click", "pish_core", "pish_drivers", "_cffi_backend"}
 START_UP = {"_distutils_hack", "sitecustomize", "usercustomize", "apport_python_hook",
             "org"}  # org.python.core: the stdlib's copy module probing for Jython
 #: stdlib modules too heavy for the run path
-FORBIDDEN_STDLIB = {"asyncio", "email", "ssl", "http", "multiprocessing", "concurrent", "importlib.metadata"}
+FORBIDDEN_STDLIB = {"asyncio", "email", "ssl", "http", "multiprocessing", "concurrent", "importlib.metadata",
+                    # a few ms each, not needed: pish_core.log writes its own lines, a terminal alone needs
+                    # socket.py, the entry-point cache lists directories itself
+                    "logging", "socket", "glob", "hashlib", "tempfile", "subprocess"}
 
 
 def imported(args: list[str], env: dict[str, str]) -> set[str]:

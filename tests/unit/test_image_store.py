@@ -9,7 +9,6 @@ from __future__ import annotations
 import gzip
 import io
 import json
-import logging
 import os
 import stat
 import tarfile
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from fixtures.images import imagebuild as ib
+from helpers.loglines import LogLines
 
 from pish_core import paths, state
 from pish_core.errors import ImageError, SpecError
@@ -172,7 +172,7 @@ def test_oci_whiteouts_become_overlayfs_whiteouts(pish_env: object, tmp_path: Pa
 
 @needs_root
 def test_layers_are_shared_between_formats(pish_env: object, tmp_path: Path, two_layers: tuple[bytes, bytes],
-                                            caplog: pytest.LogCaptureFixture) -> None:
+                                            log_lines: LogLines) -> None:
     layers = list(two_layers)
     ib.oci_layout(tmp_path / "oci", layers)
     ib.docker_archive(tmp_path / "saved.tar", layers, repo_tag="docker.io/hand/saved:v2")
@@ -180,31 +180,29 @@ def test_layers_are_shared_between_formats(pish_env: object, tmp_path: Path, two
         t.add(tmp_path / "oci", arcname=".")
     [a] = importer.import_path(tmp_path / "oci", "hand:oci")
     before = {p: p.stat().st_mtime_ns for p in paths.layers_dir().iterdir()}
-    caplog.clear()
-    with caplog.at_level(logging.INFO, logger="pish"):
-        [b] = importer.import_path(tmp_path / "saved.tar")
-        [c] = importer.import_path(tmp_path / "oci.tar")
+    log_lines.clear()
+    [b] = importer.import_path(tmp_path / "saved.tar")
+    [c] = importer.import_path(tmp_path / "oci.tar")
     assert a.id == b.id == c.id  # one config, one image, whatever the wrapping
     assert c.names == ["hand/saved:v2", "hand:oci", "oci:latest"]
     assert {p: p.stat().st_mtime_ns for p in paths.layers_dir().iterdir()} == before
-    assert not [r for r in caplog.records if "unpacking" in r.getMessage()]
+    assert not [m for m in log_lines.messages("info") if "unpacking" in m]
 
 
 @needs_root
-def test_rootfs_tar_is_keyed_by_content(pish_env: object, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_rootfs_tar_is_keyed_by_content(pish_env: object, tmp_path: Path, log_lines: LogLines) -> None:
     raw = ib.layer_tar(BASE)
     (tmp_path / "a.tar").write_bytes(raw)
     (tmp_path / "b.tar").write_bytes(raw)
     (tmp_path / "c.tar.gz").write_bytes(gzip.compress(raw))
     first = cache.resolve(str(tmp_path / "a.tar"))
-    with caplog.at_level(logging.INFO, logger="pish"):
-        caplog.clear()
-        assert cache.resolve(str(tmp_path / "a.tar")).image_id == first.image_id  # the stat pre-check
-        assert cache.resolve(str(tmp_path / "b.tar")).image_id == first.image_id  # same bytes elsewhere
-        assert cache.resolve(str(tmp_path / "c.tar.gz")).image_id == first.image_id  # same tar, gzipped
-        os.utime(tmp_path / "a.tar", (1, 1))  # the identity changes: hashed again, nothing unpacked
-        assert cache.resolve(str(tmp_path / "a.tar")).image_id == first.image_id
-    assert not [r for r in caplog.records if "unpacking" in r.getMessage()]
+    log_lines.clear()
+    assert cache.resolve(str(tmp_path / "a.tar")).image_id == first.image_id  # the stat pre-check
+    assert cache.resolve(str(tmp_path / "b.tar")).image_id == first.image_id  # same bytes elsewhere
+    assert cache.resolve(str(tmp_path / "c.tar.gz")).image_id == first.image_id  # same tar, gzipped
+    os.utime(tmp_path / "a.tar", (1, 1))  # the identity changes: hashed again, nothing unpacked
+    assert cache.resolve(str(tmp_path / "a.tar")).image_id == first.image_id
+    assert not [m for m in log_lines.messages("info") if "unpacking" in m]
     assert len(os.listdir(paths.layers_dir())) == 1
     assert store.list_images()[0].names == []
     assert os.listdir(paths.image_sources_dir())  # what each path gave is remembered...

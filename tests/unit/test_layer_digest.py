@@ -4,12 +4,12 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
-import logging
 import os
 from pathlib import Path
 
 import pytest
 from fixtures.images import imagebuild as ib
+from helpers.loglines import LogLines
 
 from pish_core import paths
 from pish_core.image import digest, importer
@@ -47,7 +47,7 @@ def test_the_size_limit_holds_for_an_uncompressed_layer() -> None:
 
 @needs_root
 def test_a_rootfs_tar_is_unpacked_while_hashed_and_left_when_stored(
-        pish_env: object, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+        pish_env: object, tmp_path: Path, log_lines: LogLines, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "a.tar").write_bytes(TAR)
     first = importer.import_path(tmp_path / "a.tar")[0]
     (tmp_path / "b.tar").write_bytes(TAR)
@@ -59,10 +59,10 @@ def test_a_rootfs_tar_is_unpacked_while_hashed_and_left_when_stored(
 
     layers = os.stat(paths.layers_dir()).st_mtime_ns
     monkeypatch.setattr(importer, "_PreHash", Known)
-    with caplog.at_level(logging.DEBUG, logger="pish"):
-        again = importer.import_path(tmp_path / "b.tar")[0]
+    log_lines.clear()
+    again = importer.import_path(tmp_path / "b.tar")[0]
     assert again.id == first.id
-    said = [r.getMessage() for r in caplog.records]
+    said = log_lines.messages()
     assert any("is in the store already" in m for m in said)
     assert not [m for m in said if "unpacking" in m or "unpacked layer" in m]
     assert os.stat(paths.layers_dir()).st_mtime_ns == layers  # the unpack began beside the store, not in it
