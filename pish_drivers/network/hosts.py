@@ -66,6 +66,20 @@ def write_hosts(path: Path, entries: Iterable[tuple[str, Sequence[str]]]) -> Non
     write_in_place(path, hosts_text(entries))
 
 
+def append_hosts(path: Path, entries: Iterable[tuple[str, Sequence[str]]]) -> bool:
+    """Add the lines of ``entries`` at the end of hosts file ``path`` (one write); False if there is no
+    such file yet (it needs its header: write it whole)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        os.write(fd, hosts_text(entries).removeprefix(_HEADER).encode())
+    finally:
+        os.close(fd)
+    return True
+
+
 def host_resolv_conf(path: Path = HOST_RESOLV_CONF) -> tuple[list[str], list[str]]:
     """The host's nameservers a container can use, and its other lines (search, options)."""
     try:

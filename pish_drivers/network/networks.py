@@ -295,7 +295,7 @@ def allocate(name: str, cid: str, cname: str, hostname: str,
                 net = _create(name, ip_subnet, gateway, implicit=True)
             else:
                 net = require(name)
-        _live(net)
+        dropped = _live(net)
         mine = [ipam.Addr(a) for a, o in net.allocations.items() if o["container"] == cid]
         if mine and (ip is None or ip in mine):  # asked again (a retried attach): the same answer
             return net, mine[0]
@@ -310,7 +310,7 @@ def allocate(name: str, cid: str, cname: str, hostname: str,
         if net.subnet6 is not None:
             net.allocations[str(address)]["address6"] = str(ipam.next_free6(net.subnet6, net.taken6(), name))
         _write_allocations(net)
-        _rewrite_hosts(net)
+        _rewrite_hosts(net, joined=None if dropped else str(address))
         return net, address
 
 
@@ -335,11 +335,13 @@ def release(name: str, cid: str) -> list[str]:
         return freed
 
 
-def _entries(net: NetworkDef) -> list[tuple[str, list[str]]]:
-    """The hosts lines of ``net``'s containers: (address, names), IPv4 then IPv6, by address."""
+def _entries(net: NetworkDef, only: str | None = None) -> list[tuple[str, list[str]]]:
+    """The hosts lines of ``net``'s containers (or of the one at address ``only``): (address, names),
+    IPv4 then IPv6, by address."""
     entries = []
-    # inet_aton, not ipam.Addr: the same order, without an ipaddress object per member on every join
-    for address, o in sorted(net.allocations.items(), key=lambda item: socket.inet_aton(item[0])):
+    members = [(only, net.allocations[only])] if only is not None else \
+        sorted(net.allocations.items(), key=lambda item: socket.inet_aton(item[0]))  # inet_aton: no ipaddress
+    for address, o in members:
         names_of = [o["name"], o["hostname"], *o.get("aliases", [])]
         entries.append((address, names_of))
         if o.get("address6"):
@@ -347,18 +349,20 @@ def _entries(net: NetworkDef) -> list[tuple[str, list[str]]]:
     return entries
 
 
-def _rewrite_hosts(net: NetworkDef, also: str | None = None) -> None:
+def _rewrite_hosts(net: NetworkDef, also: str | None = None, joined: str | None = None) -> None:
     """The network's shared hosts file, rewritten in place (removed when nobody is left on it), and the
     hosts files of its containers that have one of their own (a second network: ``own_hosts_file``),
     and of ``also``, which just left it.
 
     The other containers' /etc/hosts *is* the shared file (``container_hosts_mount`` links it), so a
-    join or leave writes one file, however many containers the network has.
+    join or leave writes one file, however many containers the network has. A join (``joined``: the
+    address it got) appends its lines to that file rather than writing every member's again: the
+    100th container's join writes as much as the 2nd's.
     """
     path = paths.hosts_file(net.name)
     if not net.allocations:
         path.unlink(missing_ok=True)
-    else:
+    elif joined is None or not hosts.append_hosts(path, _entries(net, only=joined)):
         hosts.write_hosts(path, _entries(net))
     own = {o["container"] for o in net.allocations.values() if o.get("own_hosts")}
     if also and has_own_hosts_file(also):

@@ -190,6 +190,24 @@ def test_a_definition_written_with_its_allocations_is_still_read() -> None:
     assert sorted(networks.require("t4a").allocations) == ["10.0.6.2", "10.0.6.7"]
 
 
+def test_a_join_appends_its_hosts_line_and_a_leave_rewrites_the_file() -> None:
+    """Each join rewrote every member's line (the 100th join wrote 100 lines); now it appends its own,
+    in place (the file is every member's /etc/hosts: same inode). A leave writes the file whole, by address."""
+    networks.create("t4a", Net("10.0.6.0/24"))
+    a, b, c = container(), container(), container()
+    networks.allocate("t4a", a, "a", "a", Addr("10.0.6.9"))
+    path = paths.hosts_file("t4a")
+    inode = path.stat().st_ino
+    with open(path, "a") as f:
+        f.write("# kept\n")  # a rewrite would drop it
+    networks.allocate("t4a", b, "b", "b", aliases=["bee"])
+    networks.allocate("t4a", c, "c", "c")
+    text = path.read_text()
+    assert text.endswith("10.0.6.9\ta\n# kept\n10.0.6.2\tb bee\n10.0.6.3\tc\n") and path.stat().st_ino == inode
+    networks.release("t4a", c)
+    assert path.read_text().endswith("10.0.6.2\tb bee\n10.0.6.9\ta\n") and path.stat().st_ino == inode
+
+
 def test_default_and_implicit_networks() -> None:
     a, b = container(), container()
     net, address = networks.allocate("pish0", a, "a", "a")
