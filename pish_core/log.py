@@ -29,7 +29,10 @@ class Logger:
     def _emit(self, rank: int, msg: str, args: tuple[object, ...]) -> None:
         if rank < _threshold:
             return
-        text = msg % args if args else msg
+        try:
+            text = msg % args if args else msg
+        except (TypeError, ValueError):  # a message that does not fit its arguments still says something
+            text = f"{msg} {args!r}"
         try:
             sys.stderr.write(f"[{LEVELS[rank].upper()}] {self.topic}: {text}\n")
             sys.stderr.flush()
