@@ -36,3 +36,4 @@ int pish_bpf_prog_detach(int prog_fd, int target_fd, uint32_t attach_type);
 int pish_bpf_prog_query(int target_fd, uint32_t attach_type, uint32_t query_flags, uint32_t *attach_flags,
                         uint32_t *prog_ids, uint32_t *prog_cnt);
 int pish_bpf_prog_get_fd_by_id(uint32_t id);
+long pish_fork_into_cgroup(int cgroup_fd);

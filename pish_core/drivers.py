@@ -139,6 +139,12 @@ class Limits(Driver):
         ``Group.join_files``), before it enters the container; empty: ``join`` puts its pid in instead."""
         return ()
 
+    def clone_into(self, record: dict[str, Any]) -> str | None:
+        """The cgroup v2 directory of the group of ``record``, for a process joining it to be born in
+        (``Isolation.enter``'s ``cgroup_dir``: clone3 with CLONE_INTO_CGROUP, no move, none of the RCU wait
+        a move costs); None: ``join_files`` or ``join`` instead."""
+        return None
+
     def group(self, record: dict[str, Any]) -> Group:
         """The group a journal ``record`` describes, found again by another process (``pish-oci ps``,
         ``pause``, ``events``)."""
@@ -176,6 +182,8 @@ class Child(abc.ABC):
     """The container's first process, held at its start until ``release`` lets it exec the command."""
 
     pid: int
+    #: True when it was born in its cgroup (``Isolation.enter``'s ``cgroup_dir``): no ``Limits.join`` then
+    in_cgroup: bool = False
 
     @abc.abstractmethod
     def release(self, mounts: Sequence[Mount] = (), exec_fifo: int | None = None,
@@ -207,6 +215,8 @@ class Child(abc.ABC):
 
 class Isolation(Driver):
     kind = "isolation"
+    #: True when ``enter`` takes ``cgroup_dir`` (a process born in the container's cgroup v2 directory)
+    clones_into_cgroup: ClassVar[bool] = False
 
     @abc.abstractmethod
     def spawn(self, ctx: RunContext, rootfs: Path, *, netns: bool = True,
@@ -221,11 +231,12 @@ class Isolation(Driver):
 
     def enter(self, pid: int, process: Process, env: dict[str, str], security: Security, *,
               stdio: tuple[int, int, int] = (0, 1, 2), console: int | None = None,
-              cgroup_files: Sequence[str] = ()) -> ContextManager[Child]:
+              cgroup_files: Sequence[str] = (), cgroup_dir: str | None = None) -> ContextManager[Child]:
         """Start ``process`` (args, cwd, user) with ``env`` inside the running container whose first
         process is ``pid`` (``pish exec``), confined by the container's ``security``, in its cgroup through
-        ``cgroup_files`` (``Limits.join_files``); blocked until released like ``spawn``'s child; kill and
-        reap it on exit."""
+        ``cgroup_files`` (``Limits.join_files``), or born in ``cgroup_dir`` (``Limits.clone_into``, given
+        only to a driver that ``clones_into_cgroup``: ``Child.in_cgroup`` says if it was); blocked until
+        released like ``spawn``'s child; kill and reap it on exit."""
         raise DriverError(f"isolation driver {self.name!r} cannot run a process in a running container")
 
 

@@ -18,7 +18,7 @@ from typing import cast
 from pish_core import events, log, paths, proc, state, userns
 from pish_core.drivers import Child, Isolation, Limits, load
 from pish_core.errors import DriverError, PishError, StateError
-from pish_core.resources import group_of, release_journal
+from pish_core.resources import entered, group_of, release_journal
 from pish_core.rootpath import resolve_in_root
 from pish_core.spec import ContainerSpec, Process, Resources, container_env
 
@@ -390,12 +390,9 @@ def exec_in(ref: str, args: tuple[str, ...], *, env: tuple[str, ...] = (), cwd: 
     isolation = cast(Isolation, load("isolation", spec.isolation.name, spec.isolation.options))
     limits = cast(Limits, load("limits", spec.limits.name, spec.limits.options))
     group = next((r for r in s.resources if r["kind"] == "limits"), None)
-    join_files = limits.join_files(group) if group is not None else ()
     with open_io(spec.with_changes(process=process)) as io, \
-            isolation.enter(s.pid, process, full_env, spec.security, stdio=io.child_fds,
-                             console=io.console, cgroup_files=join_files) as child:
-        if group is not None and not join_files:
-            limits.join(group, child.pid)
+            entered(isolation, limits, group, s.pid, process, full_env, spec.security, stdio=io.child_fds,
+                    console=io.console) as child:
         child.release()
         io.started()
         with _forwarding(child):

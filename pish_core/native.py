@@ -125,6 +125,16 @@ def setns(fd: int, nstype: int = 0) -> None:
     _check(lib.pish_setns(fd, nstype), "setns")
 
 
+def fork_into_cgroup(cgroup_fd: int) -> int:
+    """``os.fork``, the child born in the cgroup v2 directory ``cgroup_fd`` (clone3 CLONE_INTO_CGROUP): no
+    move afterwards, so none of the RCU wait a move costs. From a process with one thread only (see
+    native/pish_native.c). OSError (nothing forked) where the kernel lacks it (Linux < 5.7) or refuses."""
+    pid: int = lib.pish_fork_into_cgroup(cgroup_fd)
+    if pid < 0:
+        raise OSError(-pid, f"clone3 into a cgroup: {os.strerror(-pid)}")
+    return pid
+
+
 def sethostname(name: str) -> None:
     raw = name.encode()
     _check(lib.pish_sethostname(raw, len(raw)), "sethostname")

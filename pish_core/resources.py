@@ -3,11 +3,14 @@
 detached container's supervisor once its command ended)."""
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any, cast
 
 from pish_core import state
-from pish_core.drivers import Group, Limits, load, load_class
+from pish_core.drivers import Child, Group, Isolation, Limits, load, load_class
 from pish_core.errors import StateError
+from pish_core.spec import Process, Security
 
 #: a journal entry's kind -> the key of its driver's choice in the spec
 _SPEC_KEY = {"storage": "storage", "limits": "limits", "network": "net", "isolation": "isolation"}
@@ -35,6 +38,23 @@ def oom_killed(s: state.ContainerState) -> bool:
     """Whether the OOM killer struck the container's cgroup, asked once its command has ended."""
     limits, record = limits_of(s)
     return limits.oom_killed(record)
+
+
+@contextlib.contextmanager
+def entered(isolation: Isolation, limits: Limits | None, record: dict[str, Any] | None, pid: int,
+            process: Process, env: dict[str, str], security: Security, *,
+            stdio: tuple[int, int, int] = (0, 1, 2), console: int | None = None) -> Iterator[Child]:
+    """``isolation.enter`` the running container of ``pid`` (``pish exec``, ``pish-oci exec``), the new
+    process in the container's group (``record``, made by ``limits``): born in it where both drivers can
+    (cgroup v2), else moving itself in (``join_files``: cgroup v1), else moved there by ``join``."""
+    into = limits.clone_into(record) if limits and record is not None and isolation.clones_into_cgroup else None
+    files = limits.join_files(record) if limits and record is not None and into is None else ()
+    where = {"cgroup_dir": into} if into is not None else {}
+    with isolation.enter(pid, process, env, security, stdio=stdio, console=console, cgroup_files=files,
+                         **where) as child:
+        if limits and record is not None and not files and not child.in_cgroup:
+            limits.join(record, child.pid)
+        yield child
 
 
 def release_journal(s: state.ContainerState, keep_kept: bool = False) -> list[str]:

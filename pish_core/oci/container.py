@@ -18,7 +18,6 @@ import select
 import signal
 import socket
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from pish_core import hooks, log, paths, proc, state
 from pish_core.drivers import Isolation, Limits, RunContext, load
 from pish_core.errors import PishError, StateError
 from pish_core.oci import specconv
+from pish_core.resources import entered
 from pish_core.spec import ContainerSpec, Process, Security
 
 _log = log.get("oci")
@@ -266,7 +266,7 @@ def exec_process(oci_id: str, process: Process, *, detach: bool, pid_file: Path 
     """runc exec: a process joins the container. Detached, we leave once it runs (its pid in
     ``pid_file``); else we wait for it and return its exit status."""
     record = _record(oci_id)
-    if status(record) not in ("running", "created", "paused"):
+    if status(record) not in ("running", "created", "paused") or record.pid is None:
         raise OciError("cannot exec in a stopped container")
     spec = _spec(record)
     isolation: Any = load("isolation", spec.isolation.name, spec.isolation.options)
@@ -278,14 +278,10 @@ def exec_process(oci_id: str, process: Process, *, detach: bool, pid_file: Path 
         if process.terminal and console is None:
             raise OciError("cannot allocate tty if runc will detach without setting console socket")
         limits: Any = None
-        join_files: Sequence[str] = ()
         if limits_record is not None:
             limits = load("limits", limits_record["driver"], _options(spec, "limits", limits_record["driver"]))
-            join_files = limits.join_files(limits_record)
-        child = stack.enter_context(isolation.enter(record.pid, process, env, security or spec.security,
-                                                     console=console, cgroup_files=join_files))
-        if limits_record is not None and not join_files:
-            limits.join(limits_record, child.pid)
+        child = stack.enter_context(entered(isolation, limits, limits_record, record.pid, process, env,
+                                            security or spec.security, console=console))
         if detach:
             child.leave()  # before release: it must not die with us
         child.release()

@@ -61,8 +61,9 @@ def _join(joins: list[tuple[str, int]]) -> None:
 
 
 class ForkedChild(Child):
-    def __init__(self, pid: int, go_fd: int, err_fd: int) -> None:
+    def __init__(self, pid: int, go_fd: int, err_fd: int, in_cgroup: bool = False) -> None:
         self.pid = pid
+        self.in_cgroup = in_cgroup
         self._go_fd = go_fd
         self._err_fd = err_fd
         self.status: int | None = None
@@ -111,6 +112,7 @@ class UnshareIsolation(Isolation):
     name = "unshare"
     description = ("new mount, uts, ipc, pid, net (and user, cgroup) namespaces via unshare(2), two forks "
                    "like runc's nsexec")
+    clones_into_cgroup = True
 
     def validate(self, spec: ContainerSpec) -> None:
         if spec.userns.private:  # tried, not guessed from sysctls: a security module may say no too
@@ -168,7 +170,7 @@ class UnshareIsolation(Isolation):
     @contextlib.contextmanager
     def enter(self, pid: int, process: Process, env: dict[str, str], security: Security, *,
               stdio: tuple[int, int, int] = (0, 1, 2), console: int | None = None,
-              cgroup_files: Sequence[str] = ()) -> Iterator[Child]:
+              cgroup_files: Sequence[str] = (), cgroup_dir: str | None = None) -> Iterator[Child]:
         # Open every namespace first: once we are in the container's mount namespace, /proc/PID may differ.
         # The container's user namespace, if it is not ours, comes first: it owns the others.
         def same(ns: str) -> bool:
@@ -180,25 +182,39 @@ class UnshareIsolation(Isolation):
         order = [ns for ns in JOIN_ORDER if ns != "cgroup" or not same(ns)]
         if not own_userns:
             order.insert(0, "user")
-        fds = [os.open(f"/proc/{pid}/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC) for ns in order]
+        # Born in the container's cgroup (cgroup_dir, v2), cloned into it by the intermediate. The kernel
+        # checks that as a move from the intermediate's cgroup, seen from its cgroup namespace: on a
+        # delegating host (nsdelegate, as systemd mounts cgroup2) the container's own cgroup namespace does
+        # not see ours, so the child joins that one, and the mount namespace after it, itself. Not into a
+        # user namespace of the container's: the clone would be checked with its ids, not the host's root.
+        into = os.open(cgroup_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC) \
+            if cgroup_dir is not None and own_userns else None
+        late = {"cgroup", "mnt"} if into is not None else set()
+        fds = [(ns, os.open(f"/proc/{pid}/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC)) for ns in order]
         enforce.prepare(security)
 
         def join() -> None:
             join_cgroup(list(cgroup_files))  # first, where the host's paths still mean what they say
-            for number, fd in enumerate(fds):
-                native.setns(fd, 0)
+            for number, (ns, fd) in enumerate(fds):
+                if ns not in late:
+                    native.setns(fd, 0)
                 if number == 0 and not own_userns:  # now, while /proc is still ours to read
                     userns.become_root()
             native.prctl(native.PR_SET_KEEPCAPS, 1)  # see pish_core/security: lock_down decides
 
         def in_child(go_fd: int, err_fd: int) -> NoReturn:
+            for ns, fd in fds:
+                if ns in late:
+                    native.setns(fd, 0)
             joined_main(process, env, go_fd, err_fd, stdio, console, security)
 
         try:
-            child = _fork_twice(join, in_child, "cannot join the container's namespaces")
+            child = _fork_twice(join, in_child, "cannot join the container's namespaces", into=into)
         finally:
-            for fd in fds:
+            for _, fd in fds:
                 os.close(fd)
+            if into is not None:
+                os.close(into)
         try:
             yield child
         finally:
@@ -257,9 +273,11 @@ class _UsernsSync:
 
 
 def _fork_twice(in_middle: Callable[[], None], in_child: Callable[[int, int], NoReturn],
-                failure: str, with_middle: Callable[[int], None] | None = None) -> ForkedChild:
+                failure: str, with_middle: Callable[[int], None] | None = None,
+                into: int | None = None) -> ForkedChild:
     """Fork an intermediate process that runs ``in_middle`` (enter namespaces), then forks the real child
-    (which runs ``in_child(go_fd, err_fd)``), reports its pid and exits. We are a subreaper, so the child
+    (which runs ``in_child(go_fd, err_fd)``; born in the cgroup v2 directory ``into`` if given and the
+    kernel can: ``ForkedChild.in_cgroup``), reports its pid and exits. We are a subreaper, so the child
     becomes ours to wait for. ``with_middle(pid)`` is our side of any handshake with the intermediate."""
     native.prctl(native.PR_SET_CHILD_SUBREAPER, 1)
     go_r, go_w = os.pipe()
@@ -272,11 +290,11 @@ def _fork_twice(in_middle: Callable[[], None], in_child: Callable[[int, int], No
             os.close(pid_r)
             os.close(err_r)
             in_middle()
-            child = os.fork()
+            child, born_in = _fork(into)
             if child == 0:
                 os.close(pid_w)
                 in_child(go_r, err_w)
-            os.write(pid_w, str(child).encode())
+            os.write(pid_w, f"{child} {int(born_in)}".encode())
             os._exit(0)
         except BaseException as exc:  # noqa: BLE001
             with contextlib.suppress(OSError):
@@ -301,7 +319,18 @@ def _fork_twice(in_middle: Callable[[], None], in_child: Callable[[int, int], No
         os.close(err_r)
         os.close(go_w)
         raise PishError(report.partition(" ")[2] or failure)
-    return ForkedChild(int(raw), go_w, err_r)
+    pid, in_cgroup = raw.split()
+    return ForkedChild(int(pid), go_w, err_r, in_cgroup=in_cgroup == b"1")
+
+
+def _fork(into: int | None) -> tuple[int, bool]:
+    """``os.fork``; with ``into`` (a cgroup v2 directory), the child born there if the kernel can (True)."""
+    if into is not None:
+        try:
+            return native.fork_into_cgroup(into), True
+        except OSError:  # Linux < 5.7, clone3 filtered out, or refused: forked plainly, moved in by the caller
+            pass
+    return os.fork(), False
 
 
 def _read_all(fd: int) -> bytes:

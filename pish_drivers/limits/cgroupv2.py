@@ -225,6 +225,9 @@ class CgroupV2Limits(Limits):
     def join(self, record: dict[str, Any], pid: int) -> None:
         join(record, pid, NAME)
 
+    def clone_into(self, record: dict[str, Any]) -> str | None:
+        return str(cgroup_paths(record, NAME)[0])
+
     def group(self, record: dict[str, Any]) -> Group:
         return CgroupV2Group(cgroup_paths(record, NAME)[0])
 

@@ -388,6 +388,9 @@ class SystemdLimits(Limits):
     def join(self, record: dict[str, Any], pid: int) -> None:
         write(_live_cgroup(record) / "cgroup.procs", pid, NAME)  # as runc's exec does: the scope's now
 
+    def clone_into(self, record: dict[str, Any]) -> str | None:
+        return str(_live_cgroup(record))  # the scope's cgroup, as join writes to
+
     def group(self, record: dict[str, Any]) -> Group:
         return SystemdGroup(_live_cgroup(record), "slice" in record)
 
