@@ -47,12 +47,16 @@ def entered(isolation: Isolation, limits: Limits | None, record: dict[str, Any] 
     """``isolation.enter`` the running container of ``pid`` (``pish exec``, ``pish-oci exec``), the new
     process in the container's group (``record``, made by ``limits``): born in it where both drivers can
     (cgroup v2), else moving itself in (``join_files``: cgroup v1), else moved there by ``join``."""
-    into = limits.clone_into(record) if limits and record is not None and isolation.clones_into_cgroup else None
-    files = limits.join_files(record) if limits and record is not None and into is None else ()
+    if limits is None or record is None:  # a container without a cgroup
+        with isolation.enter(pid, process, env, security, stdio=stdio, console=console) as child:
+            yield child
+        return
+    into = limits.clone_into(record) if isolation.clones_into_cgroup else None
+    files = limits.join_files(record) if into is None else ()
     where = {"cgroup_dir": into} if into is not None else {}
     with isolation.enter(pid, process, env, security, stdio=stdio, console=console, cgroup_files=files,
                          **where) as child:
-        if limits and record is not None and not files and not child.in_cgroup:
+        if not files and not child.in_cgroup:
             limits.join(record, child.pid)
         yield child
 
