@@ -39,11 +39,11 @@ _HEADER = """\
 
 def hosts_text(entries: Iterable[tuple[str, Sequence[str]]]) -> str:
     """The hosts file for ``entries`` of (address, names), names deduplicated in order."""
-    lines = [_HEADER]
-    for address, names in entries:
-        unique = list(dict.fromkeys(n for n in names if n))
-        lines.append(f"{address}\t{' '.join(unique)}\n")
-    return "".join(lines)
+    return _HEADER + _lines(entries)
+
+
+def _lines(entries: Iterable[tuple[str, Sequence[str]]]) -> str:
+    return "".join(f"{address}\t{' '.join(dict.fromkeys(n for n in names if n))}\n" for address, names in entries)
 
 
 def write_in_place(path: Path, text: str, mode: int = 0o644) -> None:
@@ -74,7 +74,7 @@ def append_hosts(path: Path, entries: Iterable[tuple[str, Sequence[str]]]) -> bo
     except FileNotFoundError:
         return False
     try:
-        os.write(fd, hosts_text(entries).removeprefix(_HEADER).encode())
+        os.write(fd, _lines(entries).encode())
     finally:
         os.close(fd)
     return True

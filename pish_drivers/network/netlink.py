@@ -232,9 +232,6 @@ class Netlink:
         """Add (``RTM_NEWADDR``) or delete (``RTM_DELADDR``) ``address/prefixlen`` on link ``index``."""
         self.request(*address_request(op, index, family, address, prefixlen, what, flags))
 
-    def default_route(self, family: int, gateway: str, oif: int, what: str) -> None:
-        self.request(*default_route_request(family, gateway, oif, what))
-
 
 # -- requests, built by pyroute2, to send one by one (``Netlink.request``) or together (``request_all``) --
 
