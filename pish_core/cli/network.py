@@ -1,7 +1,7 @@
 """``pish network create|ls|inspect|rm|connect|disconnect``: named networks for ``--net bridge``, as docker's.
 
-Thin, like every command: the bridge driver's ``networks`` module does the work (importing it does not
-import pyroute2: a definition is only a file until a container uses it).
+Thin, like every command: the bridge driver (``bridge``, ``networks``) does the work. ``create`` makes the
+network's bridge at once and ``rm`` removes it, as docker does; ``ls`` and ``inspect`` read files only.
 """
 from __future__ import annotations
 
@@ -10,7 +10,11 @@ from typing import Any
 
 import click
 
+from pish_core import log
 from pish_core.cli.output import json_or_table
+
+#: create and rm change the host (the bridge, its NAT): their lines, as a run's, with --log-level info
+_log_level = click.option("--log-level", default="warning", type=click.Choice(log.LEVELS), show_default=True)
 
 
 @click.group()
@@ -41,17 +45,20 @@ def _describe(net: Any) -> dict[str, Any]:
 @click.option("--gateway", help="The bridge's address (default: the subnet's first).")
 @click.option("--ipv6", is_flag=True, help="Give the network an IPv6 /64 too (default: a random ULA, fdXX::/64).")
 @click.option("--subnet-v6", help="The IPv6 subnet, e.g. fd12:3456:789a::/64 (implies --ipv6).")
+@_log_level
 @click.argument("name")
-def create(subnet: str | None, gateway: str | None, ipv6: bool, subnet_v6: str | None, name: str) -> None:
-    """Create a network NAME; its bridge is made when a container first joins."""
-    from pish_drivers.network import ipam, networks
+def create(subnet: str | None, gateway: str | None, ipv6: bool, subnet_v6: str | None, log_level: str,
+           name: str) -> None:
+    """Create a network NAME and its bridge (kept until `network rm`)."""
+    from pish_drivers.network import bridge, ipam
 
+    log.setup(log_level)
     net = ipam.parse_subnet(subnet) if subnet else None
     gw = ipam.parse_address(gateway, "--gateway") if gateway else None
     if gw is not None and net is None:
         raise click.UsageError("--gateway needs --subnet")
     net6 = ipam.parse_subnet6(subnet_v6) if subnet_v6 else None
-    click.echo(networks.create(name, net, gw, ipv6=ipv6, subnet6=net6).name)
+    click.echo(bridge.create_network(name, net, gw, ipv6=ipv6, subnet6=net6).name)
 
 
 @network.command("ls")
@@ -86,13 +93,15 @@ def inspect(names: tuple[str, ...]) -> None:
 
 
 @network.command()
+@_log_level
 @click.argument("names", nargs=-1, required=True)
-def rm(names: tuple[str, ...]) -> None:
-    """Remove networks; refused while a container uses one."""
-    from pish_drivers.network import networks
+def rm(log_level: str, names: tuple[str, ...]) -> None:
+    """Remove networks and their bridges; refused while a container uses one."""
+    from pish_drivers.network import bridge
 
+    log.setup(log_level)
     for name in names:
-        networks.remove(name)
+        bridge.remove_network(name)
         click.echo(name)
 
 

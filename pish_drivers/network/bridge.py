@@ -15,7 +15,8 @@ release of ``attachment`` undoes 3 to 0, each harmless if it was never taken:
    its users are counted in ``/run/pish/networks/<bridge>.json`` under a file lock: the first
    container creates it, with the gateway address, and adds the network to pish's nftables table
    (forwarding, masquerade, isolation from the other networks: ``nat.py``, and ``nat6.py`` for IPv6);
-   the last one out undoes both.
+   the last one out undoes both. A network of ``pish network create`` has them from its creation until
+   ``pish network rm`` (``create_network``), so its containers only count themselves in and out.
 3. **Plug in a cable.** A veth pair: the host end (``pv`` + the container id) in the bridge, the
    other end created directly inside the container's namespace as ``eth0`` (creating it there is
    free; moving it there afterwards would cost 20-40 ms).
@@ -217,26 +218,32 @@ def _gateway6_data(net: networks.NetworkDef) -> dict[str, str]:
     return {"subnet6": str(net.subnet6), "gateway6": f"{net.gateway6}/{net.subnet6.prefixlen}"}
 
 
-def _join_bridge(nl: Netlink, net: networks.NetworkDef, gateway: ipaddress.IPv4Interface, cid: str) -> int:
-    """Add ``cid`` to the bridge's users; the first user sets up the bridge and its NAT (and IPv6:
-    gateway, NAT66, isolation). Return its index."""
+def _join_bridge(nl: Netlink, net: networks.NetworkDef, gateway: ipaddress.IPv4Interface, cid: str | None) -> int:
+    """Add ``cid`` to the bridge's users (``None``: ``pish network create``, which only brings it up); the
+    first user sets up the bridge and its NAT (and IPv6: gateway, NAT66, isolation). Return its index.
+
+    A bridge that stays up without users (``kept``: a network made with ``pish network create``) is set up
+    once, by ``create_network``: a container joining it only counts itself in, as one on a busy bridge does.
+    """
     bridge = net.bridge
     with state.flocked(paths.bridge_lock(bridge)):
-        data = _read_users(bridge) or {"created_by_pish": False, "users": []}
+        data = _read_users(bridge) or {"created_by_pish": False, "users": [], "kept": _kept(net)}
+        data.setdefault("kept", False)  # (a file of a pish before kept bridges)
         others = _live(data["users"], leaving=cid)
-        if others:  # the first user set the bridge up: its index is all we need
+        joined = others + ([cid] if cid is not None else [])
+        if others or data.get("up"):  # set up already: its index is all we need
             with contextlib.suppress(OSError):  # (else it went away meanwhile: set it up again, below)
                 index = socket.if_nametoindex(bridge)  # one ioctl here, no link message to decode
-                data["users"] = others + [cid]
+                data["users"] = joined
                 _write_users(bridge, data)
                 return index
         link = nl.link(bridge)
         if link is not None and not links.is_bridge(link):
-            raise DriverError(f"{bridge} exists on the host but is not a bridge: pick another --network")
+            raise DriverError(f"{bridge} exists on the host but is not a bridge: use another network name")
         first = not others
         if link is None:
             data["created_by_pish"] = True
-        data["users"] = others + [cid]
+        data["users"] = joined
         _write_users(bridge, data)  # written before the bridge is created, so a crash leaves a trace
         if link is None:
             index = links.create_bridge(nl, bridge, gateway)
@@ -255,19 +262,30 @@ def _join_bridge(nl: Netlink, net: networks.NetworkDef, gateway: ipaddress.IPv4I
             nat.add_network(gateway.network, bridge)
             if net.subnet6 is not None:
                 nat6.add_network(net.subnet6, bridge)
+        if data["kept"] and not data.get("up"):
+            data["up"] = True  # all of the above done: a container may only count itself in from now on
+            _write_users(bridge, data)
         return index
 
 
-def _leave_bridge(bridge: str, cid: str, gateway: ipaddress.IPv4Interface | None,
+def _kept(net: networks.NetworkDef) -> bool:
+    """Whether ``net``'s bridge stays up with no container on it: a network of ``pish network create``
+    does (as docker's do); the default network and one made on the fly for ``--ip`` go with their last
+    container, so a plain ``pish run --net bridge`` leaves nothing behind."""
+    return not (net.name == networks.DEFAULT or net.implicit)
+
+
+def _leave_bridge(bridge: str, cid: str | None, gateway: ipaddress.IPv4Interface | None,
                   subnet6: str | None = None) -> None:
     """Remove ``cid`` from the bridge's users; the last one out undoes the NAT and the bridge (or, on a
-    bridge pish did not make, the gateway address pish added)."""
+    bridge pish did not make, the gateway address pish added), unless the bridge is kept: then that is
+    ``pish network rm``'s to do (``cid`` None)."""
     with state.flocked(paths.bridge_lock(bridge)):
         data = _read_users(bridge)
         if data is None:  # never joined, or already cleaned up
             return
         data["users"] = _live(data["users"], leaving=cid)
-        if data["users"]:
+        if data["users"] or (data.get("kept") and cid is not None):
             _write_users(bridge, data)
             return
         if gateway is not None:
@@ -282,6 +300,32 @@ def _leave_bridge(bridge: str, cid: str, gateway: ipaddress.IPv4Interface | None
             if data.get("gateway6_added"):
                 links.remove_address6(bridge, ipaddress.IPv6Interface(data["gateway6_added"]))
         paths.bridge_users(bridge).unlink(missing_ok=True)
+
+
+# -- pish network create / rm: a network's bridge lives as long as the network ---------------------------
+
+
+def create_network(name: str, subnet: ipaddress.IPv4Network | None = None, gateway: ipaddress.IPv4Address | None = None,
+                   ipv6: bool = False, subnet6: ipaddress.IPv6Network | None = None) -> networks.NetworkDef:
+    """``pish network create``: the definition, then its bridge and NAT at once, as docker makes them (a
+    container joining it then only plugs in: its first container starts as fast as its hundredth). If the
+    bridge cannot be made, the definition goes again."""
+    def bring_up(net: networks.NetworkDef) -> None:
+        with Netlink() as nl:
+            _join_bridge(nl, net, _gateway(net), None)
+
+    return networks.create(name, subnet, gateway, ipv6=ipv6, subnet6=subnet6, bring_up=bring_up,
+                           bring_down=_bring_down)
+
+
+def remove_network(name: str) -> networks.NetworkDef:
+    """``pish network rm``: refused while a container is on it; its bridge and NAT go with it."""
+    return networks.remove(name, bring_down=_bring_down)
+
+
+def _bring_down(net: networks.NetworkDef) -> None:
+    """Undo the bridge and NAT of ``net`` (kept or not) once no container is on it; idempotent."""
+    _leave_bridge(net.bridge, None, _gateway(net), str(net.subnet6) if net.subnet6 else None)
 
 
 # -- pish network connect / disconnect: a second network for a running container ----------------------

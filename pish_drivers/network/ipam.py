@@ -89,18 +89,18 @@ def pick_subnet(pool: Net, prefixlen: int, taken: Iterable[Net]) -> Net:
     raise SpecError(f"no free /{prefixlen} subnet left in {pool}: give one with --subnet")
 
 
-def check_request(subnet: Net, gateway: Addr, taken: Iterable[Addr], address: Addr, network: str) -> None:
+def check_request(subnet: Net, gateway: Addr, taken: Iterable[Addr | int], address: Addr, network: str) -> None:
     """Refuse an address asked for with ``--ip`` that is outside the pool or taken."""
     if address not in subnet or int(address) not in usable(subnet):
         raise SpecError(f"--ip {address} is outside the pool of network {network} ({subnet})")
     if address == gateway:
         raise SpecError(f"--ip {address} is the gateway of network {network}")
-    if address in set(taken):
+    if int(address) in {int(a) for a in taken}:
         raise SpecError(f"--ip {address} is already in use on network {network}")
 
 
-def free(subnet: Net, gateway: Addr, taken: Iterable[Addr]) -> Iterator[Addr]:
-    """The free addresses of ``subnet``, lowest first."""
+def free(subnet: Net, gateway: Addr, taken: Iterable[Addr | int]) -> Iterator[Addr]:
+    """The free addresses of ``subnet``, lowest first (``taken`` as addresses or their integers)."""
     used = {int(a) for a in taken}
     used.add(int(gateway))
     for value in usable(subnet):
@@ -108,7 +108,7 @@ def free(subnet: Net, gateway: Addr, taken: Iterable[Addr]) -> Iterator[Addr]:
             yield Addr(value)
 
 
-def next_free(subnet: Net, gateway: Addr, taken: Iterable[Addr], network: str) -> Addr:
+def next_free(subnet: Net, gateway: Addr, taken: Iterable[Addr | int], network: str) -> Addr:
     """The lowest free address: what a container without ``--ip`` gets."""
     for address in free(subnet, gateway, taken):
         return address

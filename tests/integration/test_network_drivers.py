@@ -157,7 +157,7 @@ def test_two_containers_on_one_bridge_talk_and_the_last_one_out_removes_it(
         for veth in (veth_a, veth_b):
             assert Path("/sys/class/net", veth, "master").resolve().name == BRIDGE
             assert link_is_up(veth)
-        assert json.loads(users_file().read_text()) == {"created_by_pish": True, "users": [a.id, b.id]}
+        assert json.loads(users_file().read_text()) == {"created_by_pish": True, "users": [a.id, b.id], "kept": False}
         # Each journal holds one record for the attachment, written before anything was taken.
         assert [(r["what"], r.get("veth")) for r in a.journal.state.resources] == [("attachment", veth_a)]
         assert state.ContainerState.load(a.id).resources == a.journal.state.resources

@@ -162,9 +162,11 @@ def test_networks_are_isolated_until_connect(pish: Pish, busybox_tar: Path, nets
     pish("rm", "-f", "a1", check=True)
     assert [m["name"] for m in json.loads(pish("network", "inspect", NET_B).stdout)[0]["containers"].values()] \
         == ["b1"]
-    assert not Path("/sys/class/net", NET_A).exists()
     pish("rm", "-f", "b1", check=True)
-    assert not Path("/sys/class/net", NET_B).exists()
+    assert Path("/sys/class/net", NET_A).exists() and Path("/sys/class/net", NET_B).exists()  # until network rm
+    assert sum(NET_A in e and NET_B in e for e in nft_ours()) == 2  # and still apart
+    pish("network", "rm", NET_A, NET_B, check=True)
+    assert not Path("/sys/class/net", NET_A).exists() and not Path("/sys/class/net", NET_B).exists()
     nets.assert_clean()
     assert nft_ours() == []
 
@@ -187,9 +189,10 @@ def test_gc_releases_a_connection_of_a_killed_supervisor(pish: Pish, busybox_tar
     assert Path("/sys/class/net", NET_B).exists()  # nobody released anything yet
 
     assert cid[:12] in pish("gc", check=True).stdout
-    assert not Path("/sys/class/net", NET_B).exists() and not Path("/sys/class/net", NET_A).exists()
     for net in (NET_A, NET_B):
         assert json.loads(pish("network", "inspect", net, check=True).stdout)[0]["containers"] == {}
+        assert not any(cid[:11] in name for name in os.listdir("/sys/class/net"))  # no veth of its left
+    pish("network", "rm", NET_A, NET_B, check=True)
     nets.assert_clean()
 
 
@@ -257,6 +260,7 @@ def test_ipv6_network_ping6_and_a_port_on_loopback6(pish: Pish, busybox_tar: Pat
     pish("rm", "-f", "srv", "peer", check=True)
     with pytest.raises(OSError):
         http_get_v6(HOST_PORT)  # the proxy went with its container
+    pish("network", "rm", NET_6, check=True)  # and the bridge, its gateways and NAT66 with the network
     nets.assert_clean()
     assert nft_ours() == []
 
@@ -325,7 +329,7 @@ from pish_drivers.network.netlink import Netlink
 subprocess.run(["ip", "link", "add", "x6", "type", "bridge"], check=True)
 cid = "c" * 64
 paths.container_dir(cid).mkdir(parents=True)
-net = networks.NetworkDef(name="x6", subnet=ipaddress.ip_network("10.9.6.0/24"),
+net = networks.NetworkDef(name="x6", subnet=ipaddress.ip_network("10.9.6.0/24"), implicit=True,  # not kept
                           gateway=ipaddress.ip_address("10.9.6.1"),
                           subnet6=ipaddress.ip_network("fd09:6::/64"), gateway6=ipaddress.ip_address("fd09:6::1"))
 gateway = ipaddress.IPv4Interface("10.9.6.1/24")

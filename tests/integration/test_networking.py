@@ -112,6 +112,9 @@ def clean(pish: Pish, pish_env: Any) -> Iterator[None]:
     if ps:
         pish("rm", "-f", *ps, timeout=300)
     pish("gc")
+    made = pish("network", "ls", "-q").stdout.split()
+    if made:  # their bridges stay up until `network rm`
+        pish("network", "rm", *made)
     left = ours_left()
     for name in [n for n in left if not n.startswith("nft")]:
         subprocess.run(["ip", "link", "del", name], check=False)
@@ -179,10 +182,41 @@ def test_two_containers_reach_each_other_by_name(pish: Pish, busybox_tar: Path, 
     inspect = json.loads(pish("network", "inspect", NET_A, check=True).stdout)[0]
     assert [c["name"] for c in inspect["containers"].values()] == ["web"]
     pish("rm", "-f", "web", check=True)
-    assert not link_exists(NET_A)  # the bridge went with its last user
+    assert link_exists(NET_A)  # a network of `network create` keeps its bridge, as docker's do ...
     assert json.loads(pish("network", "inspect", NET_A, check=True).stdout)[0]["containers"] == {}
     pish("network", "rm", NET_A, check=True)
+    assert not link_exists(NET_A)  # ... until `network rm`
     assert pish("network", "ls", "-q").stdout == ""
+
+
+def test_network_create_makes_the_bridge_and_rm_removes_it(pish: Pish, busybox_tar: Path, clean: None) -> None:
+    """As docker's: the bridge, its gateway and NAT exist from `network create` to `network rm`, so the first
+    container only plugs in (it used to make them, and the last one out removed them)."""
+    created = pish("network", "create", "--log-level", "info", NET_A, "--subnet", SUBNET_A, check=True)
+    assert created.stdout == f"{NET_A}\n"
+    assert f"creating bridge {NET_A} with gateway 10.0.6.1/24" in created.stderr
+    assert link_exists(NET_A) and ours_left() == [NET_A, f"nft subnet {SUBNET_A}"]
+    run = pish("run", "--net", "bridge", "--network", NET_A, str(busybox_tar), "ip", "-o", "-4", "addr", "show",
+               "eth0", check=True)
+    assert "10.0.6.2/24" in run.stdout
+    assert "creating bridge" not in run.stderr and "removing bridge" not in run.stderr
+    assert ours_left() == [NET_A, f"nft subnet {SUBNET_A}"]  # still up with nobody on it
+    removed = pish("network", "rm", "--log-level", "info", NET_A, check=True)
+    assert f"removing bridge {NET_A}" in removed.stderr
+    assert ours_left() == [] and pish("network", "ls", "-q").stdout == ""
+
+
+def test_network_create_over_a_link_that_is_no_bridge_is_refused(pish: Pish, clean: None) -> None:
+    """A link of the host with the network's name: refused in one line, and the definition is not kept
+    (joining such a network would have plugged containers into somebody's veth)."""
+    subprocess.run(["ip", "link", "add", NET_A, "type", "veth", "peer", "name", f"{NET_A}p"], check=True)
+    try:
+        refused = pish("network", "create", NET_A, "--subnet", SUBNET_A)
+        one_line_refusal(refused, f"{NET_A} exists on the host but is not a bridge")
+        assert pish("network", "ls", "-q").stdout == ""
+        assert SUBNET_A not in nft_contents().get("subnets", [])
+    finally:
+        subprocess.run(["ip", "link", "del", NET_A], check=False)
 
 
 # -- outbound NAT ------------------------------------------------------------------------------------
@@ -202,7 +236,7 @@ print(peer[0], flush=True)
 def test_outbound_nat_shows_the_hosts_address(pish: Pish, busybox_tar: Path, clean: None,
                                               upstream: tuple[str, str]) -> None:
     far, near = upstream
-    pish("network", "create", NET_A, "--subnet", SUBNET_A, check=True)
+    created = pish("network", "create", "--log-level", "info", NET_A, "--subnet", SUBNET_A, check=True)
     server = subprocess.Popen(["ip", "netns", "exec", UPSTREAM_NS, sys.executable, "-c", UPSTREAM_SERVER],
                               stdout=subprocess.PIPE, text=True)
     try:
@@ -216,7 +250,7 @@ def test_outbound_nat_shows_the_hosts_address(pish: Pish, busybox_tar: Path, cle
         server.kill()
         server.wait()
     assert seen == near, f"the upstream saw {seen}, not the host's address {near}"
-    assert "[INFO] network: masquerading 10.0.6.0/24" in run.stderr
+    assert "[INFO] network: masquerading 10.0.6.0/24" in created.stderr  # made with the network, as docker does
 
 
 # -- published ports ---------------------------------------------------------------------------------
@@ -244,9 +278,11 @@ def test_published_port_from_the_host_and_from_another_namespace(
     assert snapshot(pish) == before
 
     pish("rm", "-f", cid, check=True)
-    assert ours_left() == []
     with pytest.raises(OSError):
         fetch(f"http://127.0.0.1:{HOST_PORT}/")
+    assert ours_left() == [NET_A, f"nft subnet {SUBNET_A}"]  # the network's, until `network rm`
+    pish("network", "rm", NET_A, check=True)
+    assert ours_left() == []
 
 
 def test_a_port_published_on_one_address_only(pish: Pish, busybox_tar: Path, clean: None,
@@ -284,10 +320,10 @@ def test_a_port_published_on_one_address_only(pish: Pish, busybox_tar: Path, cle
     assert snapshot(pish) == before
 
     pish("rm", "-f", cid, check=True)
-    assert ours_left() == []
     with pytest.raises(OSError):
         fetch(f"http://127.0.0.1:{LOOPBACK_PORT}/")
     pish("network", "rm", NET_P, check=True)
+    assert ours_left() == []
 
 
 def test_a_port_pish_picks(pish: Pish, busybox_tar: Path, pish_env: Any, clean: None) -> None:
@@ -317,10 +353,11 @@ def test_a_port_pish_picks(pish: Pish, busybox_tar: Path, pish_env: Any, clean: 
         os.kill(record["pid"], signal.SIGKILL)
     time.sleep(0.2)
     assert cid[:12] in pish("gc", check=True).stdout
-    assert ours_left() == []
+    assert ours_left() == [NET_P, f"nft subnet {SUBNET_P}"]  # no port left: only the network's own
     with pytest.raises(OSError):
         fetch(f"http://127.0.0.1:{port}/")
     pish("network", "rm", NET_P, check=True)
+    assert ours_left() == []
 
 
 def test_bad_publish_is_refused_in_one_line_and_changes_nothing(pish: Pish, busybox_tar: Path,
@@ -337,7 +374,7 @@ def test_bad_publish_is_refused_in_one_line_and_changes_nothing(pish: Pish, busy
         before = snapshot(pish)
         one_line_refusal(pish("run", "-d", *on_p, "-p", value, img, "true"), message)
         assert snapshot(pish) == before, value
-        assert not link_exists(NET_P)
+        assert ours_left() == [NET_P, f"nft subnet {SUBNET_P}"]  # the network's own, nothing more
     pish("network", "rm", NET_P, check=True)
 
 
@@ -362,8 +399,9 @@ def test_a_hundred_containers_get_a_hundred_addresses(pish: Pish, busybox_tar: P
 
     pish("rm", "-f", *ids, check=True, timeout=600)
     assert json.loads(pish("network", "inspect", NET_B, check=True).stdout)[0]["containers"] == {}
-    assert not link_exists(NET_B)
+    assert link_exists(NET_B)  # until `network rm`
     pish("network", "rm", NET_B, check=True)
+    assert not link_exists(NET_B)
 
 
 # -- bad input ---------------------------------------------------------------------------------------
@@ -425,6 +463,7 @@ def test_gc_releases_what_a_killed_supervisor_held(pish: Pish, busybox_tar: Path
     assert link_exists(NET_A) and ours_left()  # still held: nobody released anything
 
     assert cid[:12] in pish("gc", check=True).stdout
-    assert ours_left() == []
+    assert ours_left() == [NET_A, f"nft subnet {SUBNET_A}"]  # the network's own: no veth, no port
     assert json.loads(pish("network", "inspect", NET_A, check=True).stdout)[0]["containers"] == {}
     pish("network", "rm", NET_A, check=True)
+    assert ours_left() == []
