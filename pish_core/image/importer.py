@@ -6,10 +6,12 @@ that unpacks it (``digest.py``, ``unpack.py``) into ``layers/.tmp-<diff_id>-<pid
 place only when both match what the manifest and the config say. Then the image record and its names.
 
 A plain rootfs tar names no digest: it is unpacked into ``.tmp-tar-<pid>`` (beside ``layers/``) while
-hashed, and that hash is its diff_id. To find a tar that is in the store already without unpacking it, another thread
-hashes it at the same time (``_PreHash``, ~0.2 s for 170 MB, on the other core): once that hash names a
-stored layer, the unpack stops and what it made is dropped. Hashing first and unpacking after would add
-that time to every first import, which is the case to make fast.
+another thread hashes it (``_PreHash``, ~0.2 s for 170 MB, on the other core), and that hash is its
+diff_id. The thread reads the file ahead of the unpack, so it also finds a tar that is in the store
+already: once its hash names a stored layer, the unpack stops and what it made is dropped. Hashing first
+and unpacking after would add that time to every first import, which is the case to make fast. An
+uncompressed tar (the usual rootfs tar) is hashed by that thread only; a compressed one is hashed by the
+unpack's own pass as well (the pre-hash, at nice 19, is then only a shortcut).
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import re
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any, Self
 
@@ -28,7 +31,7 @@ from pish_core.errors import ImageError
 from pish_core.image import digest, oci
 from pish_core.image.progress import Progress, human
 from pish_core.image.store import Image, get, parse_name, tag
-from pish_core.image.unpack import unpack_stream
+from pish_core.image.unpack import describe, unpack_stream
 from pish_core.state import flocked, write_json_atomic
 
 _log = log.get("image")
@@ -106,9 +109,12 @@ def _size(src: oci.Source, path: str) -> int:
 def _import_rootfs_tar(tar: Path, source: Path, name: str | None, quiet: bool) -> Image:
     """A plain rootfs tar is one layer; its diff_id is the sha256 of its (uncompressed) content."""
     progress = Progress(tar.stat().st_size if not quiet else 0, "importing")
-    pre = _PreHash(tar)
+    with open(tar, "rb") as f:
+        plain = digest.compression(f.read(4)) == "none"
+    pre = _PreHash(tar, only=plain)
     try:
-        diff_id = ensure_layer(None, None, lambda: _UnlessStored(open(tar, "rb"), pre), str(tar), progress)  # noqa: SIM115
+        diff_id = ensure_layer(None, None, lambda: _UnlessStored(open(tar, "rb"), pre), str(tar), progress,  # noqa: SIM115
+                               known=pre.result if plain else None)
     except _Stored as stored:
         diff_id = stored.diff_id
         _log.debug("layer sha256:%s of %s is in the store already", diff_id[:12], tar)
@@ -125,28 +131,51 @@ class _Stored(Exception):
 
 
 class _PreHash:
-    """The sha256 of a file (as a tar: decompressed), taken by a thread of its own."""
+    """The sha256 of a file (as a tar: decompressed), taken by a thread of its own. ``only``: it is the
+    only hash of the import (``result``), not just a shortcut."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, only: bool = False) -> None:
         self.path = path
+        self.only = only
+        self.stat = os.stat(path)  # the file both this thread and the unpack must read, unchanged
         self.diff_id: str | None = None
+        self._error: BaseException | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="pish-prehash", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        # Nice 19, this thread alone: it only gets a core the unpack leaves idle (on 2 busy cores it took ~0.2 s
+        # Nice 19 when only a shortcut: it gets a core the unpack leaves idle (on 2 busy cores it took ~0.2 s
         # from each first import); it finishes late then, which costs only when the tar proves to be stored.
-        with contextlib.suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-        with contextlib.suppress(Exception), open(self.path, "rb") as f:  # only ever a shortcut: never an error
-            stream = digest.LayerStream(f, str(self.path), threaded=False)  # this thread is the background
-            while not self._stop.is_set():
-                if not stream.tar.read(digest.CHUNK):
-                    stream.finish()
-                    self.diff_id = stream.diff_id
-                    return
-            stream.close()
+        if not self.only:
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        try:
+            with open(self.path, "rb") as f:
+                _same_file(f, self.stat, self.path)
+                stream = digest.LayerStream(f, str(self.path), threaded=False)  # this thread is the background
+                while not self._stop.is_set():
+                    if not stream.tar.read(digest.CHUNK):
+                        stream.finish()
+                        self.diff_id = stream.diff_id
+                        return
+                stream.close()
+        except Exception as exc:  # noqa: BLE001 - a shortcut only: the unpack's pass reports it; else result()
+            self._error = exc
+
+    def result(self) -> str:
+        """The sha256, once the whole file is read (the unpack's pass has read it all by then too). The bytes
+        hashed here and those unpacked are read apart: they are the same only if the file did not change
+        meanwhile (a change moves its ctime; else a writer could store a tree under another tar's digest)."""
+        self._thread.join()
+        if self.diff_id is None:
+            reason = describe(self._error) if self._error else "stopped"
+            raise ImageError(f"cannot hash {self.path}: {reason}")
+        now = os.stat(self.path)
+        if (now.st_ino, now.st_dev, now.st_size, now.st_ctime_ns) != \
+                (self.stat.st_ino, self.stat.st_dev, self.stat.st_size, self.stat.st_ctime_ns):
+            raise ImageError(f"{self.path} changed while it was imported: import it again")
+        return self.diff_id
 
     def stop(self) -> None:
         self._stop.set()
@@ -158,6 +187,11 @@ class _UnlessStored:
 
     def __init__(self, raw: IO[bytes], pre: _PreHash) -> None:
         self.raw, self.pre = raw, pre
+        try:
+            _same_file(raw, pre.stat, pre.path)
+        except BaseException:
+            raw.close()
+            raise
 
     def read(self, n: int = -1) -> bytes:
         done = self.pre.diff_id
@@ -170,6 +204,13 @@ class _UnlessStored:
 
     def __exit__(self, *exc: object) -> None:
         self.raw.close()
+
+
+def _same_file(f: IO[bytes], st: os.stat_result, path: Path) -> None:
+    """Refuse ``f`` unless it is the file ``st`` was taken of (``path`` was not replaced meanwhile)."""
+    now = os.fstat(f.fileno())
+    if (now.st_ino, now.st_dev) != (st.st_ino, st.st_dev):
+        raise ImageError(f"{path} changed while it was imported: import it again")
 
 
 def _import_dir(path: Path, name: str | None, quiet: bool) -> Image:
@@ -188,9 +229,10 @@ def _import_dir(path: Path, name: str | None, quiet: bool) -> Image:
 
 
 def ensure_layer(diff_id: str | None, blob_digest: str | None, opener: Any, what: str, progress: Progress,
-                 max_tar: int | None = None) -> str:
+                 max_tar: int | None = None, known: Callable[[], str] | None = None) -> str:
     """Unpack a layer into the store unless it is there; verify both digests before it goes in place.
-    ``diff_id`` None: a rootfs tar, whose diff_id is the sha256 this pass finds. Returns the diff_id.
+    ``diff_id`` None: a rootfs tar, whose diff_id is the sha256 this pass finds (or ``known`` gives, for
+    an uncompressed one another thread hashes). Returns the diff_id.
     ``max_tar``: refuse the layer as soon as more than that many uncompressed bytes come out of it."""
     if diff_id is not None and paths.store_layer(diff_id).is_dir():
         return diff_id
@@ -207,7 +249,7 @@ def ensure_layer(diff_id: str | None, blob_digest: str | None, opener: Any, what
             _log.info("unpacking layer sha256:%s into %s", diff_id[:12], paths.store_layer(diff_id))
         try:
             with opener() as raw:
-                stream = digest.LayerStream(raw, what, progress.advance, max_tar)
+                stream = digest.LayerStream(raw, what, progress.advance, max_tar, known=known)
                 try:
                     stats = unpack_stream(stream.tar, tmp / "fs", what=what)
                     stream.finish()

@@ -211,6 +211,38 @@ def test_rootfs_tar_is_keyed_by_content(pish_env: object, tmp_path: Path, log_li
 
 
 @needs_root
+def test_a_plain_rootfs_tar_is_hashed_once_and_a_tar_changed_meanwhile_is_refused(
+        pish_env: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An uncompressed rootfs tar is hashed by the pre-hash thread alone; its bytes and those unpacked are
+    read apart, so a tar written to during the import must not be stored under the digest of either."""
+    import hashlib
+
+    raw = ib.layer_tar(BASE)
+    tar = tmp_path / "a.tar"
+    tar.write_bytes(raw)
+    hashed = []
+    real = importer.digest.BackgroundHash.update
+    monkeypatch.setattr(importer.digest.BackgroundHash, "update", lambda self, data: (hashed.append(len(data)),
+                                                                                   real(self, data))[1])
+    [img] = importer.import_path(tar)
+    assert img.layers == [hashlib.sha256(raw).hexdigest()]
+    assert sum(hashed) == len(raw)  # once: by the pre-hash, not again by the unpack's pass
+
+    other = tmp_path / "b.tar"
+    other.write_bytes(ib.layer_tar([ib.file("x", b"x")]))
+    real_result = importer._PreHash.result
+
+    def touched(self: importer._PreHash) -> str:
+        os.utime(self.path)  # a write (here: a touch) while the unpack ran moves the ctime
+        return real_result(self)
+
+    monkeypatch.setattr(importer._PreHash, "result", touched)
+    with pytest.raises(ImageError, match="changed while it was imported"):
+        importer.import_path(other)
+    assert len(os.listdir(paths.layers_dir())) == 1  # the first tar's layer only, no temp dir left
+
+
+@needs_root
 def test_directory_import_goes_through_the_same_checks(pish_env: object, tmp_path: Path) -> None:
     root = tmp_path / "rootfs"
     (root / "etc").mkdir(parents=True)

@@ -53,8 +53,8 @@ def test_a_rootfs_tar_is_unpacked_while_hashed_and_left_when_stored(
     (tmp_path / "b.tar").write_bytes(TAR)
 
     class Known(importer._PreHash):  # the pre-hash done before the unpack reads a byte
-        def __init__(self, path: Path) -> None:
-            super().__init__(path)
+        def __init__(self, path: Path, only: bool = False) -> None:
+            super().__init__(path, only)
             self._thread.join()
 
     layers = os.stat(paths.layers_dir()).st_mtime_ns
