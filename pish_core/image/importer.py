@@ -28,7 +28,7 @@ from typing import IO, Any, Self
 
 from pish_core import log, paths
 from pish_core.errors import ImageError
-from pish_core.image import digest, oci
+from pish_core.image import digest, oci, untar
 from pish_core.image.progress import Progress, human
 from pish_core.image.store import Image, get, parse_name, tag
 from pish_core.image.unpack import describe, unpack_stream
@@ -193,6 +193,9 @@ class _UnlessStored:
             raw.close()
             raise
 
+    def fileno(self) -> int:
+        return self.raw.fileno()
+
     def read(self, n: int = -1) -> bytes:
         done = self.pre.diff_id
         if done is not None and paths.store_layer(done).is_dir():
@@ -251,8 +254,12 @@ def ensure_layer(diff_id: str | None, blob_digest: str | None, opener: Any, what
             with opener() as raw:
                 stream = digest.LayerStream(raw, what, progress.advance, max_tar, known=known)
                 try:
-                    stats = unpack_stream(stream.tar, tmp / "fs", what=what)
-                    stream.finish()
+                    if known is not None and untar.worth_it(raw):  # a big plain tar file, hashed apart
+                        stats = untar.unpack_parallel(raw, tmp / "fs", what=what, on_bytes=progress.advance)
+                        stream.blob.size = os.fstat(raw.fileno()).st_size
+                    else:
+                        stats = unpack_stream(stream.tar, tmp / "fs", what=what)
+                        stream.finish()
                 except ImageError as exc:
                     raise ImageError(f"{what}: {exc}") from None
                 finally:

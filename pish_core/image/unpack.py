@@ -13,7 +13,7 @@ into overlayfs ones as it goes (see ``whiteout.py``): the layer directory is the
 as it stands.
 
 How it is fast (a 170 MB Debian rootfs, ~8,700 members, at about GNU tar's speed): the stream is read in
-1 MiB chunks (``_Reader``) and the headers parsed here (``_members``), not by tarfile; a file's data is
+1 MiB chunks (``_Reader``) and the headers parsed here (``members``), not by tarfile; a file's data is
 written from those chunks without a copy, to a file whose owner, mode and times are set on its fd, each
 only when it differs from what ``open`` gave. What the tree holds is kept in a dict (``_Tree``), so the
 checks for symlinks on the way cost no syscall; a directory's mode and times are set once, at the end.
@@ -33,7 +33,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, cast
+from typing import IO, Protocol, cast
 
 from pish_core import log
 from pish_core.errors import ImageError
@@ -101,13 +101,28 @@ def unpack_stream(stream: IO[bytes], dest: Path, *, what: str, whiteouts: bool =
 
 def _unpack_stream(stream: IO[bytes], dest: Path, whiteouts: bool) -> UnpackStats:
     reader = _Reader(stream)
-    unpacker = _Unpacker(dest, reader, whiteouts)
-    for member in _members(reader):
+    unpacker = Unpacker(dest, reader, whiteouts)
+    for member in members(reader):
         unpacker.member(member)
     stats = unpacker.finish()
     if reader.real < stats.data_end:
         raise EOFError("it is truncated (the data of its last member is cut short)")
     return stats
+
+
+class TarReader(Protocol):
+    """What ``members`` and ``Unpacker`` read a tar through: ``_Reader`` for a stream, or ``untar``'s
+    ``_Headers`` for a tar file read by offset."""
+
+    real: int  # the bytes there really are: a member's data must end before this
+
+    def read(self, n: int) -> bytes: ...
+
+    def skip(self, n: int) -> None: ...
+
+    def take(self, n: int) -> list[memoryview]: ...
+
+    def tell(self) -> int: ...
 
 
 class _Reader:
@@ -227,7 +242,7 @@ def _pax(data: bytes, offset: int) -> dict[str, str]:
     return out
 
 
-def _members(reader: _Reader) -> Iterator[Member]:
+def members(reader: TarReader) -> Iterator[Member]:
     """The members of the tar ``reader`` reads, each positioned at its data; GNU long names and pax
     headers (path, linkpath, size, uid, gid, mtime) applied."""
     global_pax: dict[str, str] = {}
@@ -351,8 +366,25 @@ class _Tree:
             self.safe.add(parent)
 
 
-class _Unpacker:
-    def __init__(self, dest: Path, reader: _Reader, whiteouts: bool) -> None:
+def create_file(path: str, mode: int) -> int:
+    """A new regular file (never through a symlink, never over anything): its fd, for writing."""
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode & 0o777)
+
+
+def set_attributes(fd: int, member: Member, chown: bool, kept: int) -> None:
+    """A new file's owner (``chown``: it differs from ours), mode and times, each set only when needed.
+    ``kept``: the mode bits ``open`` kept (those the umask lets through)."""
+    mode = member.mode & 0o7777
+    if chown:
+        os.fchown(fd, member.uid, member.gid)
+    # open() applied the umask and a chown clears setuid bits: a chmod only when either changed the mode
+    if mode != mode & kept or (chown and mode & 0o6000):
+        os.fchmod(fd, mode)
+    os.utime(fd, (member.mtime, member.mtime))
+
+
+class Unpacker:
+    def __init__(self, dest: Path, reader: TarReader, whiteouts: bool) -> None:
         self.tree = _Tree(dest)
         self.reader = reader
         self.whiteouts = whiteouts
@@ -426,6 +458,7 @@ class _Unpacker:
             self.parents(rel, member.name)
         path = tree.path(rel)
         if had:  # a later member replaces an earlier one: never write, chmod or chown through what it planted
+            self.replacing(rel, member)
             os.unlink(path)
         if regular:
             self.file(rel, path, member)
@@ -440,37 +473,38 @@ class _Unpacker:
             self.chown(rel, member, follow=False)
             os.utime(path, (member.mtime, member.mtime), follow_symlinks=False)
             tree.modes[rel] = stat.S_IFLNK
-        else:  # a hard link (to a file check() found in the tree) or a fifo
-            if kind == HARDLINK:
-                os.link(tree.path(member.linkname), path, follow_symlinks=False)
-                tree.modes[rel] = stat.S_IFREG
-                if self.root:  # the file linked to has an owner of its own
-                    os.chown(path, member.uid, member.gid)
-            else:
-                os.mkfifo(path, 0o600)
-                tree.modes[rel] = stat.S_IFIFO
-                self.chown(rel, member, follow=True)
+        elif kind == HARDLINK:  # to a file check() found in the tree
+            self.hardlink(rel, path, member)
+        else:  # a fifo
+            os.mkfifo(path, 0o600)
+            tree.modes[rel] = stat.S_IFIFO
+            self.chown(rel, member, follow=True)
             os.chmod(path, member.mode & 0o7777)
             os.utime(path, (member.mtime, member.mtime))
 
+    def replacing(self, rel: str, member: Member) -> None:
+        """``rel``, in the tree already, is about to be replaced by ``member`` (a hook: see ``untar.py``)."""
+
     def file(self, rel: str, path: str, member: Member) -> None:
         """A regular file: created, written from the chunks read, owner, mode and times set on its fd."""
-        mode = member.mode & 0o7777
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode & 0o777)
+        fd = create_file(path, member.mode)
         self.tree.modes[rel] = stat.S_IFREG
         try:
             for piece in self.reader.take(member.size):
                 while piece:
                     piece = piece[os.write(fd, piece):]
-            chowned = self.root and self.owner_differs(rel, member)
-            if chowned:
-                os.fchown(fd, member.uid, member.gid)
-            # open() applied the umask and a chown clears setuid bits: a chmod only when either changed the mode
-            if mode != mode & self.kept or (chowned and mode & 0o6000):
-                os.fchmod(fd, mode)
-            os.utime(fd, (member.mtime, member.mtime))
+            set_attributes(fd, member, self.root and self.owner_differs(rel, member), self.kept)
         finally:
             os.close(fd)
+
+    def hardlink(self, rel: str, path: str, member: Member) -> None:
+        """A hard link to ``member.linkname``, a file this unpack wrote (``check`` made sure)."""
+        os.link(self.tree.path(member.linkname), path, follow_symlinks=False)
+        self.tree.modes[rel] = stat.S_IFREG
+        if self.root:  # the file linked to has an owner of its own
+            os.chown(path, member.uid, member.gid)
+        os.chmod(path, member.mode & 0o7777)
+        os.utime(path, (member.mtime, member.mtime))
 
     def chown(self, rel: str, member: Member, *, follow: bool) -> None:
         if self.root and self.owner_differs(rel, member):

@@ -1,5 +1,8 @@
 """unpack_tar against hostile archives: each is refused, naming the member, and nothing lands outside.
 
+Every test runs twice: with the streamed unpack, and with the one the importer uses for a big plain tar
+file (``untar.unpack_parallel``: planned, then written by two processes), here for any size.
+
 Every archive is unpacked into ``tmp_path/a/b/dest``, next to a ``sentinel`` directory that the attacks
 aim at (``../../../sentinel`` from dest, or its absolute path), so a failed check writes somewhere this
 test looks rather than into the host's /etc.
@@ -9,6 +12,7 @@ from __future__ import annotations
 import io
 import os
 import stat
+import sys
 import tarfile
 from pathlib import Path
 
@@ -18,7 +22,25 @@ from fixtures.images.imagebuild import Member, directory, hardlink, layer_tar, s
 from helpers.loglines import LogLines
 
 from pish_core.errors import ImageError
-from pish_core.image.unpack import unpack_tar
+from pish_core.image import untar
+from pish_core.image.unpack import UnpackStats, unpack_tar
+
+streamed = unpack_tar
+
+
+def in_two_processes(archive: Path, dest: Path, *, whiteouts: bool = False) -> UnpackStats:
+    """``unpack_tar`` as the importer unpacks a big plain tar file (a compressed one is streamed)."""
+    with open(archive, "rb") as f:
+        if f.read(6).startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ")):
+            return streamed(archive, dest, whiteouts=whiteouts)
+        return untar.unpack_parallel(f, dest, what=f"image {archive}", whiteouts=whiteouts)
+
+
+@pytest.fixture(autouse=True, params=["streamed", "in-two-processes"])
+def way(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    if request.param == "in-two-processes":
+        monkeypatch.setattr(sys.modules[__name__], "unpack_tar", in_two_processes)
+    return str(request.param)
 
 
 def file(name: str, data: bytes = b"pwned\n") -> Member:
@@ -323,3 +345,64 @@ def test_an_empty_layer_is_an_empty_archive(tmp_path: Path, layer: bytes) -> Non
 
     stats = unpack_stream(io.BytesIO(layer), tmp_path, what="an empty layer")
     assert stats.entries == 0 and list(tmp_path.iterdir()) == []
+
+
+# -- the unpack in two processes ---------------------------------------------------------------------
+
+
+def test_two_processes_write_what_one_writes(layout: Layout, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Many files across both halves, hard links to files of either half, owners, modes, times, symlinks."""
+    monkeypatch.setattr(untar, "unpack_stream", None)  # no falling back to the streamed unpack here
+    members = [directory("d"), directory("d/sub", mode=0o700), symlink("d/abs", "/etc/passwd")]
+    members += [ib.file(f"d/f{i}", bytes([i]) * (i * 700), mode=0o4755 if i == 3 else 0o640, uid=i % 3)
+                for i in range(40)]
+    members += [hardlink("d/sub/l1", "d/f1"), hardlink("d/sub/l39", "d/f39"), file("d/sub/last", b"end\n")]
+    make_tar(layout.archive, members)
+    one = tmp_path / "one"
+    one.mkdir()
+    streamed(layout.archive, one)
+    two = untar.unpack_parallel(open(layout.archive, "rb"), layout.dest, what="t")  # noqa: SIM115
+    assert two.entries == len(members)
+
+    def tree(root: Path) -> dict[str, tuple[int, int, int, int, bytes]]:
+        out = {}
+        for p in sorted(root.rglob("*")):
+            st = p.lstat()
+            data = p.read_bytes() if stat.S_ISREG(st.st_mode) else os.readlink(p).encode() if p.is_symlink() else b""
+            out[str(p.relative_to(root))] = (st.st_mode, st.st_uid, st.st_nlink, st.st_mtime_ns, data)
+        return out
+
+    assert tree(layout.dest) == tree(one)
+    assert os.lstat(layout.dest / "d" / "f1").st_ino == os.lstat(layout.dest / "d" / "sub" / "l1").st_ino
+
+
+@pytest.mark.parametrize("members", [
+    [file("a", b"old"), file("a", b"new")],
+    [file("a", b"old"), hardlink("b", "a"), file("a", b"new")],  # b keeps the old a, as tar leaves it
+    [directory("x"), file("x/.wh.gone", b"")],
+], ids=["file-twice", "link-then-replaced", "whiteout"])
+def test_what_the_plan_cannot_order_is_streamed(layout: Layout, tmp_path: Path, members: list[Member]) -> None:
+    make_tar(layout.archive, members)
+    one = tmp_path / "one"
+    one.mkdir()
+    streamed(layout.archive, one, whiteouts=True)
+    untar.unpack_parallel(open(layout.archive, "rb"), layout.dest, what="t", whiteouts=True)  # noqa: SIM115
+    assert sorted(os.listdir(layout.dest)) == sorted(os.listdir(one))
+    for name in os.listdir(one):
+        if (one / name).is_file():
+            assert (layout.dest / name).read_bytes() == (one / name).read_bytes(), name
+
+
+def test_a_failure_in_the_second_process_is_one_error(layout: Layout, monkeypatch: pytest.MonkeyPatch) -> None:
+    make_tar(layout.archive, [file(f"f{i}", b"x" * 4096) for i in range(8)])
+    real = untar._copy
+
+    def copy(src: int, dst: int, offset: int, size: int) -> None:
+        if os.readlink(f"/proc/self/fd/{dst}").endswith("/f7"):  # in the second half: the child's
+            raise OSError(28, "No space left on device")
+        real(src, dst, offset, size)
+
+    monkeypatch.setattr(untar, "_copy", copy)
+    with pytest.raises(ImageError, match="cannot unpack t: .*No space left on device"):
+        untar.unpack_parallel(open(layout.archive, "rb"), layout.dest, what="t")  # noqa: SIM115
+    layout.assert_untouched()
