@@ -6,12 +6,14 @@ that unpacks it (``digest.py``, ``unpack.py``) into ``layers/.tmp-<diff_id>-<pid
 place only when both match what the manifest and the config say. Then the image record and its names.
 
 A plain rootfs tar names no digest: it is unpacked into ``.tmp-tar-<pid>`` (beside ``layers/``) while
-another thread hashes it (``_PreHash``, ~0.2 s for 170 MB, on the other core), and that hash is its
-diff_id. The thread reads the file ahead of the unpack, so it also finds a tar that is in the store
+another thread hashes it (``_PreHash``, ~0.2 s for 170 MB, on the other core). That thread reads the
+file ahead of the unpack, so it also finds a tar that is in the store
 already: once its hash names a stored layer, the unpack stops and what it made is dropped. Hashing first
 and unpacking after would add that time to every first import, which is the case to make fast. An
-uncompressed tar (the usual rootfs tar) is hashed by that thread only; a compressed one is hashed by the
-unpack's own pass as well (the pre-hash, at nice 19, is then only a shortcut).
+uncompressed tar (the usual rootfs tar) that pish holds a read lease on (``lease.py``: nobody can write
+it meanwhile) is hashed by that thread only, and a big one is unpacked in two processes (``untar.py``);
+any other is hashed by the unpack's own pass, over the very bytes it unpacks (the pre-hash, at nice 19,
+is then only a shortcut).
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ from typing import IO, Any, Self
 
 from pish_core import log, paths
 from pish_core.errors import ImageError
-from pish_core.image import digest, oci, untar
+from pish_core.image import digest, lease, oci, untar
 from pish_core.image.progress import Progress, human
 from pish_core.image.store import Image, get, parse_name, tag
 from pish_core.image.unpack import describe, unpack_stream
@@ -111,15 +113,19 @@ def _import_rootfs_tar(tar: Path, source: Path, name: str | None, quiet: bool) -
     progress = Progress(tar.stat().st_size if not quiet else 0, "importing")
     with open(tar, "rb") as f:
         plain = digest.compression(f.read(4)) == "none"
-    pre = _PreHash(tar, only=plain)
-    try:
-        diff_id = ensure_layer(None, None, lambda: _UnlessStored(open(tar, "rb"), pre), str(tar), progress,  # noqa: SIM115
-                               known=pre.result if plain else None)
-    except _Stored as stored:
-        diff_id = stored.diff_id
-        _log.debug("layer sha256:%s of %s is in the store already", diff_id[:12], tar)
-    finally:
-        pre.stop()
+        # An uncompressed tar nobody can write meanwhile (a read lease) is hashed by the pre-hash alone, and
+        # may be unpacked in two processes; any other is hashed over the very bytes its unpack reads.
+        with lease.read_lease(f.fileno()) if plain else contextlib.nullcontext() as held:
+            pre = _PreHash(tar, only=held is not None)
+            _same_file(f, pre.stat, tar)
+            try:
+                diff_id = ensure_layer(None, None, lambda: _UnlessStored(open(tar, "rb"), pre), str(tar),  # noqa: SIM115
+                                       progress, known=None if held is None else lambda: pre.result(held))
+            except _Stored as stored:
+                diff_id = stored.diff_id
+                _log.debug("layer sha256:%s of %s is in the store already", diff_id[:12], tar)
+            finally:
+                pre.stop()
     progress.done()
     raw = oci.rootfs_config(diff_id)
     return commit(raw, json.loads(raw), [diff_id], [parse_name(name)] if name else [], str(source))
@@ -137,7 +143,7 @@ class _PreHash:
     def __init__(self, path: Path, only: bool = False) -> None:
         self.path = path
         self.only = only
-        self.stat = os.stat(path)  # the file both this thread and the unpack must read, unchanged
+        self.stat = os.stat(path)  # the file this thread, the unpack and the lease must all have open
         self.diff_id: str | None = None
         self._error: BaseException | None = None
         self._stop = threading.Event()
@@ -163,18 +169,16 @@ class _PreHash:
         except Exception as exc:  # noqa: BLE001 - a shortcut only: the unpack's pass reports it; else result()
             self._error = exc
 
-    def result(self) -> str:
+    def result(self, held: Callable[[], bool]) -> str:
         """The sha256, once the whole file is read (the unpack's pass has read it all by then too). The bytes
-        hashed here and those unpacked are read apart: they are the same only if the file did not change
-        meanwhile (a change moves its ctime; else a writer could store a tree under another tar's digest)."""
+        hashed here and those unpacked are read apart: the same only if nobody wrote the file meanwhile,
+        which the read lease ``held`` tells (else a writer could store a tree under another tar's digest)."""
         self._thread.join()
         if self.diff_id is None:
             reason = describe(self._error) if self._error else "stopped"
             raise ImageError(f"cannot hash {self.path}: {reason}")
-        now = os.stat(self.path)
-        if (now.st_ino, now.st_dev, now.st_size, now.st_ctime_ns) != \
-                (self.stat.st_ino, self.stat.st_dev, self.stat.st_size, self.stat.st_ctime_ns):
-            raise ImageError(f"{self.path} changed while it was imported: import it again")
+        if not held():
+            raise ImageError(f"{self.path} was opened for writing while it was imported: import it again")
         return self.diff_id
 
     def stop(self) -> None:

@@ -194,6 +194,8 @@ REG, HARDLINK, SYMLINK, CHR, BLK, DIR, FIFO = b"0", b"1", b"2", b"3", b"4", b"5"
 _REGULAR = {b"0", b"\0", b"7"}  # "7" is a contiguous file: a regular file everywhere but on old Masscomp
 _KINDS = {b"1", b"2", b"3", b"4", b"5", b"6"}
 _LONGNAME, _LONGLINK, _PAX, _GLOBAL_PAX = b"L", b"K", b"x", b"g"
+#: The most a GNU long name or a pax header may hold (PATH_MAX is 4096; GNU tar's own limit is larger).
+_MAX_META = 1 << 20
 
 
 class Member:
@@ -265,7 +267,11 @@ def members(reader: TarReader) -> Iterator[Member]:
                 raise tarfile.ReadError("bad checksum")
             raise tarfile.HeaderError(f"corrupt tar header at byte {offset} (bad checksum)")
         n = _num(size, offset)
+        if n < 0:  # (base-256 can say so): the reader would step back and read a header again, forever
+            raise tarfile.HeaderError(f"corrupt tar header at byte {offset} (a negative size)")
         if kind in (_LONGNAME, _LONGLINK, _PAX, _GLOBAL_PAX):
+            if n > _MAX_META:
+                raise tarfile.HeaderError(f"corrupt tar header at byte {offset} (a name or pax record of {n} bytes)")
             data = reader.read(n)
             reader.skip(-n % BLOCK)
             if kind == _LONGNAME:
@@ -312,6 +318,8 @@ def _apply_pax(m: Member, pax: dict[str, str], offset: int) -> None:
             m.linkname = pax["linkpath"]
         if "size" in pax:
             m.size = int(pax["size"])
+            if m.size < 0:
+                raise ValueError(m.size)
         if "uid" in pax:
             m.uid = int(pax["uid"])
         if "gid" in pax:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import os
 import shutil
 import signal
@@ -48,6 +49,8 @@ from pish_core.image.unpack import (
 MIN_SIZE = 32 << 20
 #: Per file, as bytes of data: what sharing the files out weighs a file's syscalls at.
 _FILE_WEIGHT = 16 << 10
+#: What the child never takes: pish's handlers for them are the parent's alone.
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGPIPE}
 
 
 class _Sequential(Exception):
@@ -71,7 +74,7 @@ class _Headers:
         self.real = os.fstat(fd).st_size  # what the file holds: a member's data must end before this
 
     def read(self, n: int) -> bytes:
-        data = os.pread(self.fd, n, self.pos)
+        data = os.pread(self.fd, max(0, min(n, self.real - self.pos)), self.pos)  # never past the end
         self.pos += len(data)
         return data
 
@@ -140,7 +143,7 @@ def unpack_parallel(f: IO[bytes], dest: Path, *, what: str, whiteouts: bool = Tr
                     shutil.rmtree(entry.path)
                 else:
                     os.unlink(entry.path)
-            return unpack_stream(cast(IO[bytes], _Stream(fd)), dest, what=what, whiteouts=whiteouts)
+            return unpack_stream(cast(IO[bytes], _Stream(f, on_bytes)), dest, what=what, whiteouts=whiteouts)
     except (tarfile.TarError, OSError, EOFError) as exc:  # what unpack_stream reports so too
         raise ImageError(f"cannot unpack {what}: {describe(exc)}") from None
 
@@ -176,33 +179,49 @@ def _halve(jobs: list[_Job]) -> int:
 def _write_in_two(fd: int, mine: list[_Job], theirs: list[_Job], kept: int,
                   on_bytes: Callable[[int], None] | None) -> None:
     """``theirs`` written by a forked child, ``mine`` here at the same time; the child's error, if any, is
-    raised here as it said it."""
+    raised here as it said it. The child is always reaped, and killed first if this process fails."""
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
-    pid = os.fork()
-    if pid == 0:  # the child: syscalls only, then out without running anything of the parent's
-        code = 0
+    # Blocked across the fork, and for good in the child: it must never run a handler of pish's (a ^C
+    # would unwind it into the importer's clean-up, removing the tree this process is still writing).
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        pid = os.fork()
+    except OSError:  # no second process to be had (a pids limit, say): all of them here
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        os.close(read_end)
+        os.close(write_end)
+        _write_files(fd, mine + theirs, kept, on_bytes)
+        return
+    if pid == 0:  # the child: syscalls only, and out without running anything of the parent's
+        code = 1
         try:
+            gc.disable()  # no finalizer of an object the parent owns runs here
             os.close(read_end)
             _write_files(fd, theirs, kept, None)
+            code = 0
         except BaseException as exc:  # noqa: BLE001 - every failure goes to the parent, as one line
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(BaseException):
                 os.write(write_end, describe(exc).encode(errors="replace")[:4000])
-            code = 1
-        os._exit(code)
+        finally:
+            os._exit(code)
+    signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
     os.close(write_end)
+    said = os.fdopen(read_end, "rb")
+    status: int | None = None
     try:
         _write_files(fd, mine, kept, on_bytes)
-    except BaseException:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        os.close(read_end)
-        raise
-    with os.fdopen(read_end, "rb") as said:
-        message = said.read().decode(errors="replace")
-    _, status = os.waitpid(pid, 0)
-    if status != 0:
-        raise OSError(message or f"the second unpacking process ended with status {status}")
+        message = said.read().decode(errors="replace")  # all the child said, once it is gone
+        status = os.waitpid(pid, 0)[1]
+    finally:
+        said.close()
+        if status is None:  # this process failed or was interrupted: the child stops too, and is reaped
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise OSError(message or f"the second unpacking process ended with {code}")
     if on_bytes is not None:
         on_bytes(sum(job.member.size for job in theirs))
 
@@ -226,6 +245,7 @@ def _copy(src: int, dst: int, offset: int, size: int) -> None:
     """``size`` bytes of ``src`` from ``offset`` to the end of ``dst``, copied by the kernel."""
     global _in_kernel
     while size > 0:
+        n = 0
         if _in_kernel:
             try:
                 n = os.copy_file_range(src, dst, size, offset)
@@ -233,25 +253,26 @@ def _copy(src: int, dst: int, offset: int, size: int) -> None:
                 if exc.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
                     raise
                 _in_kernel = False
-                continue
-        else:
+        if n == 0:  # (a filesystem may also answer 0 for "not here": sendfile tells a real end)
             n = os.sendfile(dst, src, offset, size)
-        if n == 0:
-            raise EOFError("it is truncated (the data of a member is cut short)")
+            if n == 0:
+                raise EOFError("it is truncated (the data of a member is cut short)")
         offset += n
         size -= n
 
 
 class _Stream:
-    """The tar file from its start, read by offset (its file position is not ours to move)."""
+    """The tar file from its start, read by offset (its file position is not ours to move), for the
+    streamed unpack: ``f.read(0)`` before each read, as a reader of ``f`` itself would, and the bytes told."""
 
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
+    def __init__(self, f: IO[bytes], on_bytes: Callable[[int], None] | None) -> None:
+        self.f, self.fd, self.on_bytes = f, f.fileno(), on_bytes
         self.pos = 0
 
     def read(self, n: int = -1) -> bytes:
+        self.f.read(0)
         data = os.pread(self.fd, n if n >= 0 else os.fstat(self.fd).st_size, self.pos)
         self.pos += len(data)
+        if self.on_bytes is not None and data:
+            self.on_bytes(len(data))
         return data
-
-

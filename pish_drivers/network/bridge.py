@@ -285,9 +285,14 @@ def _leave_bridge(bridge: str, cid: str | None, gateway: ipaddress.IPv4Interface
         if data is None:  # never joined, or already cleaned up
             return
         data["users"] = _live(data["users"], leaving=cid)
-        if data["users"] or (data.get("kept") and cid is not None):
+        if cid is not None and (data["users"] or data.get("kept")):
             _write_users(bridge, data)
             return
+        # The last one out, or `network rm` (which found no container holding an address: any user still
+        # listed is a record's leftover). Not up from here on, so a crash half-way is set up again.
+        if data.get("up"):
+            data["up"] = False
+            _write_users(bridge, data)
         if gateway is not None:
             nat.remove_network(str(gateway.network), bridge)
         if subnet6 is not None:
@@ -311,6 +316,8 @@ def create_network(name: str, subnet: ipaddress.IPv4Network | None = None, gatew
     container joining it then only plugs in: its first container starts as fast as its hundredth). If the
     bridge cannot be made, the definition goes again."""
     def bring_up(net: networks.NetworkDef) -> None:
+        if not _kept(net):  # `network create pish0`: its bridge comes and goes with its containers, as ever
+            return
         with Netlink() as nl:
             _join_bridge(nl, net, _gateway(net), None)
 

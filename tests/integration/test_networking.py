@@ -449,6 +449,21 @@ def test_the_default_network_is_made_on_first_use(pish: Pish, busybox_tar: Path,
     assert "10.88.0.0/16" not in nft_contents().get("subnets", [])
 
 
+def test_network_create_of_the_default_network_keeps_its_bridge_coming_and_going(pish: Pish, busybox_tar: Path,
+                                                                                  clean: None) -> None:
+    """`network create pish0` (a subnet of one's own for the default network): no bridge yet; as ever, its
+    first container makes it and its last removes it (it was made and then never removed)."""
+    if link_exists("pish0"):
+        pytest.skip("pish0 is in use on this host")
+    pish("network", "create", "pish0", "--subnet", "10.0.66.0/24", check=True)
+    assert not link_exists("pish0")
+    run = pish("run", "--net", "bridge", str(busybox_tar), "ip", "-o", "-4", "addr", "show", "eth0", check=True)
+    assert "10.0.66.2/24" in run.stdout and "creating bridge pish0" in run.stderr
+    assert not link_exists("pish0")
+    pish("network", "rm", "pish0", check=True)
+    assert "10.0.66.0/24" not in nft_contents().get("subnets", [])
+
+
 def test_gc_releases_what_a_killed_supervisor_held(pish: Pish, busybox_tar: Path, pish_env: Any,
                                                    clean: None) -> None:
     pish("network", "create", NET_A, "--subnet", SUBNET_A, check=True)

@@ -211,11 +211,15 @@ def test_rootfs_tar_is_keyed_by_content(pish_env: object, tmp_path: Path, log_li
 
 
 @needs_root
-def test_a_plain_rootfs_tar_is_hashed_once_and_a_tar_changed_meanwhile_is_refused(
+def test_a_plain_rootfs_tar_is_hashed_once_and_a_tar_opened_for_writing_meanwhile_is_refused(
         pish_env: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """An uncompressed rootfs tar is hashed by the pre-hash thread alone; its bytes and those unpacked are
-    read apart, so a tar written to during the import must not be stored under the digest of either."""
+    """An uncompressed rootfs tar pish holds a read lease on is hashed by the pre-hash thread alone; its
+    bytes and those unpacked are read apart, so a tar somebody opens for writing during the import must
+    not be stored under the digest of either. (A ctime check let a write through a dirty shared mapping
+    by: the review's reproducer stored tar B's tree under tar A's digest.)"""
     import hashlib
+    import threading
+    import time
 
     raw = ib.layer_tar(BASE)
     tar = tmp_path / "a.tar"
@@ -231,15 +235,42 @@ def test_a_plain_rootfs_tar_is_hashed_once_and_a_tar_changed_meanwhile_is_refuse
     other = tmp_path / "b.tar"
     other.write_bytes(ib.layer_tar([ib.file("x", b"x")]))
     real_result = importer._PreHash.result
+    writer = threading.Thread(target=lambda: os.close(os.open(other, os.O_WRONLY)))  # waits for the lease
 
-    def touched(self: importer._PreHash) -> str:
-        os.utime(self.path)  # a write (here: a touch) while the unpack ran moves the ctime
-        return real_result(self)
+    def written(self: importer._PreHash, held: object) -> str:
+        writer.start()
+        deadline = time.monotonic() + 5
+        while held() and time.monotonic() < deadline:  # type: ignore[operator]
+            time.sleep(0.01)  # until the kernel starts breaking the lease
+        return real_result(self, held)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(importer._PreHash, "result", touched)
-    with pytest.raises(ImageError, match="changed while it was imported"):
+    monkeypatch.setattr(importer._PreHash, "result", written)
+    with pytest.raises(ImageError, match="was opened for writing while it was imported"):
         importer.import_path(other)
+    writer.join(10)
+    assert not writer.is_alive()  # let in once pish let go
     assert len(os.listdir(paths.layers_dir())) == 1  # the first tar's layer only, no temp dir left
+
+
+@needs_root
+def test_a_tar_open_for_writing_is_hashed_over_the_bytes_unpacked(pish_env: object, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """No lease while a writer has the tar open (here a writable shared mapping): the unpack's own pass
+    hashes what it unpacks, and the two-process unpack is not used."""
+    import mmap
+
+    raw = ib.layer_tar(BASE)
+    tar = tmp_path / "a.tar"
+    tar.write_bytes(raw)
+    monkeypatch.setattr(importer.untar, "unpack_parallel", None)
+    hashed = []
+    real = importer.digest.BackgroundHash.update
+    monkeypatch.setattr(importer.digest.BackgroundHash, "update", lambda self, data: (hashed.append(len(data)),
+                                                                                   real(self, data))[1])
+    with open(tar, "r+b") as f, mmap.mmap(f.fileno(), 0, mmap.MAP_SHARED):
+        [img] = importer.import_path(tar)
+    assert sum(hashed) == 2 * len(raw)  # the unpack's pass, and the pre-hash (a shortcut only)
+    assert img.layers == [importer.digest.sha256_bytes(raw)]
 
 
 @needs_root

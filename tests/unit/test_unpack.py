@@ -136,6 +136,32 @@ def test_hostile_archive_is_refused(layout: Layout, case: str) -> None:
         assert not (layout.dest / "passwd").exists()
 
 
+def with_size(tar: bytes, index: int, size: int) -> bytes:
+    """``tar`` with the size field of its ``index``-th 512-byte block (a header) set to ``size`` in GNU
+    base-256 (which can say negative), and the header's checksum fixed."""
+    block = bytearray(tar[index * 512:(index + 1) * 512])
+    block[124:136] = (b"\xff" if size < 0 else b"\x80") + (size % (1 << 88)).to_bytes(11, "big")
+    block[148:156] = b" " * 8
+    block[148:156] = b"%06o\0 " % sum(block)
+    return tar[:index * 512] + bytes(block) + tar[(index + 1) * 512:]
+
+
+@pytest.mark.parametrize(("size", "long_name"), [(-512, False), (-1, False), (1 << 40, True)],
+                         ids=["negative-a-block", "negative-one", "huge-long-name"])
+def test_sizes_that_step_back_or_past_reason_are_refused(layout: Layout, size: int, long_name: bool) -> None:
+    """A size of -512 made the reader read the same header again, forever (holding the unpack lock); a GNU
+    long name of 2**40 bytes asked for that much memory at once (the review's t1.py and t2.py)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as t:
+        info = tarfile.TarInfo("x" * 120 if long_name else "a")  # a long name: an "L" header first
+        info.size = 4
+        t.addfile(info, io.BytesIO(b"data"))
+    layout.archive.write_bytes(with_size(buf.getvalue(), 0, size))
+    with pytest.raises(ImageError, match=r"corrupt tar header at byte 0"):
+        unpack_tar(layout.archive, layout.dest)
+    layout.assert_untouched()
+
+
 def test_devices_under_dev_are_skipped_and_fifos_kept(layout: Layout, log_lines: LogLines) -> None:
     """A debootstrap/mmdebstrap tarball holds /dev/null, /dev/console...: skipped with one warning (the
     container gets its own /dev); a fifo is made."""
@@ -406,3 +432,15 @@ def test_a_failure_in_the_second_process_is_one_error(layout: Layout, monkeypatc
     with pytest.raises(ImageError, match="cannot unpack t: .*No space left on device"):
         untar.unpack_parallel(open(layout.archive, "rb"), layout.dest, what="t")  # noqa: SIM115
     layout.assert_untouched()
+
+
+def test_without_a_second_process_one_writes_them_all(layout: Layout, monkeypatch: pytest.MonkeyPatch) -> None:
+    """fork refused (a pids limit): the files are written here, not the import failed."""
+    def no_fork() -> int:
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(untar.os, "fork", no_fork)
+    make_tar(layout.archive, [file(f"f{i}", bytes([i]) * 3000) for i in range(6)])
+    untar.unpack_parallel(open(layout.archive, "rb"), layout.dest, what="t")  # noqa: SIM115
+    assert sorted(os.listdir(layout.dest)) == [f"f{i}" for i in range(6)]
+    assert (layout.dest / "f5").read_bytes() == bytes([5]) * 3000
