@@ -11,7 +11,7 @@ file ahead of the unpack, so it also finds a tar that is in the store
 already: once its hash names a stored layer, the unpack stops and what it made is dropped. Hashing first
 and unpacking after would add that time to every first import, which is the case to make fast. An
 uncompressed tar (the usual rootfs tar) that pish holds a read lease on (``lease.py``: nobody can write
-it meanwhile) is hashed by that thread only, and a big one is unpacked in two processes (``untar.py``);
+it meanwhile) is hashed by that thread only, and a big one is unpacked in several processes (``untar.py``);
 any other is hashed by the unpack's own pass, over the very bytes it unpacks (the pre-hash, at nice 19,
 is then only a shortcut).
 """
@@ -114,7 +114,7 @@ def _import_rootfs_tar(tar: Path, source: Path, name: str | None, quiet: bool) -
     with open(tar, "rb") as f:
         plain = digest.compression(f.read(4)) == "none"
         # An uncompressed tar nobody can write meanwhile (a read lease) is hashed by the pre-hash alone, and
-        # may be unpacked in two processes; any other is hashed over the very bytes its unpack reads.
+        # may be unpacked in several processes; any other is hashed over the very bytes its unpack reads.
         with lease.read_lease(f.fileno()) if plain else contextlib.nullcontext() as held:
             pre = _PreHash(tar, only=held is not None)
             _same_file(f, pre.stat, tar)

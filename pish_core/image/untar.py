@@ -1,4 +1,4 @@
-"""Unpack an uncompressed tar *file* with two processes: what a first import of a big rootfs tar waits for.
+"""Unpack an uncompressed tar *file* in several processes: what a first import of a big rootfs tar waits for.
 
 ``unpack.py`` reads a tar once, front to back, and makes each member as it comes: one process, one core.
 Most of that time is the kernel making files (open, write, owner, times, close: ~5 syscalls a file, 7,000
@@ -8,15 +8,18 @@ files in a Debian rootfs), and a tar on a file can be read in any order. So for 
    member goes through the same ``Unpacker`` and its checks as in a streamed unpack, which makes the
    directories, symlinks and fifos at once; a regular file becomes a job (path, where its data is, owner,
    mode, time) and a hard link waits for the files.
-2. **Write the files** in two halves (by bytes, each half a run of the archive, so mostly different
-   directories), one in a forked child, one here. Each file is created new (``O_EXCL | O_NOFOLLOW``)
-   under directories the plan made, and its data copied inside the kernel from the tar
-   (``copy_file_range``): no byte passes through Python.
-3. **Hard links**, then the directories' modes and times (``Unpacker.finish``), as a streamed unpack ends.
+2. **Write the files** while the plan goes on: each time the plan passes a quarter of the tar, a forked
+   writer takes the files planned since the last one (the fork itself hands them over: no pipe of jobs),
+   and this process writes the last quarter's. Each file is created new (``O_EXCL | O_NOFOLLOW``) under
+   directories the plan made, and its data copied inside the kernel from the tar (``copy_file_range``):
+   no byte passes through Python.
+3. **Hard links**, once every writer is done, then the directories' modes and times
+   (``Unpacker.finish``), as a streamed unpack ends.
 
 Nothing in step 2 can meet a symlink: the plan refused every path with one on the way, and a directory
 is never replaced. An archive the plan cannot order this way (a file given twice, or replaced by a later
-member; OCI whiteouts) is unpacked again, from the start, by the streamed unpack (``_Sequential``).
+member; OCI whiteouts) is unpacked again, from the start, by the streamed unpack (``_Sequential``), once
+the writers are stopped.
 """
 from __future__ import annotations
 
@@ -47,8 +50,8 @@ from pish_core.image.unpack import (
 
 #: A tar smaller than this is streamed: a fork and a second look at the headers cost more than they save.
 MIN_SIZE = 32 << 20
-#: Per file, as bytes of data: what sharing the files out weighs a file's syscalls at.
-_FILE_WEIGHT = 16 << 10
+#: The tar's files are shared out between this many processes (this one and forked writers).
+WRITERS = 4
 #: What the child never takes: pish's handlers for them are the parent's alone.
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGPIPE}
 
@@ -118,8 +121,8 @@ class _Planner(Unpacker):
 
 
 def worth_it(f: IO[bytes]) -> bool:
-    """Whether ``f`` (an uncompressed tar) is unpacked faster in two processes: a big regular file, and a
-    second CPU to run them on."""
+    """Whether ``f`` (an uncompressed tar) is unpacked faster in several processes: a big regular file, and
+    a second CPU to run them on."""
     try:
         st = os.fstat(f.fileno())
     except (AttributeError, OSError):
@@ -152,78 +155,92 @@ def _unpack(f: IO[bytes], fd: int, dest: Path, whiteouts: bool,
             on_bytes: Callable[[int], None] | None) -> UnpackStats:
     reader = _Headers(fd)
     plan = _Planner(dest, reader, whiteouts)
-    for member in members(reader):
-        plan.member(member)
-    if reader.real < plan.stats.data_end:
-        raise EOFError("it is truncated (the data of its last member is cut short)")
-    f.read(0)
-    half = _halve(plan.jobs)
-    _write_in_two(fd, plan.jobs[:half], plan.jobs[half:], plan.kept, on_bytes)
+    writers = _Writers(fd, plan.kept, on_bytes)
+    try:
+        # Each time the plan passes a quarter of the tar, a forked writer takes the files planned since the
+        # last: they are written while the plan goes on (the plan is ~40 % of the work), and the fork
+        # itself hands the jobs over. The files of the last quarter are written here.
+        marks = [reader.real * k // WRITERS for k in range(1, WRITERS)]
+        handed = 0
+        for member in members(reader):
+            plan.member(member)
+            if marks and reader.pos >= marks[0]:
+                del marks[0]
+                writers.start(plan.jobs[handed:])
+                handed = len(plan.jobs)
+        if reader.real < plan.stats.data_end:
+            raise EOFError("it is truncated (the data of its last member is cut short)")
+        f.read(0)
+        _write_files(fd, plan.jobs[handed:], plan.kept, on_bytes)
+        writers.wait()
+    finally:
+        writers.stop()  # (none left, unless this failed: then they are killed and reaped)
     f.read(0)
     for rel, path, member in plan.links:
         Unpacker.hardlink(plan, rel, path, member)
     return plan.finish()
 
 
-def _halve(jobs: list[_Job]) -> int:
-    """Where to cut ``jobs`` so that both runs weigh about the same."""
-    total = sum(job.member.size + _FILE_WEIGHT for job in jobs)
-    acc = 0
-    for i, job in enumerate(jobs):
-        acc += job.member.size + _FILE_WEIGHT
-        if 2 * acc >= total:
-            return i + 1
-    return len(jobs)
+class _Writers:
+    """Forked processes writing files; each one's error, if any, is raised by ``wait`` as it said it. Each
+    is reaped by ``wait`` or ``stop`` (which kills those still running: this process failed)."""
 
+    def __init__(self, fd: int, kept: int, on_bytes: Callable[[int], None] | None) -> None:
+        self.fd, self.kept, self.on_bytes = fd, kept, on_bytes
+        self.running: list[tuple[int, IO[bytes], int]] = []  # pid, the pipe it reports on, its bytes
 
-def _write_in_two(fd: int, mine: list[_Job], theirs: list[_Job], kept: int,
-                  on_bytes: Callable[[int], None] | None) -> None:
-    """``theirs`` written by a forked child, ``mine`` here at the same time; the child's error, if any, is
-    raised here as it said it. The child is always reaped, and killed first if this process fails."""
-    read_end, write_end = os.pipe2(os.O_CLOEXEC)
-    # Blocked across the fork, and for good in the child: it must never run a handler of pish's (a ^C
-    # would unwind it into the importer's clean-up, removing the tree this process is still writing).
-    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
-    try:
-        pid = os.fork()
-    except OSError:  # no second process to be had (a pids limit, say): all of them here
-        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-        os.close(read_end)
-        os.close(write_end)
-        _write_files(fd, mine + theirs, kept, on_bytes)
-        return
-    if pid == 0:  # the child: syscalls only, and out without running anything of the parent's
-        code = 1
+    def start(self, jobs: list[_Job]) -> None:
+        if not jobs:
+            return
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        # Blocked across the fork, and for good in the child: it must never run a handler of pish's (a ^C
+        # would unwind it into the importer's clean-up, removing the tree this process is still writing).
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
         try:
-            gc.disable()  # no finalizer of an object the parent owns runs here
+            pid = os.fork()
+        except OSError:  # no other process to be had (a pids limit, say): these files are written here
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
             os.close(read_end)
-            _write_files(fd, theirs, kept, None)
-            code = 0
-        except BaseException as exc:  # noqa: BLE001 - every failure goes to the parent, as one line
-            with contextlib.suppress(BaseException):
-                os.write(write_end, describe(exc).encode(errors="replace")[:4000])
-        finally:
-            os._exit(code)
-    signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-    os.close(write_end)
-    said = os.fdopen(read_end, "rb")
-    status: int | None = None
-    try:
-        _write_files(fd, mine, kept, on_bytes)
-        message = said.read().decode(errors="replace")  # all the child said, once it is gone
-        status = os.waitpid(pid, 0)[1]
-    finally:
-        said.close()
-        if status is None:  # this process failed or was interrupted: the child stops too, and is reaped
+            os.close(write_end)
+            _write_files(self.fd, jobs, self.kept, self.on_bytes)
+            return
+        if pid == 0:  # the child: syscalls only, and out without running anything of the parent's
+            code = 1
+            try:
+                gc.disable()  # no finalizer of an object the parent owns runs here
+                os.close(read_end)
+                _write_files(self.fd, jobs, self.kept, None)
+                code = 0
+            except BaseException as exc:  # noqa: BLE001 - every failure goes to the parent, as one line
+                with contextlib.suppress(BaseException):
+                    os.write(write_end, describe(exc).encode(errors="replace")[:4000])
+            finally:
+                os._exit(code)
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        os.close(write_end)
+        self.running.append((pid, os.fdopen(read_end, "rb"), sum(job.member.size for job in jobs)))
+
+    def wait(self) -> None:
+        """Wait for each writer; raise the first failure."""
+        while self.running:
+            pid, said, size = self.running[0]
+            message = said.read().decode(errors="replace")  # all it said, once it is gone
+            code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+            said.close()
+            del self.running[0]
+            if code != 0:
+                raise OSError(message or f"a process writing files ended with {code}")
+            if self.on_bytes is not None:
+                self.on_bytes(size)
+
+    def stop(self) -> None:
+        for pid, said, _ in self.running:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
+            said.close()
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        raise OSError(message or f"the second unpacking process ended with {code}")
-    if on_bytes is not None:
-        on_bytes(sum(job.member.size for job in theirs))
+        self.running = []
 
 
 def _write_files(fd: int, jobs: list[_Job], kept: int, on_bytes: Callable[[int], None] | None) -> None:

@@ -1,7 +1,8 @@
 """unpack_tar against hostile archives: each is refused, naming the member, and nothing lands outside.
 
 Every test runs twice: with the streamed unpack, and with the one the importer uses for a big plain tar
-file (``untar.unpack_parallel``: planned, then written by two processes), here for any size.
+file (``untar.unpack_parallel``: planned, the files written by forked writers and this process), here for
+any size.
 
 Every archive is unpacked into ``tmp_path/a/b/dest``, next to a ``sentinel`` directory that the attacks
 aim at (``../../../sentinel`` from dest, or its absolute path), so a failed check writes somewhere this
@@ -28,7 +29,7 @@ from pish_core.image.unpack import UnpackStats, unpack_tar
 streamed = unpack_tar
 
 
-def in_two_processes(archive: Path, dest: Path, *, whiteouts: bool = False) -> UnpackStats:
+def in_several_processes(archive: Path, dest: Path, *, whiteouts: bool = False) -> UnpackStats:
     """``unpack_tar`` as the importer unpacks a big plain tar file (a compressed one is streamed)."""
     with open(archive, "rb") as f:
         if f.read(6).startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ")):
@@ -36,10 +37,10 @@ def in_two_processes(archive: Path, dest: Path, *, whiteouts: bool = False) -> U
         return untar.unpack_parallel(f, dest, what=f"image {archive}", whiteouts=whiteouts)
 
 
-@pytest.fixture(autouse=True, params=["streamed", "in-two-processes"])
+@pytest.fixture(autouse=True, params=["streamed", "in-several-processes"])
 def way(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    if request.param == "in-two-processes":
-        monkeypatch.setattr(sys.modules[__name__], "unpack_tar", in_two_processes)
+    if request.param == "in-several-processes":
+        monkeypatch.setattr(sys.modules[__name__], "unpack_tar", in_several_processes)
     return str(request.param)
 
 
@@ -373,10 +374,10 @@ def test_an_empty_layer_is_an_empty_archive(tmp_path: Path, layer: bytes) -> Non
     assert stats.entries == 0 and list(tmp_path.iterdir()) == []
 
 
-# -- the unpack in two processes ---------------------------------------------------------------------
+# -- the unpack in several processes -------------------------------------------------------------------
 
 
-def test_two_processes_write_what_one_writes(layout: Layout, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_several_processes_write_what_one_writes(layout: Layout, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Many files across both halves, hard links to files of either half, owners, modes, times, symlinks."""
     monkeypatch.setattr(untar, "unpack_stream", None)  # no falling back to the streamed unpack here
     members = [directory("d"), directory("d/sub", mode=0o700), symlink("d/abs", "/etc/passwd")]
@@ -419,12 +420,12 @@ def test_what_the_plan_cannot_order_is_streamed(layout: Layout, tmp_path: Path, 
             assert (layout.dest / name).read_bytes() == (one / name).read_bytes(), name
 
 
-def test_a_failure_in_the_second_process_is_one_error(layout: Layout, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failure_in_a_forked_writer_is_one_error(layout: Layout, monkeypatch: pytest.MonkeyPatch) -> None:
     make_tar(layout.archive, [file(f"f{i}", b"x" * 4096) for i in range(8)])
     real = untar._copy
 
     def copy(src: int, dst: int, offset: int, size: int) -> None:
-        if os.readlink(f"/proc/self/fd/{dst}").endswith("/f7"):  # in the second half: the child's
+        if os.readlink(f"/proc/self/fd/{dst}").endswith("/f1"):  # in the first quarter: a forked writer's
             raise OSError(28, "No space left on device")
         real(src, dst, offset, size)
 
@@ -435,7 +436,7 @@ def test_a_failure_in_the_second_process_is_one_error(layout: Layout, monkeypatc
 
 
 def test_without_a_second_process_one_writes_them_all(layout: Layout, monkeypatch: pytest.MonkeyPatch) -> None:
-    """fork refused (a pids limit): the files are written here, not the import failed."""
+    """fork refused (a pids limit): the files are written here, the import does not fail."""
     def no_fork() -> int:
         raise BlockingIOError(11, "Resource temporarily unavailable")
 
