@@ -80,7 +80,10 @@ def create_bridge(nl: Netlink, name: str, gateway: ipaddress.IPv4Interface) -> i
     """Make bridge ``name`` holding the gateway address, up, with route_localnet on; return its index."""
     log.info("creating bridge %s with gateway %s (route_localnet=1, for published ports on 127.0.0.1)",
              name, gateway)
-    nl.add_link(name, "bridge", f"create bridge {name}", up=True)
+    # A MAC of its own (02:42 + the gateway's address, as a container's is made): a bridge without one takes
+    # the lowest of its ports', so it changed as containers came and went, and every neighbour's ARP entry
+    # for the gateway went stale with it (docker sets one too).
+    nl.add_link(name, "bridge", f"create bridge {name}", up=True, mac=mac_for(gateway.ip))
     ifindex = socket.if_nametoindex(name)  # nl's namespace is ours: one ioctl, no link message to decode
     nl.address(RTM_NEWADDR, ifindex, socket.AF_INET, str(gateway.ip), gateway.network.prefixlen,
                f"add {gateway} to bridge {name}")

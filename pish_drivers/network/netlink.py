@@ -189,9 +189,9 @@ class Netlink:
             raise
 
     def add_link(self, ifname: str, kind: str, what: str, *, master: int = 0, up: bool = False,
-                 info_data: list[tuple[str, Any]] | None = None) -> None:
+                 info_data: list[tuple[str, Any]] | None = None, mac: str = "") -> None:
         """Create link ``ifname`` of ``kind`` (bridge, veth with ``info_data`` naming its peer), optionally
-        in bridge ``master`` and up, in one request."""
+        in bridge ``master``, up, with MAC address ``mac``, in one request."""
         msg = messages().ifinfmsg()
         if up:
             msg["flags"] = msg["change"] = IFF_UP
@@ -201,6 +201,8 @@ class Netlink:
         msg["attrs"] = [("IFLA_IFNAME", ifname), ("IFLA_LINKINFO", {"attrs": linkinfo})]
         if master:
             msg["attrs"].append(("IFLA_MASTER", master))
+        if mac:
+            msg["attrs"].append(("IFLA_ADDRESS", mac))
         self.request(msg, RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, what)
 
     def set_up(self, index: int, what: str) -> None:

@@ -206,6 +206,26 @@ def test_network_create_makes_the_bridge_and_rm_removes_it(pish: Pish, busybox_t
     assert ours_left() == [] and pish("network", "ls", "-q").stdout == ""
 
 
+def test_the_bridge_keeps_its_mac_when_the_container_with_the_lowest_one_leaves(pish: Pish, busybox_tar: Path,
+                                                                                clean: None) -> None:
+    """A bridge without a MAC of its own takes the lowest of its ports': when that container left, the
+    gateway's MAC changed under every other container's ARP entry (their traffic out went nowhere until the
+    entry went stale). It has one now, from the gateway's address, as docker gives its bridges one."""
+    img = str(busybox_tar)
+    pish("network", "create", NET_A, "--subnet", SUBNET_A, check=True)
+    on_a = ("--net", "bridge", "--network", NET_A)
+    low = pish("run", "-d", *on_a, img, "sleep", "100", check=True).stdout.strip()  # 10.0.6.2: 02:42:0a:00:06:02
+    pish("run", "-d", "--name", "high", *on_a, img, "sleep", "100", check=True)
+    mac = Path("/sys/class/net", NET_A, "address").read_text().strip()
+    assert mac == "02:42:0a:00:06:01"  # the gateway's, 10.0.6.1
+    seen = pish("exec", "high", "sh", "-c", "ping -c1 -W2 10.0.6.1 >/dev/null; ip neigh show 10.0.6.1", check=True)
+    assert mac in seen.stdout
+    pish("rm", "-f", low, check=True)
+    assert Path("/sys/class/net", NET_A, "address").read_text().strip() == mac
+    pish("rm", "-f", "high", check=True)
+    pish("network", "rm", NET_A, check=True)
+
+
 def test_network_create_over_a_link_that_is_no_bridge_is_refused(pish: Pish, clean: None) -> None:
     """A link of the host with the network's name: refused in one line, and the definition is not kept
     (joining such a network would have plugged containers into somebody's veth)."""
