@@ -37,13 +37,12 @@ from typing import IO, NamedTuple, cast
 
 from pish_core.errors import ImageError
 from pish_core.image import whiteout
+from pish_core.image.tarheaders import Member, members
 from pish_core.image.unpack import (
-    Member,
     Unpacker,
     UnpackStats,
     create_file,
     describe,
-    members,
     set_attributes,
     unpack_stream,
 )
@@ -68,7 +67,7 @@ class _Job(NamedTuple):
 
 
 class _Headers:
-    """A tar file as ``unpack.members`` reads it, by offset: headers and long names read with ``pread``,
+    """A tar file as ``tarheaders.members`` reads it, by offset: headers and long names read with ``pread``,
     file data skipped, never read."""
 
     def __init__(self, fd: int) -> None:
